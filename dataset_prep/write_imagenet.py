@@ -1,0 +1,122 @@
+"""Turn an ImageNet-style ImageFolder into FFCV .beton files; with no arguments, build the real-photo sample set.
+
+    python dataset_prep/write_imagenet.py                                   # data/sample/{train,val}.beton
+    python dataset_prep/write_imagenet.py --data-dir /imagenet --out-dir /betons --max-res 500
+
+Options follow ffcv-imagenet's writer. Unreadable files are skipped and listed in `<out>/<split>_skipped.txt`.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+from dataset_prep.beton import WRITE_MODES, WriteSettings, verify_beton, write_beton
+from dataset_prep.image_folder import UsageError, find_split, scan
+from dataset_prep.sample_set import build_sample_folder
+
+SAMPLE_ROOT = Path("data/sample")
+SAMPLE_MAX_RES = 256
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    defaults = WriteSettings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, help="ImageFolder root holding train/ and val/ "
+                        "(omit to build the sample set from photos bundled with scikit-image)")
+    parser.add_argument("--out-dir", type=Path, help="where the betons go (default: --data-dir's parent "
+                        f"for real data, {SAMPLE_ROOT} for the sample set)")
+    parser.add_argument("--split", choices=("train", "val", "both"), default="both")
+    parser.add_argument("--max-res", type=int, help=f"longest side stored, px (default {defaults.max_res}; "
+                        f"{SAMPLE_MAX_RES} for the sample set, whose training runs at low resolution)")
+    parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
+    parser.add_argument("--compress-prob", type=float, default=defaults.compress_prob,
+                        help="share of images stored as JPEG with --write-mode proportion")
+    parser.add_argument("--write-mode", choices=WRITE_MODES, default=defaults.write_mode)
+    parser.add_argument("--subset", type=int, help="keep the first N images of every class")
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing betons")
+    parser.add_argument("--verify", action="store_true", help="reopen each beton and check count and labels")
+    parser.add_argument("--sample-train", type=int, default=200, help="sample set: train images per class")
+    parser.add_argument("--sample-val", type=int, default=50, help="sample set: val images per class")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    checks = [
+        (args.max_res >= 32, f"--max-res {args.max_res}: must be at least 32"),
+        (1 <= args.jpeg_quality <= 100, f"--jpeg-quality {args.jpeg_quality}: must be in 1..100"),
+        (0.0 <= args.compress_prob <= 1.0, f"--compress-prob {args.compress_prob}: must be in [0, 1]"),
+        (args.workers >= 1, f"--workers {args.workers}: must be at least 1"),
+        (args.chunk_size >= 1, f"--chunk-size {args.chunk_size}: must be at least 1"),
+        (args.subset is None or args.subset >= 1, f"--subset {args.subset}: must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def write_split(split_name: str, source: Path, out_dir: Path, args: argparse.Namespace, classes=None):
+    """Scan, write and (optionally) verify one split; returns its class list."""
+    out = out_dir / f"{split_name}.beton"
+    split = find_split(source, args.subset)
+    if classes is not None and tuple(classes) != split.classes:
+        raise UsageError(f"{source} has different class folders than the train split "
+                         f"({len(split.classes)} vs {len(classes)}); both splits need the same classes")
+    good, skipped = scan(split.files, args.workers, desc=f"{split_name} scan")
+    report = out_dir / f"{split_name}_skipped.txt"
+    if skipped:
+        report.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+    else:
+        report.unlink(missing_ok=True)
+    if not good:
+        raise UsageError(f"{source}: none of the {len(split.files)} files could be decoded (see {report})")
+    settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode,
+                             args.chunk_size, args.workers)
+    started = time.perf_counter()
+    write_beton(good, split.classes, out, settings, str(source.resolve()), len(skipped))
+    seconds = time.perf_counter() - started
+    print(f"{split_name}: {len(good)} written, {len(skipped)} skipped, {len(split.files)} found -> {out} "
+          f"({len(good) / seconds:.0f} img/s)" + (f"; skipped files listed in {report}" if skipped else ""))
+    if args.verify:
+        problems = verify_beton(out, [label for _, label in good], len(split.classes))
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        print(f"{split_name}: verified {out} (count and label histogram match the source)")
+    return split.classes
+
+
+def main(argv: List[str]) -> int:
+    args = parse_args(argv)
+    try:
+        if args.max_res is None:
+            args.max_res = WriteSettings().max_res if args.data_dir else SAMPLE_MAX_RES
+        check_args(args)
+        if args.data_dir is None:
+            out_dir = args.out_dir or SAMPLE_ROOT
+            data_dir = out_dir / "images"
+        else:
+            data_dir = args.data_dir
+            out_dir = args.out_dir or data_dir.parent
+            if not data_dir.is_dir():
+                raise UsageError(f"--data-dir {data_dir} does not exist")
+        splits = ["train", "val"] if args.split == "both" else [args.split]
+        existing = [str(out_dir / f"{s}.beton") for s in splits if (out_dir / f"{s}.beton").exists()]
+        if existing and not args.overwrite:
+            raise UsageError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if args.data_dir is None and not (data_dir / "train").is_dir():
+            counts = build_sample_folder(data_dir, args.sample_train, args.sample_val)
+            print(f"sample set: {counts['train']} train and {counts['val']} val photos in {data_dir}")
+        classes = None
+        for split_name in splits:
+            classes = write_split(split_name, data_dir / split_name, out_dir, args, classes)
+    except UsageError as error:
+        print(f"write_imagenet.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,190 @@
+"""dataset_prep: bad files survived, refusals, atomic writes, the sample set, a round trip through ffcv."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_prep import beton as beton_module
+from dataset_prep import image_folder
+from dataset_prep.beton import WriteSettings, metadata_path, verify_beton, write_beton
+from dataset_prep.image_folder import find_split, load_rgb
+from dataset_prep.sample_set import build_sample_folder
+from dataset_prep.write_imagenet import main
+
+REPO = Path(__file__).resolve().parents[1]
+RNG = np.random.default_rng(0)
+
+
+def photo(height=40, width=56) -> Image.Image:
+    """A smooth colour image (compresses like a photo, unlike noise)."""
+    y, x = np.mgrid[0:height, 0:width]
+    array = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1)
+    return Image.fromarray(array.astype(np.uint8))
+
+
+def make_bad_folder(root: Path) -> dict:
+    """Every ImageNet-style oddity in class `odd`, every unreadable kind in class `broken`."""
+    odd, broken = root / "odd", root / "broken"
+    odd.mkdir(parents=True)
+    broken.mkdir()
+    photo().convert("CMYK").save(odd / "cmyk.JPEG")
+    photo().convert("L").save(odd / "gray.JPEG")
+    photo().save(odd / "png_inside.JPEG", format="PNG")
+    photo().convert("RGBA").save(odd / "rgba.png")
+    photo().convert("P").save(odd / "palette.png")
+    Image.fromarray((np.arange(40 * 56).reshape(40, 56) * 29).astype(np.uint16)).save(odd / "deep16.png")
+    photo().save(broken / "fine.JPEG")
+    full = (broken / "fine.JPEG").read_bytes()
+    (broken / "truncated.JPEG").write_bytes(full[: len(full) // 2])
+    (broken / "empty.JPEG").write_bytes(b"")
+    (broken / "notes.txt").write_text("not an image\n")
+    return {"written": 7, "skipped": 3}
+
+
+def write_args(data, out, *extra):
+    return ["--data-dir", str(data), "--out-dir", str(out), "--workers", "2", "--max-res", "64", *extra]
+
+
+@pytest.mark.parametrize("name", ["cmyk.JPEG", "gray.JPEG", "png_inside.JPEG", "rgba.png", "palette.png"])
+def test_odd_files_decode_to_rgb_uint8(tmp_path, name):
+    make_bad_folder(tmp_path)
+    image = load_rgb(str(tmp_path / "odd" / name))
+    assert image.shape == (40, 56, 3) and image.dtype == np.uint8
+    # content survives: the gradient still rises left to right in channel 0 (grey: in every channel)
+    assert image[:, -1, 0].astype(int).mean() > image[:, 0, 0].astype(int).mean() + 100 or name == "gray.JPEG"
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    make_bad_folder(tmp_path)
+    image = load_rgb(str(tmp_path / "odd" / "deep16.png"))
+    values = (np.arange(40 * 56).reshape(40, 56) * 29).astype(np.uint16).astype(np.float64)
+    assert values.max() > 60000  # really 16-bit content
+    expected = np.round(values * 255 / 65535)
+    np.testing.assert_array_equal(image[..., 0], expected.astype(np.uint8))
+
+
+def test_bad_folder_writes_with_report(tmp_path, capsys):
+    expected = make_bad_folder(tmp_path / "imagenet" / "train")
+    out = tmp_path / "betons"
+    assert main(write_args(tmp_path / "imagenet", out, "--split", "train", "--verify")) == 0
+    printed = capsys.readouterr().out
+    assert f"train: {expected['written']} written, {expected['skipped']} skipped, 10 found" in printed and "verified" in printed
+    report = (out / "train_skipped.txt").read_text().splitlines()
+    reasons = dict(line.split("\t") for line in report)
+    assert sorted(Path(p).name for p in reasons) == ["empty.JPEG", "notes.txt", "truncated.JPEG"]
+    assert reasons[str(tmp_path / "imagenet/train/broken/empty.JPEG")] == "zero-byte file"
+    assert "truncated" in reasons[str(tmp_path / "imagenet/train/broken/truncated.JPEG")].lower()
+    metadata = json.loads(metadata_path(out / "train.beton").read_text())
+    assert metadata["classes"] == ["broken", "odd"] and metadata["counts"] == [1, 6]
+    assert metadata["num_samples"] + metadata["skipped"] == 10
+    assert metadata["settings"]["max_res"] == 64 and metadata["versions"]["ffcv"] == "1.0.2"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: None, "does not exist"),
+    (lambda root: (root / "train").mkdir(parents=True), "has no class folders"),
+    (lambda root: (root / "train" / "empty_class").mkdir(parents=True), "is empty"),
+])
+def test_refusals_are_one_line_exit_2(tmp_path, capsys, setup, message):
+    root = tmp_path / "imagenet"
+    setup(root)
+    if not root.exists():
+        root = tmp_path / "missing"
+    assert main(write_args(root, tmp_path / "out", "--split", "train")) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and error.startswith("write_imagenet.py: error:")
+
+
+def test_existing_output_needs_overwrite_and_is_kept(tmp_path, capsys):
+    photo().save(tmp_path / "placeholder.JPEG")
+    (tmp_path / "imagenet" / "train" / "a").mkdir(parents=True)
+    photo().save(tmp_path / "imagenet" / "train" / "a" / "x.JPEG")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.beton").write_bytes(b"precious")
+    assert main(write_args(tmp_path / "imagenet", out, "--split", "train")) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "train.beton").read_bytes() == b"precious"
+    assert main(write_args(tmp_path / "imagenet", out, "--split", "train", "--overwrite")) == 0
+    assert (out / "train.beton").stat().st_size > 1000
+
+
+def test_cli_exit_status_in_a_real_process(tmp_path):
+    result = subprocess.run([sys.executable, "dataset_prep/write_imagenet.py", "--data-dir", str(tmp_path / "no")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"write_imagenet.py: error: --data-dir {tmp_path / 'no'} does not exist"
+
+
+def test_failure_midway_leaves_no_valid_looking_file(tmp_path, monkeypatch):
+    files = []
+    for index in range(30):
+        path = tmp_path / f"{index}.JPEG"
+        photo().save(path)
+        files.append((str(path), index % 3))
+    real_load = image_folder.load_rgb
+
+    def flaky(path):  # the 20th file breaks between the scan and the write (inherited by forked workers)
+        if path.endswith("/20.JPEG"):
+            raise OSError("disk went away")
+        return real_load(path)
+
+    monkeypatch.setattr(image_folder, "load_rgb", flaky)
+    out = tmp_path / "out" / "train.beton"
+    out.parent.mkdir()
+    with pytest.raises(RuntimeError, match="1 file\\(s\\) failed to decode during the write.*20.JPEG"):
+        write_beton(files, ["a", "b", "c"], out, WriteSettings(max_res=64, workers=2, chunk_size=4), "test", 0)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_sample_set_is_deterministic_and_val_is_not_train(tmp_path):
+    first = build_sample_folder(tmp_path / "a", train_per_class=3, val_per_class=2, seed=1)
+    build_sample_folder(tmp_path / "b", train_per_class=3, val_per_class=2, seed=1)
+    assert first == {"train": 30, "val": 20}
+    split_a, split_b = find_split(tmp_path / "a" / "train"), find_split(tmp_path / "b" / "train")
+    assert len(split_a.classes) == 10
+    for (path_a, _), (path_b, _) in zip(split_a.files, split_b.files):
+        assert Path(path_a).read_bytes() == Path(path_b).read_bytes()
+    train_bytes = {Path(p).read_bytes() for p, _ in split_a.files}
+    val = find_split(tmp_path / "a" / "val")
+    assert not train_bytes & {Path(p).read_bytes() for p, _ in val.files}
+    sizes = [Image.open(p).size for p, _ in split_a.files + val.files]
+    assert all(300 <= max(size) <= 500 for size in sizes)
+
+
+def test_round_trip_through_ffcv_loader(tmp_path):
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    files = []
+    for index in range(12):
+        path = tmp_path / f"{index}.JPEG"
+        Image.fromarray(np.full((48 + index, 64, 3), index * 20, np.uint8)).save(path, quality=95)
+        files.append((str(path), index % 4))
+    out = tmp_path / "rt.beton"
+    write_beton(files, list("abcd"), out, WriteSettings(max_res=64, workers=1, write_mode="raw"), "test", 0)
+    assert verify_beton(out, [label for _, label in files], 4) == []
+    loader = Loader(str(out), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [CenterCropRGBImageDecoder((32, 32), ratio=1.0), ToTensor()],
+                               "label": [IntDecoder(), ToTensor()]})
+    images, labels = zip(*[(image, label) for image, label in loader])
+    images, labels = np.concatenate(images), np.concatenate(labels).ravel()
+    assert images.shape == (12, 32, 32, 3)
+    np.testing.assert_array_equal(labels, [i % 4 for i in range(12)])
+    np.testing.assert_allclose(images.reshape(12, -1).mean(1), [i * 20 for i in range(12)], atol=1)
+
+
+def test_verify_reports_a_histogram_mismatch(tmp_path):
+    path = tmp_path / "a.JPEG"
+    photo().save(path)
+    out = tmp_path / "v.beton"
+    write_beton([(str(path), 0), (str(path), 1)], ["a", "b"], out, WriteSettings(max_res=64, workers=1), "t", 0)
+    assert verify_beton(out, [0, 1], 2) == []
+    problems = verify_beton(out, [0, 0, 1], 2)
+    assert any("3" in p for p in problems) and any("histogram" in p for p in problems)
