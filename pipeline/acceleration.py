@@ -1,0 +1,71 @@
+"""Mixed precision, memory format, DDP and torch.compile: one helper each, so the loop stays plain."""
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # bf16, fp16 or fp32
+    device_type: str
+
+    @property
+    def dtype(self) -> Optional[torch.dtype]:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """fp16 needs loss scaling; bf16 has fp32's range and does not."""
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+
+def choose_precision(requested: str, device: torch.device) -> Precision:
+    """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU (CPU bf16 is slower here)."""
+    if requested == "auto":
+        if device.type == "cuda":
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            requested = "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("training.precision fp16 needs a GPU (fp16 autocast with GradScaler); use bf16 or fp32")
+    return Precision(requested, device.type)
+
+
+def to_channels_last(model: nn.Module, enabled: bool) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if enabled else model
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, distributed: bool) -> nn.Module:
+    if not distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+
+def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
+    """torch.compile with `mode` ('none' = eager). Compilation itself happens lazily at the first step."""
+    return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode)
+
+
+class Stopwatch:
+    """Wall time that waits for queued GPU work, so timings measure work, not kernel launches."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.started = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self._now() - self.started

@@ -1,0 +1,131 @@
+"""FFCV loaders for training and evaluation, with flip and normalisation done as batched torch ops on the device.
+
+Follows ffcv-imagenet's loaders (random-resized-crop decode on the CPU, center crop 224/256 for val,
+progressive resizing) with two changes: the ffcv pipeline stays at two stages (ffcv 1.0.2 hangs on three or
+more, e.g. a CPU NormalizeImage after ToTorchImage), and evaluation gives each rank an exact slice of the val
+set (ffcv's distributed SEQUENTIAL order pads shards with duplicates, which would bias the metrics).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+
+from dataset_prep.beton import metadata_path, read_metadata
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CENTER_CROP_RATIO = 224 / 256
+RESOLUTION_STEP = 32
+
+
+class DataError(ValueError):
+    """A beton that is missing or does not match the model; one line, with what to do."""
+
+
+def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
+    """ffcv-imagenet's progressive resizing: min_res until start_ramp, linear to max_res at end_ramp, rounded
+    to a multiple of 32 px (fewer distinct sizes: fewer cudnn/compile variants)."""
+    if end_ramp <= start_ramp:
+        return max_res
+    resolution = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
+    return int(np.round(resolution / RESOLUTION_STEP)) * RESOLUTION_STEP
+
+
+def check_beton(path: str, num_classes: Optional[int]) -> dict:
+    """The beton's metadata, after checking that it exists and that its classes fit the model."""
+    beton = Path(path)
+    if not beton.is_file():
+        raise DataError(f"dataset {beton} does not exist; write it with `python dataset_prep/write_imagenet.py"
+                        f"` (no arguments: the sample set) or `... --data-dir IMAGENET --out-dir {beton.parent}`")
+    if not metadata_path(beton).is_file():
+        raise DataError(f"{metadata_path(beton)} is missing: {beton} was not written by dataset_prep/"
+                        "write_imagenet.py (or its write did not finish); rewrite it with --overwrite")
+    metadata = read_metadata(beton)
+    if num_classes is not None and len(metadata["classes"]) != num_classes:
+        raise DataError(f"{beton} has {len(metadata['classes'])} classes but the model has {num_classes} "
+                        "(set model.num_classes to 0 to take it from the data)")
+    return metadata
+
+
+def _label_pipeline(device: torch.device) -> list:
+    pipeline = [IntDecoder(), ToTensor(), Squeeze()]
+    return pipeline + ([ToDevice(device, non_blocking=True)] if device.type == "cuda" else [])
+
+
+def _image_tail(device: torch.device) -> list:
+    """The non-JIT stage after the (JIT) decoder: to tensor, to the device, to NCHW channels_last."""
+    tail = [ToTensor()]
+    if device.type == "cuda":
+        tail.append(ToDevice(device, non_blocking=True))
+    return tail + [ToTorchImage(channels_last=True)]
+
+
+@dataclass
+class LoaderSettings:
+    batch_size: int
+    num_workers: int
+    os_cache: bool
+    batches_ahead: int
+    seed: int
+
+
+def train_loader(path: str, settings: LoaderSettings, resolution: int, device: torch.device,
+                 distributed: bool) -> Loader:
+    """Random-resized-crop at `resolution`; QUASI_RANDOM for one process, RANDOM when distributed (ffcv
+    refuses QUASI_RANDOM there). The order depends on the seed only, so every arm sees the same order."""
+    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution))
+    order = OrderOption.RANDOM if distributed else OrderOption.QUASI_RANDOM
+    return Loader(path, batch_size=settings.batch_size, num_workers=settings.num_workers, order=order,
+                  os_cache=settings.os_cache, drop_last=True, distributed=distributed, seed=settings.seed,
+                  batches_ahead=settings.batches_ahead,
+                  pipelines={"image": [decoder] + _image_tail(device), "label": _label_pipeline(device)})
+
+
+def set_train_resolution(loader: Loader, resolution: int) -> None:
+    """Progressive resizing: the decoder reads its output size at every batch (as ffcv-imagenet does)."""
+    decoder = loader.pipeline_specs["image"].decoder
+    decoder.output_size = (resolution, resolution)
+
+
+def val_loader(path: str, settings: LoaderSettings, resolution: int, device: torch.device,
+               indices: Sequence[int]) -> Loader:
+    """Center crop (ratio 224/256) at `resolution`, sequential over exactly `indices` (no padding)."""
+    decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=CENTER_CROP_RATIO)
+    return Loader(path, batch_size=settings.batch_size, num_workers=settings.num_workers,
+                  order=OrderOption.SEQUENTIAL, os_cache=settings.os_cache, drop_last=False,
+                  indices=list(indices), batches_ahead=settings.batches_ahead,
+                  pipelines={"image": [decoder] + _image_tail(device), "label": _label_pipeline(device)})
+
+
+def shard_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
+    """Contiguous, disjoint, covering slices of range(num_samples), one per rank."""
+    bounds = np.linspace(0, num_samples, world_size + 1).round().astype(int)
+    return np.arange(bounds[rank], bounds[rank + 1])
+
+
+class DeviceAugment(torch.nn.Module):
+    """Batched flip (training only) and normalisation on the images' device: uint8 NCHW -> float NCHW.
+
+    Doing these in torch keeps ffcv's pipeline at two stages and costs the GPU almost nothing.
+    """
+
+    def __init__(self, flip: bool):
+        super().__init__()
+        self.flip = flip
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.float()
+        if self.flip:
+            flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
+            images = torch.where(flip, images.flip(3), images)
+        images = (images - self.mean) / self.std
+        return images.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,59 @@
+"""Process-group set-up for torchrun (one node or many): NCCL on GPUs, gloo on CPU; one process per device."""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_world(backend: str = "auto", timeout_min: int = 30) -> World:
+    """Read torchrun's environment (absent = a single process) and join the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        chosen = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(chosen, timeout=datetime.timedelta(minutes=timeout_min),
+                                **({"device_id": device} if chosen == "nccl" else {}))
+    return World(rank, world_size, local_rank, local_world_size, device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in place (a no-op in one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def close_world() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,42 @@
+"""Learning-rate schedules as functions of fractional epochs, each with a linear warmup, applied per iteration.
+
+`triangular` is ffcv-imagenet's: linear up to the peak at `warmup_epochs`, then linear down to 0 at the end.
+The lr is given per 256 images and scaled linearly by the global batch (Goyal et al., arXiv 1706.02677).
+"""
+import bisect
+import math
+from typing import Callable, Dict, Sequence
+
+WARMUP_START = 1e-4  # the warmup starts at this fraction of the peak, as ffcv-imagenet
+
+
+def scaled_lr(lr_per_256: float, global_batch: int) -> float:
+    return lr_per_256 * global_batch / 256
+
+
+def _warmup(position: float, warmup_epochs: float) -> float:
+    return WARMUP_START + (1 - WARMUP_START) * position / warmup_epochs
+
+
+def _step(position, epochs, warmup_epochs, milestones, gamma):
+    return gamma ** bisect.bisect_right(sorted(milestones), position)
+
+
+def _triangular(position, epochs, warmup_epochs, milestones, gamma):
+    return max(0.0, (epochs - position) / (epochs - warmup_epochs)) if epochs > warmup_epochs else 1.0
+
+
+def _cosine(position, epochs, warmup_epochs, milestones, gamma):
+    span = max(epochs - warmup_epochs, 1e-12)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (position - warmup_epochs) / span)))
+
+
+SCHEDULES: Dict[str, Callable[..., float]] = {"step": _step, "triangular": _triangular, "cosine": _cosine}
+
+
+def lr_factor(schedule: str, position: float, epochs: int, warmup_epochs: float = 0.0,
+              milestones: Sequence[float] = (), gamma: float = 0.1) -> float:
+    """Multiplier of the peak lr at `position` epochs (e.g. 3.25 = a quarter into the fourth epoch)."""
+    if position < warmup_epochs:
+        return _warmup(position, warmup_epochs)
+    return SCHEDULES[schedule](position, epochs, warmup_epochs, milestones, gamma)

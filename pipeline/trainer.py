@@ -1,0 +1,231 @@
+"""The training run, top to bottom: config -> world -> data -> model -> optimizer -> epochs -> result.
+
+Entry point: `pipeline/train.py` (run it directly or with torchrun). Only rank 0 writes; a run directory
+holding a checkpoint is resumed after its last finished epoch.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from dataset_prep.beton import write_text_atomic
+from pipeline import checkpoint as ckpt
+from pipeline.acceleration import choose_precision, maybe_compile, to_channels_last, wrap_ddp
+from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
+from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, resolution_at,
+                           set_train_resolution, shard_indices, train_loader, val_loader)
+from pipeline.distributed import World, all_reduce_sum, barrier, close_world, init_world
+from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
+from pipeline.models import build_model
+from pipeline.optim import build_sgd
+from pipeline.schedule import lr_factor, scaled_lr
+from pipeline.squeeze import UnknownSqueezeError, check_squeeze_name
+
+LOG_NAME, RESULT_NAME, CONFIG_NAME = "log.jsonl", "result.json", "config.yaml"
+# settings that change speed or output, not results: a run may resume with other values
+RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.")
+
+
+def parse_command_line(argv: List[str]):
+    parser = argparse.ArgumentParser(
+        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train (or evaluate) an SE-ResNet on FFCV betons. Any setting: --section.key=value.",
+        epilog="settings (defaults <- --cfg recipe <- command line):\n" + settings_help())
+    parser.add_argument("--cfg", type=Path, help="recipe YAML, e.g. recipes/rn50_88ep.yaml")
+    parser.add_argument("--squeeze", help="shortcut for --model.squeeze")
+    parser.add_argument("--arch", help="shortcut for --model.arch")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run directory's run (automatic when it holds a checkpoint)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate --weights on the val set and exit")
+    parser.add_argument("--weights", type=Path, help="final.pt or checkpoint.pt for --eval-only")
+    args, rest = parser.parse_known_args(argv)
+    overrides = parse_overrides(rest)
+    if args.squeeze is not None:
+        overrides["model.squeeze"] = (check_squeeze_name(args.squeeze, "--squeeze"), "--squeeze")
+    if args.arch is not None:
+        overrides["model.arch"] = (args.arch, "--arch")
+    if args.eval_only and args.weights is None:
+        raise ConfigError("--eval-only needs --weights PATH (a final.pt or checkpoint.pt)")
+    if args.weights is not None and not args.weights.is_file():
+        raise ConfigError(f"--weights {args.weights} does not exist")
+    return args, resolve(args.cfg, overrides)
+
+
+def default_run_dir(config: Dict[str, Any], recipe: Optional[Path]) -> Path:
+    recipe_name = recipe.stem if recipe else "defaults"
+    name = f"{config['model.arch']}-{config['model.squeeze']}-{recipe_name}-s{config['training.seed']}"
+    return Path(config["logging.runs_root"]) / name
+
+
+def loader_settings(config: Dict[str, Any], world: World, batch_size: int) -> LoaderSettings:
+    workers = config["data.num_workers"] or max(1, (torch.multiprocessing.cpu_count()) // world.local_world_size)
+    return LoaderSettings(batch_size, workers, config["data.os_cache"], config["data.batches_ahead"],
+                          config["training.seed"])
+
+
+def build_data(config: Dict[str, Any], world: World, resolution: int):
+    train_meta = check_beton(config["data.train_dataset"], config["model.num_classes"] or None)
+    val_meta = check_beton(config["data.val_dataset"], len(train_meta["classes"]))
+    if val_meta["classes"] != train_meta["classes"]:
+        raise DataError(f"{config['data.val_dataset']} and {config['data.train_dataset']} have different classes")
+    train = train_loader(config["data.train_dataset"], loader_settings(config, world, config["training.batch_size"]),
+                         resolution, world.device, world.distributed)
+    indices = shard_indices(val_meta["num_samples"], world.rank, world.world_size)
+    val = val_loader(config["data.val_dataset"], loader_settings(config, world, config["validation.batch_size"]),
+                     config["resolution.val_res"], world.device, indices)
+    return train, val, len(train_meta["classes"])
+
+
+def build_network(config: Dict[str, Any], num_classes: int, world: World) -> torch.nn.Module:
+    """The same seed gives every arm the same shared-layer init; the SE layers use their own stream."""
+    torch.manual_seed(config["training.seed"])
+    model = build_model(config["model.arch"], config["model.squeeze"], config["model.reduction"], num_classes,
+                        config["model.zero_init_last"], config["model.blurpool"], se_seed=config["training.seed"])
+    torch.manual_seed(config["training.seed"] * 1009 + world.rank + 1)  # flips and `random` differ per rank
+    return to_channels_last(model.to(world.device), config["training.channels_last"])
+
+
+def resume_state(run_dir: Path, config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    path = run_dir / ckpt.CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    state = ckpt.load_checkpoint(path)
+    changed = [key for key, value in config.items() if not key.startswith(RESUME_FREE_KEYS)
+               and state["config"].get(key) != value]
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"{run_dir} holds a run with {key}={state['config'].get(key)!r}, not {config[key]!r}; "
+                          "choose another --logging.run_dir or delete that directory")
+    return state
+
+
+def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: float) -> str:
+    text = (f"epoch {epoch + 1}: res {resolution} lr {metrics['lr']:.4g} loss {metrics['train_loss']:.4f} "
+            f"{metrics['train_images_per_s']:.0f} img/s")
+    if "val_top1" in metrics:
+        text += f" | val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f}"
+    return text + f" | {time.time() - started:.0f} s"
+
+
+def train(config: Dict[str, Any], run_dir: Path, world: World) -> Dict[str, Any]:
+    epochs = config["training.epochs"]
+    resolution_args = [config[f"resolution.{k}"] for k in ("min_res", "max_res", "start_ramp", "end_ramp")]
+    train_data, val_data, num_classes = build_data(config, world, resolution_at(0, *resolution_args))
+    model = build_network(config, num_classes, world)
+    parameters = sum(p.numel() for p in model.parameters())
+    precision = choose_precision(config["training.precision"], world.device)
+    global_batch = config["training.batch_size"] * world.world_size
+    peak_lr = scaled_lr(config["lr.lr"], global_batch)
+    optimizer = build_sgd(model, peak_lr, config["training.momentum"], config["training.nesterov"],
+                          config["training.weight_decay"], config["training.decay_norm_and_bias"])
+    scaler = precision.grad_scaler()
+    history, first_epoch = [], 0
+    state = resume_state(run_dir, config)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng_states(state["rng"])
+        history, first_epoch = state["history"], state["epoch"] + 1
+        if world.is_main:
+            print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
+    network = maybe_compile(wrap_ddp(model, world.device, world.distributed), config["training.compile"])
+    train_augment, val_augment = DeviceAugment(flip=True).to(world.device), DeviceAugment(flip=False).to(world.device)
+    iterations = len(train_data)
+    started = time.time() - (history[-1]["wall_time"] if history else 0)
+    for epoch in range(first_epoch, epochs):
+        resolution = resolution_at(epoch, *resolution_args)
+        set_train_resolution(train_data, resolution)
+
+        def lr_at_step(step: int, epoch=epoch) -> float:
+            return peak_lr * lr_factor(config["lr.schedule"], epoch + step / iterations, epochs,
+                                       config["lr.warmup_epochs"], config["lr.milestones"], config["lr.gamma"])
+
+        metrics = train_one_epoch(network, train_data, train_augment, optimizer, scaler, precision,
+                                  config["training.label_smoothing"], lr_at_step, epoch, world.device,
+                                  world.is_main and config["logging.progress"])
+        summed = all_reduce_sum(torch.tensor([metrics["train_loss"], metrics["train_images_per_s"]],
+                                             dtype=torch.float64, device=world.device)).tolist()
+        metrics["train_loss"], metrics["train_images_per_s"] = summed[0] / world.world_size, summed[1]
+        if (epoch + 1) % config["validation.every"] == 0 or epoch + 1 == epochs:
+            metrics.update(evaluate(ckpt.unwrap(network), val_data, val_augment, precision,
+                                    config["validation.flip_tta"], world.device))
+        history.append({"epoch": epoch + 1, "resolution": resolution, **metrics,
+                        "wall_time": time.time() - started})
+        if world.is_main:
+            write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
+            ckpt.save_checkpoint(run_dir / ckpt.CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history)
+            print(epoch_line(epoch, resolution, metrics, started), flush=True)
+        barrier()
+    result = summarize(config, history, parameters, world, global_batch, precision.name)
+    if world.is_main:
+        ckpt.save_atomic(ckpt.unwrap(network).state_dict(), run_dir / ckpt.FINAL_WEIGHTS_NAME)
+        write_text_atomic(run_dir / RESULT_NAME, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def summarize(config, history, parameters, world, global_batch, precision) -> Dict[str, Any]:
+    evaluated = [line for line in history if "val_top1" in line]
+    speeds = [line["train_images_per_s"] for line in history[1:]] or [history[0]["train_images_per_s"]]
+    return {
+        "arch": config["model.arch"], "squeeze": config["model.squeeze"], "seed": config["training.seed"],
+        "epochs": config["training.epochs"], "finished_epochs": len(history), "parameters": parameters,
+        "top1": evaluated[-1]["val_top1"], "top5": evaluated[-1]["val_top5"], "val_loss": evaluated[-1]["val_loss"],
+        "best_top1": max(line["val_top1"] for line in evaluated),
+        "train_images_per_s": sum(speeds) / len(speeds),  # first epoch excluded: it pays JIT compilation
+        "wall_time": history[-1]["wall_time"], "world_size": world.world_size, "global_batch": global_batch,
+        "precision": precision, "device": str(world.device.type),
+    }
+
+
+def evaluate_weights(config: Dict[str, Any], weights: Path, world: World) -> Dict[str, Any]:
+    _, val_data, num_classes = build_data(config, world, config["resolution.min_res"])
+    model = build_network(config, num_classes, world)
+    model.load_state_dict(ckpt.load_weights(weights))
+    precision = choose_precision(config["training.precision"], world.device)
+    return evaluate(model, val_data, DeviceAugment(flip=False).to(world.device), precision,
+                    config["validation.flip_tta"], world.device)
+
+
+def main(argv: List[str]) -> int:
+    try:
+        args, config = parse_command_line(argv)
+        world = init_world(config["dist.backend"], config["dist.timeout_min"])
+        if args.eval_only:
+            metrics = evaluate_weights(config, args.weights, world)
+            if world.is_main:
+                print(f"{args.weights}: val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f} "
+                      f"on {metrics['val_images']} images")
+                print(json.dumps(metrics))
+            return 0
+        run_dir = Path(config["logging.run_dir"]) if config["logging.run_dir"] else default_run_dir(config, args.cfg)
+        if args.resume and not (run_dir / ckpt.CHECKPOINT_NAME).is_file():
+            raise ConfigError(f"--resume: {run_dir} holds no {ckpt.CHECKPOINT_NAME} to resume from")
+        result_path = run_dir / RESULT_NAME
+        if result_path.is_file() and json.loads(result_path.read_text()).get("finished_epochs") == \
+                config["training.epochs"] and resume_state(run_dir, config) is not None:
+            if world.is_main:
+                print(f"{run_dir} already finished: {result_path.read_text()}")
+            return 0
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / CONFIG_NAME, describe(config))
+            print(f"run directory {run_dir}\n{describe(config)}", flush=True)
+        barrier()
+        result = train(config, run_dir, world)
+        if world.is_main:
+            print(json.dumps(result))
+        return 0
+    except (ConfigError, DataError, UnknownSqueezeError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"train.py: {error}", file=sys.stderr)
+        return 1
+    finally:
+        close_world()

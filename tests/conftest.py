@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny real-photo beton pair built once per test session."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataset_prep.beton import WriteSettings, write_beton
+from dataset_prep.image_folder import find_split
+from dataset_prep.write_imagenet import main as write_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_betons(tmp_path_factory) -> Path:
+    """10 classes x 12 train photos (train.beton), 49 val photos (val.beton: odd, so shards are uneven)."""
+    root = tmp_path_factory.mktemp("tiny")
+    assert write_main(["--out-dir", str(root), "--sample-train", "12", "--sample-val", "5", "--max-res", "64",
+                       "--workers", "2", "--split", "train"]) == 0
+    val_files = find_split(root / "images" / "val").files[:49]
+    write_beton(val_files, find_split(root / "images" / "val").classes, root / "val.beton",
+                WriteSettings(max_res=64, workers=2), "tiny", 0)
+    return root
+
+
+def tiny_settings(betons: Path, run_dir: Path, *extra: str) -> list:
+    """Command-line settings for a seconds-long CPU run on the tiny betons."""
+    return ["--cfg", str(REPO / "recipes" / "sample.yaml"),
+            f"--data.train_dataset={betons / 'train.beton'}", f"--data.val_dataset={betons / 'val.beton'}",
+            "--resolution.min_res=32", "--resolution.max_res=32", "--resolution.val_res=32",
+            "--training.batch_size=16", "--validation.batch_size=10", "--data.num_workers=1",
+            "--logging.progress=false", f"--logging.run_dir={run_dir}", *extra]
+
+
+def run_script(arguments: list, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *arguments], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)

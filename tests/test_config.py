@@ -1,0 +1,77 @@
+"""Config: every recipe loads, unknown keys and bad values are one-line errors, overrides win."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, describe, parse_overrides, resolve
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    config = resolve(recipe, {})
+    assert config["training.epochs"] >= 1 and config["model.arch"].startswith("resnet")
+
+
+def test_rn50_88ep_is_ffcv_imagenets_recipe():
+    config = resolve(RECIPES[0].parent / "rn50_88ep.yaml", {})
+    assert (config["model.arch"], config["training.epochs"]) == ("resnet50", 88)
+    assert (config["resolution.start_ramp"], config["resolution.end_ramp"]) == (65, 76)
+    assert config["lr.lr"] * 8 * config["training.batch_size"] / 256 == pytest.approx(1.7)  # on 8 GPUs
+    assert config["training.label_smoothing"] == 0.1 and config["model.blurpool"] is True
+
+
+def test_seed_recipe_matches_the_seed():
+    config = resolve(RECIPES[0].parent / "ssenet_rn18.yaml", {})
+    assert config["lr.milestones"] == [30, 60] and config["lr.schedule"] == "step"
+    assert (config["lr.lr"], config["training.batch_size"], config["training.seed"]) == (0.01, 256, 123)
+    assert config["training.decay_norm_and_bias"] is True and config["training.label_smoothing"] == 0
+
+
+def test_command_line_overrides_recipe_and_parses_types():
+    overrides = parse_overrides(["--training.epochs=2", "--model.blurpool", "false", "--lr.milestones=5,9"])
+    config = resolve(RECIPES[0].parent / "sample.yaml", overrides)
+    assert config["training.epochs"] == 2 and config["model.blurpool"] is False
+    assert config["lr.milestones"] == [5.0, 9.0]
+
+
+def test_typo_in_recipe_is_an_error_with_a_suggestion(tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("training:\n  epochz: 9\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'training.epochz' \(from .*typo.yaml\); "
+                                          r"did you mean 'training.epochs'\?"):
+        resolve(recipe, {})
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("training.epochs", "abc", "expected an integer >= 1"),
+    ("training.epochs", 0, "expected an integer >= 1"),
+    ("model.blurpool", "maybe", "expected true or false"),
+    ("lr.schedule", "linear", "expected one of: step, triangular, cosine"),
+    ("model.squeeze", "gpa", "expected one of: baseline, avgmax, fca, gap, gapXstd, gmp, random, std"),
+])
+def test_bad_values_name_key_source_and_what_is_valid(key, value, expected):
+    with pytest.raises(ConfigError) as error:
+        resolve(None, {key: (value, f"--{key}")})
+    assert str(error.value) == f"bad value {value!r} for {key} (from --{key}); {expected}"
+
+
+def test_base_chain_and_missing_recipe(tmp_path):
+    (tmp_path / "parent.yaml").write_text("training:\n  epochs: 7\n  seed: 3\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ntraining:\n  seed: 4\n")
+    config = resolve(tmp_path / "child.yaml", {})
+    assert (config["training.epochs"], config["training.seed"]) == (7, 4)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(tmp_path / "nope.yaml", {})
+
+
+def test_described_config_round_trips(tmp_path):
+    config = resolve(RECIPES[0].parent / "rn18_16ep.yaml", {})
+    (tmp_path / "resolved.yaml").write_text(describe(config))
+    assert resolve(tmp_path / "resolved.yaml", {}) == config
+
+
+def test_malformed_override_is_rejected():
+    with pytest.raises(ConfigError, match="settings are given as --section.key=value"):
+        parse_overrides(["epochs=3"])

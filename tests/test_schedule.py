@@ -1,0 +1,48 @@
+"""Learning-rate schedules and progressive resizing at known points."""
+import pytest
+
+from pipeline.data import resolution_at, shard_indices
+from pipeline.schedule import WARMUP_START, lr_factor, scaled_lr
+
+
+def test_lr_scales_with_global_batch():
+    assert scaled_lr(0.10625, 8 * 512) == pytest.approx(1.7)
+
+
+@pytest.mark.parametrize("position, expected", [
+    (0.0, WARMUP_START), (1.0, 0.5 + WARMUP_START / 2), (2.0, 1.0), (45.0, 0.5), (87.0, 1 / 86), (88.0, 0.0)])
+def test_triangular_is_ffcv_imagenets(position, expected):
+    assert lr_factor("triangular", position, 88, warmup_epochs=2) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("position, expected", [(0, 1.0), (29.99, 1.0), (30, 0.1), (59.5, 0.1), (60, 0.01),
+                                                (89.9, 0.01)])
+def test_step_multiplies_by_gamma_at_milestones(position, expected):
+    assert lr_factor("step", position, 90, 0, [30, 60], 0.1) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("position, expected", [(0.5, WARMUP_START + (1 - WARMUP_START) / 2), (1, 1.0),
+                                                (6, 0.5), (11, 0.0)])
+def test_cosine_with_warmup(position, expected):
+    assert lr_factor("cosine", position, 11, warmup_epochs=1) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("epoch, expected", [(0, 160), (65, 160), (70, 160), (71, 192), (76, 192), (87, 192)])
+def test_progressive_resizing_rn50_88ep(epoch, expected):
+    # 160 + (epoch - 65) / 11 * 32 = 174.5 at epoch 70 (rounds to 160), 177.5 at 71 (rounds to 192)
+    assert resolution_at(epoch, 160, 192, 65, 76) == expected
+
+
+def test_progressive_resizing_wide_ramp():
+    values = [resolution_at(e, 128, 256, 0, 4) for e in range(6)]
+    assert values == [128, 160, 192, 224, 256, 256]
+    # np.round rounds halves to even, as in ffcv-imagenet: 176 -> 192, 208 -> 192
+    assert [resolution_at(e, 160, 224, 10, 14) for e in (9, 10, 11, 12, 13, 14)] == [160, 160, 192, 192, 192, 224]
+    assert resolution_at(0, 160, 192, 0, 0) == 192  # no ramp: max_res throughout
+
+
+@pytest.mark.parametrize("samples, world", [(49, 2), (50, 3), (7, 4), (1000, 8)])
+def test_val_shards_cover_exactly_once(samples, world):
+    shards = [shard_indices(samples, rank, world) for rank in range(world)]
+    joined = sorted(i for shard in shards for i in shard)
+    assert joined == list(range(samples))
