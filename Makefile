@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo sample bench wheel clean
+.PHONY: setup test demo bench wheel clean
 
 setup: $(STAMP)
 
@@ -19,3 +19,10 @@ test: setup
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# every squeeze arm on the real-photo sample set (CPU: a few minutes), then the seed-style table
+demo: setup data/sample/train.beton
+	$(PY) pipeline/ablate.py --cfg recipes/demo.yaml --squeeze all --seeds 1 --runs-root runs/demo
+
+data/sample/train.beton: | setup
+	$(PY) dataset_prep/write_imagenet.py

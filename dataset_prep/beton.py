@@ -19,6 +19,7 @@ from ffcv.reader import Reader
 from ffcv.writer import DatasetWriter
 
 from dataset_prep.image_folder import RGBFileDataset
+from pipeline.atomic import write_text_atomic
 
 METADATA_FORMAT = 1
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -42,13 +43,6 @@ def metadata_path(beton: Path) -> Path:
 
 def read_metadata(beton: Path) -> Dict:
     return json.loads(metadata_path(beton).read_text())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file + rename: readers see the old file or the new one, never half of one."""
-    temporary = Path(f"{path}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _versions() -> Dict[str, str]:

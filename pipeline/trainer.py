@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from dataset_prep.beton import write_text_atomic
 from pipeline import checkpoint as ckpt
+from pipeline.atomic import write_text_atomic
 from pipeline.acceleration import choose_precision, maybe_compile, to_channels_last, wrap_ddp
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, resolution_at,

@@ -1,0 +1,182 @@
+"""Run every squeeze arm for every seed, scheduled over the GPUs, then print the seed-style report.
+
+    python pipeline/ablate.py --cfg recipes/rn18_16ep.yaml --squeeze all --seeds 3 --gpus 0,1,2,3,4,5,6,7
+    python pipeline/ablate.py --cfg recipes/rn50_88ep.yaml --squeeze baseline,gap,gmp --gpus-per-run all
+
+Each run is `pipeline/train.py` in its own process (torchrun when it spans several GPUs), in
+RUNS_ROOT/<arch>-<squeeze>-<recipe>-s<seed>/. Finished runs are skipped, interrupted ones resume from their
+checkpoint, a failed run is retried once and then reported as failed. Extra `--section.key=value` settings
+go to every run.
+"""
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from pipeline.atomic import write_text_atomic
+from pipeline.config import ConfigError, parse_overrides, resolve
+from pipeline.report import MANIFEST_NAME, write_report
+from pipeline.squeeze import UnknownSqueezeError, check_squeeze_name, squeeze_names
+
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+RETRIES = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    squeeze: str
+    seed: int
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The GPUs one run gets (empty: the CPU)."""
+    devices: Tuple[str, ...] = ()
+
+
+def plan_jobs(squeezes: Sequence[str], seeds: Sequence[int], root: Path, arch: str, recipe: str) -> List[Job]:
+    """Seed-major order: every arm of seed 0 first, so a partial ablation already holds complete pairs."""
+    return [Job(squeeze, seed, root / f"{arch}-{squeeze}-{recipe}-s{seed}") for seed in seeds for squeeze in squeezes]
+
+
+def make_slots(gpus: Sequence[str], gpus_per_run: Optional[int]) -> List[Slot]:
+    """One slot per group of `gpus_per_run` GPUs (None: all in one group); no GPUs: one CPU slot."""
+    if not gpus:
+        return [Slot()]
+    size = len(gpus) if gpus_per_run is None else gpus_per_run
+    if size < 1 or len(gpus) % size:
+        raise ConfigError(f"--gpus-per-run {size} does not divide the {len(gpus)} GPUs in --gpus")
+    return [Slot(tuple(gpus[start:start + size])) for start in range(0, len(gpus), size)]
+
+
+def command_for(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> Tuple[List[str], Dict[str, str]]:
+    settings = ["--cfg", str(cfg), "--squeeze", job.squeeze, f"--training.seed={job.seed}",
+                f"--logging.run_dir={job.run_dir}", "--logging.progress=false", *overrides]
+    env = dict(os.environ)
+    if slot.devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.devices)
+    if len(slot.devices) > 1:  # --standalone picks a free rendezvous port, so groups never collide
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={len(slot.devices)}", str(TRAIN_SCRIPT), *settings], env
+    return [sys.executable, str(TRAIN_SCRIPT), *settings], env
+
+
+def is_finished(run_dir: Path, epochs: int) -> bool:
+    result = run_dir / "result.json"
+    return result.is_file() and json.loads(result.read_text()).get("finished_epochs") == epochs
+
+
+def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> subprocess.Popen:
+    """Start one run; its output goes to RUN_DIR/train.log (appended across attempts)."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    command, env = command_for(job, slot, cfg, overrides)
+    log = open(job.run_dir / "train.log", "a")
+    log.write(f"\n$ {' '.join(command)}\n")
+    log.flush()
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[Job, Slot], subprocess.Popen],
+                 report: Callable[[str], None] = print, poll_seconds: float = 1.0) -> Dict[str, List[Job]]:
+    """Keep every slot busy until all jobs ran; returns {'done': [...], 'failed': [...]}."""
+    queue = collections.deque((job, 0) for job in jobs)
+    running: Dict[int, Tuple[Job, int, subprocess.Popen]] = {}
+    outcome: Dict[str, List[Job]] = {"done": [], "failed": []}
+    while queue or running:
+        for index, slot in enumerate(slots):
+            if index not in running and queue:
+                job, attempt = queue.popleft()
+                running[index] = (job, attempt, launch(job, slot))
+                where = ",".join(slot.devices) if slot.devices else "cpu"
+                report(f"[{where}] start {job.run_dir.name}" + (f" (retry {attempt})" if attempt else ""))
+        for index in list(running):
+            job, attempt, process = running[index]
+            status = process.poll()
+            if status is None:
+                continue
+            del running[index]
+            if status == 0:
+                outcome["done"].append(job)
+                report(f"done {job.run_dir.name}")
+            elif attempt < RETRIES:
+                queue.appendleft((job, attempt + 1))
+                report(f"failed {job.run_dir.name} (exit {status}); retrying, log: {job.run_dir / 'train.log'}")
+            else:
+                outcome["failed"].append(job)
+                report(f"FAILED {job.run_dir.name} (exit {status}) twice; log: {job.run_dir / 'train.log'}")
+        if running:
+            time.sleep(poll_seconds)
+    return outcome
+
+
+def parse_squeezes(text: str) -> List[str]:
+    if text == "all":
+        return squeeze_names()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return [check_squeeze_name(name, "--squeeze") for name in names]
+
+
+def visible_gpus() -> List[str]:
+    import torch
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def parse_command_line(argv: List[str]):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Any other --section.key=value "
+                                     "is passed to every run (see `python pipeline/train.py --help`).")
+    parser.add_argument("--cfg", type=Path, required=True, help="recipe of every run")
+    parser.add_argument("--squeeze", default="all", help="'all' (every registered arm) or a comma list")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds per arm")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
+    parser.add_argument("--gpus", help="comma list of GPU indices (default: every visible GPU; 'none': CPU)")
+    parser.add_argument("--gpus-per-run", default="1", help="GPUs per run: a number or 'all' (torchrun)")
+    parser.add_argument("--runs-root", type=Path, help="default: runs/ablate-<recipe>")
+    args, rest = parser.parse_known_args(argv)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
+    if args.gpus_per_run != "all" and not args.gpus_per_run.isdigit():
+        raise ConfigError(f"--gpus-per-run {args.gpus_per_run!r}: give a number or 'all'")
+    return args, rest
+
+
+def main(argv: List[str]) -> int:
+    try:
+        args, rest = parse_command_line(argv)
+        squeezes = parse_squeezes(args.squeeze)
+        config = resolve(args.cfg, parse_overrides(rest))  # fail now, not in every run
+        gpus = [] if args.gpus == "none" else (args.gpus.split(",") if args.gpus else visible_gpus())
+        slots = make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run))
+    except (ConfigError, UnknownSqueezeError) as error:
+        print(f"ablate.py: error: {error}", file=sys.stderr)
+        return 2
+    root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
+    root.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = plan_jobs(squeezes, seeds, root, config["model.arch"], args.cfg.stem)
+    manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes, "seeds": seeds,
+                "overrides": rest, "failed": []}
+    write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    todo = [job for job in jobs if not is_finished(job.run_dir, config["training.epochs"])]
+    print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
+          f"{len(slots)} slot(s): {', '.join(','.join(s.devices) or 'cpu' for s in slots)}", flush=True)
+    started = time.time()
+    outcome = run_schedule(todo, slots, lambda job, slot: launch_process(job, slot, args.cfg, rest))
+    manifest["failed"] = [{"squeeze": job.squeeze, "seed": job.seed, "run_dir": str(job.run_dir)}
+                          for job in outcome["failed"]]
+    write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    print(f"\n{len(outcome['done'])} ran, {len(jobs) - len(todo)} skipped, {len(outcome['failed'])} failed "
+          f"in {time.time() - started:.0f} s\n")
+    print(write_report(root))
+    print(f"report: {root}/report.md, report.csv; plots: {root}/top1.png, {root}/curves.png")
+    return 1 if outcome["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

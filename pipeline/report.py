@@ -1,0 +1,234 @@
+"""The seed-style results table from run directories, with seeds: mean ± sd, paired Δ to baseline with a 95% CI.
+
+    python pipeline/report.py RUNS_ROOT        # writes RUNS_ROOT/report.{md,csv}, top1.png, curves.png
+
+Reads `*/result.json` and `*/log.jsonl` under RUNS_ROOT (and `ablation.json`, written by ablate.py, for the arms
+and seeds that were asked for), so it needs no torch. The difference to baseline is paired by seed: with the
+same seed both arms start from the same shared weights and see the same data order.
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+from scipy import stats
+
+from pipeline.atomic import write_bytes_atomic, write_text_atomic
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
+MANIFEST_NAME = "ablation.json"
+
+
+@dataclass
+class ArmSummary:
+    squeeze: str
+    seeds: List[int] = field(default_factory=list)
+    top1: List[float] = field(default_factory=list)
+    top5: List[float] = field(default_factory=list)
+    parameters: Optional[int] = None
+    images_per_s: List[float] = field(default_factory=list)
+    failed_seeds: List[int] = field(default_factory=list)
+    delta: List[float] = field(default_factory=list)  # paired top-1 differences to baseline, %p
+
+
+def read_runs(root: Path) -> List[dict]:
+    """Every finished run under `root`: its result.json plus its log lines."""
+    runs = []
+    for result_path in sorted(root.glob("*/result.json")):
+        result = json.loads(result_path.read_text())
+        if result.get("finished_epochs") != result.get("epochs"):
+            continue
+        log_path = result_path.parent / "log.jsonl"
+        result["log"] = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+        result["run_dir"] = str(result_path.parent)
+        runs.append(result)
+    return runs
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / MANIFEST_NAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def arm_order(names: Sequence[str]) -> List[str]:
+    known = [name for name in SEED_ORDER if name in names]
+    return known + sorted(set(names) - set(known), key=str.lower)
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "missing"
+    return f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def paired_interval(differences: Sequence[float], confidence: float = 0.95) -> Optional[tuple]:
+    """Student-t confidence interval of the mean paired difference; None with fewer than 2 pairs."""
+    if len(differences) < 2:
+        return None
+    center = mean(differences)
+    half = stats.t.ppf(0.5 + confidence / 2, len(differences) - 1) * stdev(differences) / math.sqrt(len(differences))
+    return center - half, center + half
+
+
+def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
+    expected = manifest.get("squeezes", [])
+    arms = {name: ArmSummary(name) for name in arm_order(set(expected) | {run["squeeze"] for run in runs})}
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        arm = arms[run["squeeze"]]
+        arm.seeds.append(run["seed"])
+        arm.top1.append(run["top1"])
+        arm.top5.append(run["top5"])
+        arm.parameters = run["parameters"]
+        arm.images_per_s.append(run["train_images_per_s"])
+    for failure in manifest.get("failed", []):
+        if failure["squeeze"] in arms:
+            arms[failure["squeeze"]].failed_seeds.append(failure["seed"])
+    baseline = arms.get("baseline")
+    if baseline:
+        by_seed = dict(zip(baseline.seeds, baseline.top1))
+        for arm in arms.values():
+            arm.delta = [top1 - by_seed[seed] for seed, top1 in zip(arm.seeds, arm.top1) if seed in by_seed]
+    return arms
+
+
+def delta_text(arm: ArmSummary, has_baseline: bool) -> str:
+    if not has_baseline:
+        return "no baseline"
+    if not arm.delta:
+        return "missing"
+    interval = paired_interval(arm.delta)
+    text = f"{mean(arm.delta):+.2f}"
+    return text + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
+
+
+HEADER = ["Squeeze operation", "Top-1 Acc (%)", "Top-5 Acc (%)", "Improved Top-1 %p (95% CI)", "Seeds",
+          "Params", "Train img/s"]
+
+
+def table_rows(arms: Dict[str, ArmSummary]) -> List[List[str]]:
+    has_baseline = bool(arms.get("baseline") and arms["baseline"].top1)
+    rows = []
+    for arm in arms.values():
+        seeds = str(len(arm.seeds)) + (f" ({len(arm.failed_seeds)} failed)" if arm.failed_seeds else "")
+        rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5), delta_text(arm, has_baseline), seeds,
+                     f"{arm.parameters:,}" if arm.parameters else "–",
+                     f"{mean(arm.images_per_s):,.0f}" if arm.images_per_s else "–"])
+    return rows
+
+
+def markdown(rows: List[List[str]], title: str) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(HEADER) + " |", "|" + " ---------- |" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    note = ("Top-1/Top-5: mean ± sd over seeds. Improved Top-1: mean of the per-seed differences to baseline "
+            "(same seed = same shared init and data order), with a 95% Student-t confidence interval.")
+    return "\n".join(lines + ["", note, ""])
+
+
+def csv_text(arms: Dict[str, ArmSummary]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean",
+                     "delta_ci_low", "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds"])
+    for arm in arms.values():
+        interval = paired_interval(arm.delta) or ("", "")
+        writer.writerow([arm.squeeze, " ".join(map(str, arm.seeds)),
+                         _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
+                         _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval, arm.parameters or "",
+                         _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds))])
+    return buffer.getvalue()
+
+
+def _number(function, values, minimum: int = 1):
+    return function(values) if len(values) >= minimum else ""
+
+
+def plot_top1(arms: Dict[str, ArmSummary], path: Path, title: str) -> None:
+    present = [arm for arm in arms.values() if arm.top1]
+    figure, axis = plt.subplots(figsize=(1.1 * len(arms) + 2, 4))
+    axis.bar([a.squeeze for a in present], [mean(a.top1) for a in present],
+             yerr=[stdev(a.top1) if len(a.top1) > 1 else 0 for a in present], capsize=4, color="#4c72b0")
+    for arm in present:
+        axis.scatter([arm.squeeze] * len(arm.top1), arm.top1, color="black", s=10, zorder=3)
+    low = min(min(a.top1) for a in present)
+    axis.set_ylim(max(0, low - 5), min(100, max(max(a.top1) for a in present) + 3))
+    axis.set_ylabel("val top-1 (%)")
+    axis.set_title(f"{title}: mean ± sd over seeds (dots: single seeds)")
+    figure.tight_layout()
+    _save_png(figure, path)
+
+
+def plot_curves(runs: List[dict], path: Path, title: str) -> None:
+    figure, axis = plt.subplots(figsize=(7, 4))
+    order = arm_order({r["squeeze"] for r in runs})
+    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(order)}
+    labelled = set()
+    for run in sorted(runs, key=lambda r: (order.index(r["squeeze"]), r["seed"])):
+        points = [(line["epoch"], line["val_top1"]) for line in run["log"] if "val_top1" in line]
+        if points:
+            label = None if run["squeeze"] in labelled else run["squeeze"]
+            labelled.add(run["squeeze"])
+            axis.plot(*zip(*points), color=colours[run["squeeze"]], label=label, alpha=0.8)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("val top-1 (%)")
+    axis.set_title(f"{title}: validation curves (one line per seed)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    _save_png(figure, path)
+
+
+def _save_png(figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_report(root: Path) -> str:
+    """Write report.md, report.csv, top1.png and curves.png under `root`; returns the markdown."""
+    runs = read_runs(root)
+    manifest = read_manifest(root)
+    if not runs and not manifest:
+        raise FileNotFoundError(f"{root} holds no finished run (no */result.json)")
+    sections, csv_parts = [], []
+    archs = sorted({run["arch"] for run in runs}) or [manifest.get("arch", "runs")]
+    for arch in archs:
+        arch_runs = [run for run in runs if run["arch"] == arch]
+        arms = summarize(arch_runs, manifest)
+        title = f"{arch} ({root.name})"
+        sections.append(markdown(table_rows(arms), title))
+        csv_parts.append(csv_text(arms))
+        suffix = "" if len(archs) == 1 else f"_{arch}"
+        if arch_runs:
+            plot_top1(arms, root / f"top1{suffix}.png", title)
+            plot_curves(arch_runs, root / f"curves{suffix}.png", title)
+    text = "\n".join(sections)
+    write_text_atomic(root / "report.md", text)
+    write_text_atomic(root / "report.csv", "".join(csv_parts))
+    return text
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_root", type=Path, help="folder whose subfolders are run directories")
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.runs_root))
+    except FileNotFoundError as error:
+        print(f"report.py: error: {error}", file=sys.stderr)
+        return 2
+    print(f"written: {args.runs_root}/report.md, report.csv, top1.png, curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,161 @@
+"""Ablation runner (scheduler with a mocked launcher, skip/resume for real) and the report's statistics."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_script, tiny_settings
+from pipeline.ablate import Job, Slot, command_for, make_slots, plan_jobs, run_schedule
+from pipeline.config import ConfigError
+from pipeline.report import paired_interval, write_report
+
+
+class FakeProcess:
+    """Exits with `status` after `polls` polls; records when it was alive."""
+
+    def __init__(self, status=0, polls=2):
+        self.status, self.polls_left = status, polls
+
+    def poll(self):
+        self.polls_left -= 1
+        return self.status if self.polls_left <= 0 else None
+
+
+def run_mocked(jobs, slots, statuses=None):
+    launches, busy, overlaps = [], {}, []
+
+    def launch(job, slot):
+        overlaps.extend(d for d in slot.devices if busy.get(d))
+        for device in slot.devices:
+            busy[device] = True
+        launches.append((job, slot))
+        process = FakeProcess((statuses or {}).get(job.squeeze, 0))
+        original_poll = process.poll
+
+        def poll():
+            status = original_poll()
+            if status is not None:
+                for device in slot.devices:
+                    busy[device] = False
+            return status
+        process.poll = poll
+        return process
+
+    outcome = run_schedule(jobs, slots, launch, report=lambda _: None, poll_seconds=0)
+    return outcome, launches, overlaps
+
+
+def test_eight_resnet18s_on_eight_gpus_one_per_gpu(tmp_path):
+    jobs = plan_jobs(["baseline", "gap", "gmp", "std", "gapXstd", "random", "avgmax", "fca"], [0, 1, 2],
+                     tmp_path, "resnet18", "rn18_16ep")
+    slots = make_slots([str(i) for i in range(8)], 1)
+    outcome, launches, overlaps = run_mocked(jobs, slots)
+    assert len(outcome["done"]) == 24 and not outcome["failed"] and not overlaps
+    assert {slot.devices for _, slot in launches[:8]} == {(str(i),) for i in range(8)}  # all 8 busy at once
+    assert [job.seed for job in jobs[:8]] == [0] * 8  # seed-major: complete pairs first
+
+
+def test_all_gpus_per_run_uses_torchrun(tmp_path):
+    slots = make_slots(["0", "1", "2", "3"], None)
+    assert slots == [Slot(("0", "1", "2", "3"))]
+    command, env = command_for(Job("gmp", 1, tmp_path / "r"), slots[0], Path("recipes/rn50_88ep.yaml"),
+                               ["--training.epochs=2"])
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    assert "--squeeze" in command and "gmp" in command and "--training.seed=1" in command
+    assert command[-1] == "--training.epochs=2"
+    assert make_slots(["0", "1", "2", "3"], 2) == [Slot(("0", "1")), Slot(("2", "3"))]
+    with pytest.raises(ConfigError, match="does not divide"):
+        make_slots(["0", "1", "2"], 2)
+
+
+def test_cpu_runs_one_after_another(tmp_path):
+    command, env = command_for(Job("gap", 0, tmp_path / "r"), Slot(), Path("recipes/sample.yaml"), [])
+    assert command[1].endswith("pipeline/train.py")
+    outcome, launches, _ = run_mocked(plan_jobs(["gap", "std"], [0], tmp_path, "resnet18", "s"), make_slots([], 1))
+    assert len(launches) == 2 and len(outcome["done"]) == 2
+
+
+def test_failed_run_is_retried_once_then_reported(tmp_path):
+    jobs = plan_jobs(["gap", "std"], [0], tmp_path, "resnet18", "s")
+    outcome, launches, _ = run_mocked(jobs, make_slots(["0"], 1), statuses={"std": 1})
+    assert [job.squeeze for job, _ in launches] == ["gap", "std", "std"]
+    assert [job.squeeze for job in outcome["failed"]] == ["std"] and len(outcome["done"]) == 1
+
+
+def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_path):
+    root = tmp_path / "ablation"
+    arguments = ["pipeline/ablate.py", "--squeeze", "baseline,random", "--seeds", "1", "--gpus", "none",
+                 "--runs-root", str(root), *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
+    arguments.remove(f"--logging.run_dir={tmp_path / 'unused'}")  # the runner names each run's directory
+    first = run_script(arguments)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2 ran, 0 skipped, 0 failed" in first.stdout
+    interrupted = root / "resnet18-random-sample-s0"
+    (interrupted / "result.json").unlink()  # as if killed after its last checkpoint
+    second = run_script(arguments)
+    assert second.returncode == 0 and "1 ran, 1 skipped, 0 failed" in second.stdout
+    assert "resuming" in (interrupted / "train.log").read_text()
+    assert "| random |" in second.stdout and "| baseline |" in second.stdout
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba finalizers of ffcv
+def test_same_seed_same_data_order_across_arms(tiny_betons):
+    from pipeline.data import LoaderSettings, train_loader
+
+    def labels(seed):
+        loader = train_loader(str(tiny_betons / "train.beton"), LoaderSettings(16, 1, True, 2, seed), 32,
+                              torch.device("cpu"), distributed=False)
+        return torch.cat([label for _, label in loader]).tolist()
+
+    assert labels(3) == labels(3)
+    assert labels(3) != labels(4)
+
+
+def write_result(root, squeeze, seed, top1, top5, epochs=2):
+    run_dir = root / f"resnet18-{squeeze}-x-s{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps({
+        "arch": "resnet18", "squeeze": squeeze, "seed": seed, "epochs": epochs, "finished_epochs": epochs,
+        "top1": top1, "top5": top5, "parameters": 11_000_000, "train_images_per_s": 1000.0 + seed}))
+    (run_dir / "log.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "val_top1": top1 - 5 * (1 - e)}) + "\n"
+                                               for e in range(epochs)))
+
+
+def test_report_statistics_match_a_hand_computation(tmp_path):
+    for seed, (base, gap) in enumerate([(70.0, 71.0), (71.0, 71.5), (72.0, 73.5)]):
+        write_result(tmp_path, "baseline", seed, base, 90.0)
+        write_result(tmp_path, "gap", seed, gap, 91.0)
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "gap", "gmp"], "failed": []}))
+    text = write_report(tmp_path)
+    # by hand: differences 1.0, 0.5, 1.5 -> mean 1.0, sd 0.5; t(0.975, df=2) = 4.302653
+    half = 4.302653 * 0.5 / math.sqrt(3)
+    assert paired_interval([1.0, 0.5, 1.5]) == pytest.approx((1.0 - half, 1.0 + half), abs=1e-5)
+    assert "| baseline | 71.00 ± 1.00 | 90.00 ± 0.00 | +0.00 [+0.00, +0.00] | 3 |" in text
+    assert f"| gap | 72.00 ± 1.32 | 91.00 ± 0.00 | +1.00 [{1 - half:+.2f}, {1 + half:+.2f}] | 3 |" in text
+    assert "| gmp | missing | missing | missing | 0 |" in text  # asked for, never ran
+    rows = (tmp_path / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("squeeze,seeds,top1_mean") and rows[2].startswith("gap,0 1 2,72.0,")
+    for name in ("top1.png", "curves.png"):
+        with Image.open(tmp_path / name) as image:
+            image.verify()
+        assert Image.open(tmp_path / name).size[0] > 300
+
+
+def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
+    write_result(tmp_path, "baseline", 0, 60.0, 80.0)
+    write_result(tmp_path, "baseline", 1, 62.0, 80.0)
+    write_result(tmp_path, "std", 1, 63.0, 81.0)
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "std"],
+                                                        "failed": [{"squeeze": "std", "seed": 0}]}))
+    text = write_report(tmp_path)
+    assert "| std | 63.00 | 81.00 | +1.00 | 1 (1 failed) |" in text  # one pair: no interval
+
+
+def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
+    result = run_script(["pipeline/report.py", str(tmp_path)], timeout=60)
+    assert result.returncode == 2 and "holds no finished run" in result.stderr
