@@ -26,3 +26,11 @@ demo: setup data/sample/train.beton
 
 data/sample/train.beton: | setup
 	$(PY) dataset_prep/write_imagenet.py
+
+# benchmarks: each prints a table and, last, a JSON line of ratios against a peer measured in the same run
+bench: setup
+	$(PY) benchmarks/bench_write.py
+	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_e2e.py
+	$(PY) benchmarks/project.py --cfg recipes/rn50_88ep.yaml --gpus 8 --cores 128

@@ -88,5 +88,6 @@ def build_sample_folder(out_root: Path, train_per_class: int = 200, val_per_clas
                 counts[split] += 1
                 progress.update()
     progress.close()
+    shutil.rmtree(final_root, ignore_errors=True)  # a stale or differently sized set is replaced whole
     os.replace(out_root, final_root)
     return counts

@@ -1,5 +1,4 @@
 """One training epoch and one exact evaluation pass; each returns what it measured."""
-import math
 from typing import Callable, Dict, Iterable, Optional
 
 import torch
@@ -51,6 +50,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, augment: nn.Module, opti
             optimizer.step()
         loss_sum += loss.detach().float()
         images_seen += images.shape[0]
+        if step == 0:  # includes torch.compile's compilation and cudnn autotuning on the first epoch
+            first_step_seconds = watch.elapsed()
         if (step + 1) % NONFINITE_CHECK_EVERY == 0:
             _check_finite(loss_sum, epoch, step)
             if show_progress:
@@ -61,7 +62,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, augment: nn.Module, opti
     _check_finite(loss_sum, epoch, step)
     seconds = watch.elapsed()
     return {"train_loss": loss_sum.item() / (step + 1), "train_images_per_s": images_seen / seconds,
-            "train_seconds": seconds, "lr": lr}
+            "train_seconds": seconds, "first_step_seconds": first_step_seconds, "lr": lr}
 
 
 @torch.no_grad()
@@ -89,6 +90,3 @@ def evaluate(model: nn.Module, loader: Iterable, augment: nn.Module, precision: 
     return {"val_top1": 100 * correct1 / count, "val_top5": 100 * correct5 / count,
             "val_loss": loss_sum / count, "val_images": int(count)}
 
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, float) and math.isfinite(value)

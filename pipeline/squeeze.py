@@ -87,24 +87,33 @@ def global_max(x: torch.Tensor) -> torch.Tensor:
 STD_EPS = 1e-5
 
 
-@register("std")
-def spatial_std(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel standard deviation over H*W, sqrt(var + eps) in fp32.
+def _spatial_var_mean(x: torch.Tensor):
+    """Variance (unbiased) and mean over H*W as fp32 tensors.
 
-    Unbiased (correction 1, as the seed's `torch.std`), falling back to correction 0 on a 1x1 map where the
-    unbiased estimate is undefined. fp32 because bf16/fp16 variance loses most of its digits; the eps keeps
-    the gradient finite at step 0, where zero-init of the last BN makes every input exactly 0.
+    torch's var_mean accumulates bf16/fp16 inputs in fp32 (Welford, no E[x^2]-E[x]^2 cancellation), so the
+    reduction runs on the activation as it is: no fp32 copy of it (measured +7-12% step speed on an H200,
+    REFERENCE §4). Only the (B, C) result is rounded to the input dtype before it is widened again.
+    Correction falls back to 0 on a 1x1 map, where the unbiased estimate is undefined.
     """
     spatial = x.shape[2] * x.shape[3]
-    variance, _ = torch.var_mean(x.float(), dim=(2, 3), correction=min(1, spatial - 1))
+    variance, mean = torch.var_mean(x, dim=(2, 3), correction=min(1, spatial - 1))
+    return variance.float(), mean.float()
+
+
+@register("std")
+def spatial_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel standard deviation over H*W: sqrt(var + eps) in fp32, unbiased as the seed's `torch.std`.
+
+    The eps keeps the gradient finite at step 0, where zero-init of the last BN makes every input exactly 0.
+    """
+    variance, _ = _spatial_var_mean(x)
     return torch.sqrt(variance + STD_EPS).to(x.dtype)
 
 
 @register("gapXstd")
 def mean_times_std(x: torch.Tensor) -> torch.Tensor:
-    """gap * std (the seed's product), both from one fp32 var_mean pass."""
-    spatial = x.shape[2] * x.shape[3]
-    variance, mean = torch.var_mean(x.float(), dim=(2, 3), correction=min(1, spatial - 1))
+    """gap * std (the seed's product), both from one var_mean pass."""
+    variance, mean = _spatial_var_mean(x)
     return (mean * torch.sqrt(variance + STD_EPS)).to(x.dtype)
 
 

@@ -103,9 +103,11 @@ def resume_state(run_dir: Path, config: Dict[str, Any]) -> Optional[Dict[str, An
     return state
 
 
-def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: float) -> str:
+def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: float, compiled: bool) -> str:
     text = (f"epoch {epoch + 1}: res {resolution} lr {metrics['lr']:.4g} loss {metrics['train_loss']:.4f} "
             f"{metrics['train_images_per_s']:.0f} img/s")
+    if compiled and metrics["first_step_seconds"] > 1:
+        text += f" (first step incl. torch.compile: {metrics['first_step_seconds']:.1f} s)"
     if "val_top1" in metrics:
         text += f" | val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f}"
     return text + f" | {time.time() - started:.0f} s"
@@ -160,7 +162,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World) -> Dict[str, Any]
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
             ckpt.save_checkpoint(run_dir / ckpt.CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history)
-            print(epoch_line(epoch, resolution, metrics, started), flush=True)
+            print(epoch_line(epoch, resolution, metrics, started, config["training.compile"] != "none"), flush=True)
         barrier()
     result = summarize(config, history, parameters, world, global_batch, precision.name)
     if world.is_main:

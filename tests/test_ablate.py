@@ -3,9 +3,7 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import run_script, tiny_settings
@@ -103,17 +101,19 @@ def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_pat
     assert "| random |" in second.stdout and "| baseline |" in second.stdout
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba finalizers of ffcv
 def test_same_seed_same_data_order_across_arms(tiny_betons):
-    from pipeline.data import LoaderSettings, train_loader
-
-    def labels(seed):
-        loader = train_loader(str(tiny_betons / "train.beton"), LoaderSettings(16, 1, True, 2, seed), 32,
-                              torch.device("cpu"), distributed=False)
-        return torch.cat([label for _, label in loader]).tolist()
-
-    assert labels(3) == labels(3)
-    assert labels(3) != labels(4)
+    # in a subprocess: several ffcv loaders in one process trip a numba finalizer at exit (noise, not a bug)
+    probe = f"""
+import torch
+from pipeline.data import LoaderSettings, train_loader
+def labels(seed):
+    loader = train_loader("{tiny_betons / 'train.beton'}", LoaderSettings(16, 1, True, 2, seed), 32,
+                          torch.device("cpu"), distributed=False)
+    return torch.cat([label for _, label in loader]).tolist()
+print(labels(3) == labels(3), labels(3) != labels(4))
+"""
+    result = run_script(["-c", probe], timeout=120)
+    assert result.stdout.split()[:2] == ["True", "True"], result.stderr[-2000:]
 
 
 def write_result(root, squeeze, seed, top1, top5, epochs=2):

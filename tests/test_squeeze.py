@@ -43,6 +43,16 @@ def test_std_is_unbiased_torch_std_with_eps():
     torch.testing.assert_close(squeeze("std"), torch.std(X, dim=(2, 3)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["std", "gapXstd"])
+def test_std_in_bf16_accumulates_in_fp32(name):
+    x = (torch.randn(4, 32, 14, 14) * 3 + 50).bfloat16()  # large mean: naive E[x^2]-E[x]^2 would cancel
+    exact = torch.sqrt(x.double().flatten(2).var(-1) + 1e-5)
+    if name == "gapXstd":
+        exact = exact * x.double().mean((2, 3))
+    relative = (squeeze(name, x).double() - exact).abs() / exact
+    assert relative.max() < 2 ** -7  # bf16 rounding of the result only
+
+
 def test_std_on_one_pixel_map_is_finite():
     assert torch.isfinite(squeeze("std", torch.randn(2, 16, 1, 1))).all()
 

@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from conftest import REPO, run_script, tiny_settings
 from pipeline.checkpoint import load_checkpoint, load_weights
@@ -100,14 +99,33 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_betons, tmp_pa
     assert not (run_dir / "final.pt").exists()
 
 
-def test_distributed_eval_shards_with_torch_cpu_reference(tiny_betons):
-    # sanity of the reference the DDP test relies on: eval twice gives identical numbers
-    from pipeline.data import DeviceAugment, LoaderSettings, shard_indices, val_loader
-    from pipeline.acceleration import choose_precision
-    from pipeline.engine import evaluate
-    model = build_model("resnet18", "random", num_classes=10, blurpool=False)
-    loader = val_loader(str(tiny_betons / "val.beton"), LoaderSettings(10, 1, True, 2, 0), 32,
-                        torch.device("cpu"), shard_indices(49, 0, 1))
-    runs = [evaluate(model, loader, DeviceAugment(False), choose_precision("fp32", torch.device("cpu")), True,
-                     torch.device("cpu")) for _ in range(2)]
-    assert runs[0] == runs[1] and runs[0]["val_images"] == 49
+def test_eval_of_the_random_arm_is_reproducible(tiny_betons):
+    # the reference the DDP test relies on: evaluating the same weights twice gives identical numbers
+    probe = f"""
+import torch
+from pipeline.acceleration import choose_precision
+from pipeline.data import DeviceAugment, LoaderSettings, shard_indices, val_loader
+from pipeline.engine import evaluate
+from pipeline.models import build_model
+model = build_model("resnet18", "random", num_classes=10, blurpool=False)
+cpu = torch.device("cpu")
+loader = val_loader("{tiny_betons / 'val.beton'}", LoaderSettings(10, 1, True, 2, 0), 32, cpu, shard_indices(49, 0, 1))
+runs = [evaluate(model, loader, DeviceAugment(False), choose_precision("fp32", cpu), True, cpu) for _ in range(2)]
+print(runs[0] == runs[1], runs[0]["val_images"])
+"""
+    result = run_script(["-c", probe], timeout=120)
+    assert result.stdout.split() == ["True", "49"], result.stderr[-2000:]
+
+
+def test_progressive_resizing_changes_the_batch_shape(tiny_betons):
+    probe = f"""
+import torch
+from pipeline.data import LoaderSettings, set_train_resolution, train_loader
+loader = train_loader("{tiny_betons / 'train.beton'}", LoaderSettings(16, 1, True, 2, 0), 32, torch.device("cpu"), False)
+first = next(iter(loader))[0].shape
+set_train_resolution(loader, 64)
+second = next(iter(loader))[0].shape
+print(tuple(first), tuple(second))
+"""
+    result = run_script(["-c", probe], timeout=120)
+    assert result.stdout.strip() == "(16, 3, 32, 32) (16, 3, 64, 64)", result.stderr[-2000:]

@@ -1,0 +1,102 @@
+"""End to end: the real FFCV loader feeding a real training step, next to the loader alone and the model alone.
+
+    python benchmarks/bench_e2e.py                  # GPU: se_resnet50 gap at 192 px, batch 256, bf16
+    python benchmarks/bench_e2e.py --arch resnet18 --squeeze gmp --res 160 --compile max-autotune
+
+All three are measured in the same run on the same beton (the real-photo benchmark set, written with the
+ImageNet storage settings). Target: end to end >= 0.9 x min(loader alone, model alone).
+"""
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dataset_prep.beton import WriteSettings, write_beton
+from dataset_prep.image_folder import find_split
+from dataset_prep.sample_set import build_sample_folder
+from pipeline.acceleration import choose_precision, maybe_compile
+from pipeline.data import DeviceAugment, LoaderSettings, train_loader
+from pipeline.models import build_model
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(batches, device, steps: int, warmup: int, work) -> float:
+    """Images/s of `work(images, labels)` over `steps` batches after `warmup` batches (cycling the loader)."""
+    done, images, started = 0, 0, None
+    while done < warmup + steps:
+        for batch in batches():
+            if done == warmup:
+                synchronize(device)
+                started = time.perf_counter()
+            work(*batch)
+            done += 1
+            images += batch[0].shape[0] if done > warmup else 0
+            if done == warmup + steps:
+                break
+    synchronize(device)
+    return images / (time.perf_counter() - started)
+
+
+def main() -> None:
+    gpu = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet50" if gpu else "resnet18")
+    parser.add_argument("--squeeze", default="gap")
+    parser.add_argument("--res", type=int, default=192 if gpu else 64)
+    parser.add_argument("--batch", type=int, default=256 if gpu else 32)
+    parser.add_argument("--steps", type=int, default=200 if gpu else 10)
+    parser.add_argument("--warmup", type=int, default=20 if gpu else 3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--compile", default="none", help="torch.compile mode for the model, or none")
+    parser.add_argument("--per-class", type=int, default=1280 if gpu else 100, help="photos per class (10)")
+    parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
+    args = parser.parse_args()
+    device = torch.device("cuda" if gpu else "cpu")
+    if not (args.data / "train").is_dir() or len(find_split(args.data / "train").files) != 10 * args.per_class:
+        build_sample_folder(args.data, train_per_class=args.per_class, val_per_class=1, seed=7)
+    beton = args.data / f"train_{args.per_class}.beton"
+    if not beton.exists():
+        write_beton(find_split(args.data / "train").files, [str(i) for i in range(10)], beton,
+                    WriteSettings(workers=args.workers), "bench", 0)
+    loader = train_loader(str(beton), LoaderSettings(args.batch, args.workers, True, 3, 0), args.res, device, False)
+    augment = DeviceAugment(flip=True).to(device)
+    precision = choose_precision("auto", device)
+    model = build_model(args.arch, args.squeeze, num_classes=10).to(device).to(memory_format=torch.channels_last)
+    network = maybe_compile(model, args.compile)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def train_step(images, labels):
+        images = augment(images)
+        with precision.autocast():
+            loss = F.cross_entropy(network(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    resident = next(iter(loader))
+    results = {
+        "loader_img_s": timed(lambda: loader, device, args.steps, args.warmup, lambda images, labels: augment(images)),
+        "model_img_s": timed(lambda: [resident] * (args.steps + args.warmup), device, args.steps, args.warmup,
+                             train_step),
+        "e2e_img_s": timed(lambda: loader, device, args.steps, args.warmup, train_step),
+    }
+    results["e2e_vs_min"] = results["e2e_img_s"] / min(results["loader_img_s"], results["model_img_s"])
+    name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\nse_{args.arch} {args.squeeze}, {args.res} px, batch {args.batch}, {precision.name}, "
+          f"compile {args.compile}, {args.workers} loader threads, {name}")
+    for key in ("loader_img_s", "model_img_s", "e2e_img_s"):
+        print(f"  {key[:-6]:7s} {results[key]:9.0f} img/s")
+    print(f"  end to end / min(loader, model) = {results['e2e_vs_min']:.2f} (target >= 0.9)")
+    print(json.dumps({key: round(value, 3) for key, value in results.items()} | {"device": name}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Loader throughput: FFCV (several storage and loader settings) vs torchvision ImageFolder + PIL + DataLoader.
+
+    python benchmarks/bench_loader.py [--per-class 200] [--res 176] [--batch 256] [--workers N]
+
+Both sides read the same real-photo JPEGs (the sample-set generator: 300-500 px, realistic ImageNet sizes),
+do the same random-resized crop at --res and a flip, and deliver uint8 batches of the same size with the same
+number of workers. The first epoch (ffcv's JIT compile, torchvision's worker start) is not timed. Resident
+memory is the peak RSS of the measuring process (ffcv: threads in one process; torchvision: the main process
+plus its worker processes); each configuration runs in a fresh process.
+"""
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from torchvision import datasets, transforms
+
+from dataset_prep.beton import WriteSettings, write_beton
+from dataset_prep.image_folder import find_split
+from dataset_prep.sample_set import build_sample_folder
+from pipeline.data import LoaderSettings, train_loader
+
+
+def resident_mb(process: psutil.Process, children: bool) -> float:
+    processes = [process] + (process.children(recursive=True) if children else [])
+    return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
+
+def time_epochs(make_iterator, epochs: int, children: bool):
+    """(median images/s over the timed epochs, peak RSS MB) after one untimed warm-up epoch."""
+    me = psutil.Process()
+    for _ in make_iterator():
+        pass
+    speeds, peak = [], 0.0
+    for _ in range(epochs):
+        images, started = 0, time.perf_counter()
+        for batch_index, (batch, _) in enumerate(make_iterator()):
+            images += batch.shape[0]
+            if batch_index % 4 == 0:
+                peak = max(peak, resident_mb(me, children))
+        speeds.append(images / (time.perf_counter() - started))
+    return statistics.median(speeds), peak
+
+
+def measure_torchvision(folder: Path, res: int, batch: int, workers: int, epochs: int):
+    transform = transforms.Compose([transforms.RandomResizedCrop(res), transforms.RandomHorizontalFlip(),
+                                    transforms.PILToTensor()])
+    dataset = datasets.ImageFolder(str(folder), transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                         drop_last=True, persistent_workers=True)
+    return time_epochs(lambda: iter(loader), epochs, children=True)
+
+
+def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int):
+    loader = train_loader(beton, settings, res, torch.device("cpu"), False)
+    return time_epochs(lambda: iter(loader), epochs, children=False)
+
+
+def in_fresh_process(function, *args):
+    """Each configuration in its own process: clean RSS, no state carried between loaders."""
+    context = multiprocessing.get_context("spawn")  # executor workers may start their own (DataLoader) workers
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
+        return executor.submit(function, *args).result()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=200, help="images per class (10 classes)")
+    parser.add_argument("--res", type=int, default=176)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per configuration (median)")
+    parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
+    args = parser.parse_args()
+    if not (args.data / "train").is_dir() or len(find_split(args.data / "train").files) != 10 * args.per_class:
+        build_sample_folder(args.data, train_per_class=args.per_class, val_per_class=1, seed=7)
+    files = list(find_split(args.data / "train").files)
+    classes = [str(i) for i in range(10)]
+    rows = []
+
+    storage = {
+        "500px proportion 0.5 q90 (ImageNet default)": WriteSettings(workers=args.workers),
+        "500px all JPEG q90": WriteSettings(write_mode="jpg", workers=args.workers),
+        "500px all raw": WriteSettings(write_mode="raw", workers=args.workers),
+        "320px proportion 0.5 (decode less)": WriteSettings(max_res=320, workers=args.workers),
+    }
+    loader_variants = {  # applied to the default storage only
+        "os_cache off": dict(os_cache=False),
+        "batches_ahead 1": dict(batches_ahead=1),
+        "batches_ahead 6": dict(batches_ahead=6),
+        f"{max(1, args.workers // 2)} workers": dict(num_workers=max(1, args.workers // 2)),
+    }
+    with tempfile.TemporaryDirectory(dir=args.data) as folder:
+        betons = {label: Path(folder) / f"{index}.beton" for index, label in enumerate(storage)}
+        for label, settings in storage.items():
+            write_beton(files, classes, betons[label], settings, "bench", 0)
+        os.sync()  # the writes' dirty pages would otherwise be flushed during the first measurement
+        speed, memory = in_fresh_process(measure_torchvision, args.data / "train", args.res, args.batch,
+                                         args.workers, args.epochs)
+        rows.append(("torchvision ImageFolder+PIL+DataLoader", speed, memory))
+        for index, (label, beton) in enumerate(betons.items()):
+            size_mb = beton.stat().st_size / 2**20
+            variants = {"": {}} | (loader_variants if index == 0 else {})
+            for variant, change in variants.items():
+                loader_args = dict(batch_size=args.batch, num_workers=args.workers, os_cache=True,
+                                   batches_ahead=3, seed=0) | change
+                speed, memory = in_fresh_process(measure_ffcv, str(beton), LoaderSettings(**loader_args),
+                                                 args.res, args.epochs)
+                name = f"ffcv, {label}" + (f", {variant}" if variant else "") + f" [{size_mb:.0f} MB]"
+                rows.append((name, speed, memory))
+
+    reference = rows[0][1]
+    print(f"\n{len(files)} photos, RRC {args.res} + flip, batch {args.batch}, {args.workers} workers, "
+          f"{os.cpu_count()} cores")
+    print(f"{'loader':78s} {'img/s':>7s} {'x tv':>6s} {'RSS MB':>7s}")
+    for name, speed, memory in rows:
+        print(f"{name:78s} {speed:7.0f} {speed / reference:6.2f} {memory:7.0f}")
+    default = rows[1][1]
+    print(json.dumps({"loader_speedup_vs_torchvision": round(default / reference, 3),
+                      "best_speedup_vs_torchvision": round(max(r[1] for r in rows[1:]) / reference, 3),
+                      "torchvision_img_s": round(reference), "ffcv_default_img_s": round(default),
+                      "cores": os.cpu_count(), "workers": args.workers, "res": args.res}))
+
+
+if __name__ == "__main__":
+    main()

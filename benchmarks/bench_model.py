@@ -1,0 +1,119 @@
+"""Training-step throughput and peak memory of every squeeze arm against torchvision (and timm) peers.
+
+    python benchmarks/bench_model.py                       # GPU: resnet50, 160/192/224 px, batch 256, eager + compiled
+    python benchmarks/bench_model.py --arch resnet18 --modes eager --res 192
+
+One step = forward + backward + SGD step on random data in channels_last with bf16 autocast (fp32 on CPU),
+timed after warm-up with the device synchronised. Peers run in the same process: torchvision's resnetNN,
+and timm's seresnetNN where timm is installed. Without a GPU it runs a small CPU configuration.
+"""
+import argparse
+import contextlib
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from pipeline.models import build_model
+from pipeline.squeeze import squeeze_names
+
+
+def peers(arch: str) -> dict:
+    found = {f"torchvision {arch}": lambda: getattr(torchvision.models, arch)()}
+    try:
+        import timm
+        found[f"timm se{arch}"] = lambda: timm.create_model(f"se{arch}")
+    except ImportError:
+        pass
+    return found
+
+
+def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str):
+    """(images/s, peak memory GB or None, compile+warm-up seconds) of SGD steps on one model."""
+    model = make_model().to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if compile_mode != "eager":
+        model = torch.compile(model, mode=None if compile_mode == "compiled" else compile_mode)
+    images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    synchronize()
+    warmup_seconds = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    speed = batch * steps / (time.perf_counter() - started)
+    memory = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return speed, memory, warmup_seconds
+
+
+def main() -> None:
+    gpu = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet50" if gpu else "resnet18")
+    parser.add_argument("--arms", default="all", help="comma list of squeeze arms, or all")
+    parser.add_argument("--res", default="160,192,224" if gpu else "64")
+    parser.add_argument("--batch", type=int, default=256 if gpu else 16)
+    parser.add_argument("--steps", type=int, default=30 if gpu else 3)
+    parser.add_argument("--warmup", type=int, default=8 if gpu else 1)
+    parser.add_argument("--modes", default="eager,compiled" if gpu else "eager",
+                        help="eager, compiled (default mode) or any torch.compile mode name")
+    args = parser.parse_args()
+    device = torch.device("cuda" if gpu else "cpu")
+    arms = squeeze_names() if args.arms == "all" else args.arms.split(",")
+    models = {name: make for name, make in peers(args.arch).items()}
+    models |= {arm: (lambda arm=arm: build_model(args.arch, arm)) for arm in arms}
+    reference_name = f"torchvision {args.arch}"
+    rows, ratios = [], {}
+    for mode in args.modes.split(","):
+        for res in map(int, args.res.split(",")):
+            measured = {}
+            for name, make in models.items():
+                measured[name] = step_throughput(make, device, args.batch, res, args.steps, args.warmup, mode)
+            reference_speed, reference_memory, _ = measured[reference_name]
+            key = f"{mode}@{res}"
+            ratios[key] = {}
+            for name, (speed, memory, warm) in measured.items():
+                ratio = speed / reference_speed
+                memory_ratio = memory / reference_memory if memory else None
+                ratios[key][name] = {"img_s": round(speed, 1), "ratio_vs_torchvision": round(ratio, 3),
+                                     "memory_gb": round(memory, 2) if memory else None,
+                                     "memory_ratio_vs_torchvision": round(memory_ratio, 3) if memory_ratio else None,
+                                     "warmup_s": round(warm, 1)}
+                rows.append((mode, res, name, speed, ratio, memory, memory_ratio, warm))
+    device_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\n{args.arch}, batch {args.batch}, {device_name}, {'bf16' if gpu else 'fp32'}, channels_last")
+    print(f"{'mode':9s} {'res':>4s} {'model':28s} {'img/s':>8s} {'x tv':>6s} {'mem GB':>7s} {'x tv':>6s} "
+          f"{'warm-up s':>9s}")
+    for mode, res, name, speed, ratio, memory, memory_ratio, warm in rows:
+        memory_text = f"{memory:7.2f} {memory_ratio:6.2f}" if memory else f"{'-':>7s} {'-':>6s}"
+        print(f"{mode:9s} {res:4d} {name:28s} {speed:8.1f} {ratio:6.2f} {memory_text} {warm:9.1f}")
+    print(json.dumps({"device": device_name, "arch": args.arch, "batch": args.batch, "results": ratios}))
+
+
+if __name__ == "__main__":
+    main()

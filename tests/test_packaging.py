@@ -1,0 +1,99 @@
+"""GPU-side packaging: the Dockerfile lints and agrees with `make setup`; the ffcv wheel is self-contained."""
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+PYPROJECT = (REPO / "pyproject.toml").read_text()
+
+
+def pinned(package: str) -> str:
+    return re.search(rf'"{package}==([^"]+)"', PYPROJECT).group(1)
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_base_image_carries_the_pinned_torch():
+    base = re.search(r"ARG BASE_IMAGE=pytorch/pytorch:(\S+)", DOCKERFILE).group(1)
+    assert base.split("-")[0] == pinned("torch")
+    assert "cuda" in base and "cudnn" in base
+
+
+def test_dockerfile_installs_what_make_setup_installs():
+    makefile = (REPO / "Makefile").read_text()
+    # the same system-package script and the same pinned project, in both places
+    assert "bash scripts/install_system_deps.sh" in makefile and "bash scripts/install_system_deps.sh" in DOCKERFILE
+    assert re.search(r"pip install -q -e '\.\[test\]'", makefile) and re.search(r"pip install -e \.\n", DOCKERFILE)
+    script = (REPO / "scripts" / "install_system_deps.sh").read_text()
+    packages = re.search(r"packages=\(([^)]*)\)", script).group(1).split()
+    assert packages == ["libturbojpeg0-dev", "libopencv-dev", "pkg-config"]
+    assert "ln -sfn /data data/imagenet" in DOCKERFILE  # where the rn* recipes look for betons
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "data", "runs", ".git"} <= set(ignored)
+
+
+def test_slurm_script_is_valid_bash_with_c10d_rendezvous():
+    script = REPO / "scripts" / "slurm_rn50.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "--rdzv_backend=c10d" in text and "--nnodes=\"$SLURM_JOB_NUM_NODES\"" in text
+    assert "pipeline/train.py --cfg \"$RECIPE\"" in text
+
+
+@pytest.fixture(scope="module")
+def ffcv_wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheelhouse")
+    result = subprocess.run(["bash", str(REPO / "scripts" / "build_ffcv_wheel.sh"), sys.executable, str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheels = list(out.glob("ffcv-1.0.2-*manylinux_2_35_x86_64.whl"))
+    assert len(wheels) == 1
+    return wheels[0]
+
+
+def test_wheel_bundles_its_libraries(ffcv_wheel):
+    auditwheel = Path(sys.executable).parent / "auditwheel"
+    if not auditwheel.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "auditwheel"], check=True)
+    shown = subprocess.run([str(auditwheel), "show", str(ffcv_wheel)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert 'is consistent with the following platform tag: "manylinux_2_35_x86_64"' in text
+    listing = subprocess.run(["unzip", "-l", str(ffcv_wheel)], capture_output=True, text=True).stdout
+    assert "ffcv.libs/libturbojpeg" in listing and "ffcv.libs/libopencv_imgproc" in listing
+
+
+def test_wheel_imports_and_decodes_in_a_fresh_venv(ffcv_wheel, tmp_path):
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(ffcv_wheel)],
+                   check=True)
+    # torch, numpy and numba come from the project's venv, placed *after* the fresh site-packages
+    fresh_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    (Path(fresh_site) / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    probe = (
+        "import io, numpy as np, ffcv, ffcv.libffcv as lib; from PIL import Image\n"
+        "buffer = io.BytesIO(); Image.fromarray(np.full((16, 24, 3), 200, np.uint8)).save(buffer, 'JPEG')\n"
+        "data = np.frombuffer(buffer.getvalue(), np.uint8); out = np.zeros((16, 24, 3), np.uint8)\n"
+        "assert lib.imdecode(data, out, 16, 24, 16, 24, 0, 0, 1, 1, False, False) == 0\n"
+        "print(ffcv.__file__, int(out.mean()))\n")
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    location, mean = result.stdout.split()
+    assert location.startswith(fresh_site) and abs(int(mean) - 200) <= 2
+    ldd = subprocess.run(["ldd", *Path(fresh_site, "ffcv").glob("_libffcv*.so")], capture_output=True,
+                         text=True).stdout
+    turbojpeg = next(line for line in ldd.splitlines() if "turbojpeg" in line)
+    assert "ffcv.libs" in turbojpeg  # the bundled copy, not the system's
