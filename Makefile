@@ -34,3 +34,8 @@ bench: setup
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) benchmarks/project.py --cfg recipes/rn50_88ep.yaml --gpus 8 --cores 128
+
+# a self-contained manylinux ffcv wheel for GPU nodes without root or apt (WHEEL_PYTHON: the target interpreter)
+WHEEL_PYTHON ?= $(PYTHON)
+wheel:
+	bash scripts/build_ffcv_wheel.sh $(WHEEL_PYTHON) wheelhouse
