@@ -65,9 +65,6 @@ def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup
     synchronize()
     speed = batch * steps / (time.perf_counter() - started)
     memory = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
-    del model, optimizer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return speed, memory, warmup_seconds
 
 
@@ -94,6 +91,8 @@ def main() -> None:
             measured = {}
             for name, make in models.items():
                 measured[name] = step_throughput(make, device, args.batch, res, args.steps, args.warmup, mode)
+                if gpu:
+                    torch.cuda.empty_cache()  # the next model's peak memory starts from a clean allocator
             reference_speed, reference_memory, _ = measured[reference_name]
             key = f"{mode}@{res}"
             ratios[key] = {}

@@ -1,6 +1,5 @@
 """Checkpoints: one schema (model, optimizer, scaler, epoch, config, RNG states, format version), written
 atomically from rank 0, saved unwrapped from DDP and torch.compile so any process or tool can load them."""
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -8,6 +7,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 from torch import nn
+
+from pipeline.atomic import atomic_open
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -26,14 +27,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_atomic(payload: Any, path: Path) -> None:
-    """torch.save to a temp file, fsync, rename: a kill mid-save leaves the previous file intact."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
+    """torch.save through a temp file: a kill mid-save leaves the previous file intact."""
+    with atomic_open(path, "wb") as handle:
         torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def rng_states() -> Dict[str, Any]:

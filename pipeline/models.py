@@ -35,12 +35,17 @@ class SqueezeExcite(nn.Module):
         return x * gate[:, :, None, None].to(x.dtype)
 
 
-class SEBasicBlock(BasicBlock):
-    """torchvision's BasicBlock with an `se` slot (Identity until the builder fills it)."""
+class _SESlot:
+    """Adds the one `se` slot to a torchvision block: Identity until the builder fills it, so a block with an
+    empty slot consumes the RNG and holds the parameters of torchvision's block exactly."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.se: nn.Module = nn.Identity()
+
+
+class SEBasicBlock(_SESlot, BasicBlock):
+    """torchvision's BasicBlock with an `se` slot after bn2."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -50,12 +55,8 @@ class SEBasicBlock(BasicBlock):
         return self.relu(out + identity)
 
 
-class SEBottleneck(Bottleneck):
-    """torchvision's Bottleneck (stride on the 3x3 conv, as torchvision) with an `se` slot."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.se: nn.Module = nn.Identity()
+class SEBottleneck(_SESlot, Bottleneck):
+    """torchvision's Bottleneck (stride on the 3x3 conv, as torchvision) with an `se` slot after bn3."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)

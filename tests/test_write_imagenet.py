@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_prep import beton as beton_module
 from dataset_prep import image_folder
 from dataset_prep.beton import WriteSettings, metadata_path, verify_beton, write_beton
 from dataset_prep.image_folder import find_split, load_rgb
