@@ -14,7 +14,7 @@ import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
-from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from dataset_prep.beton import metadata_path, read_metadata
 
@@ -54,7 +54,9 @@ def check_beton(path: str, num_classes: Optional[int]) -> dict:
 
 
 def _label_pipeline(device: torch.device) -> list:
-    pipeline = [IntDecoder(), ToTensor(), Squeeze()]
+    """Labels come out as (B, 1); the engine flattens them (ffcv's Squeeze turns a last batch of one image
+    into a 0-d tensor)."""
+    pipeline = [IntDecoder(), ToTensor()]
     return pipeline + ([ToDevice(device, non_blocking=True)] if device.type == "cuda" else [])
 
 

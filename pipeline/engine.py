@@ -37,7 +37,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, augment: nn.Module, opti
     for step, (images, labels) in enumerate(batches):
         lr = lr_at_step(step)
         set_lr(optimizer, lr)
-        images = augment(images)
+        images, labels = augment(images), labels.view(-1)
         with precision.autocast():
             loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -73,7 +73,7 @@ def evaluate(model: nn.Module, loader: Iterable, augment: nn.Module, precision: 
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
     for images, labels in loader:
-        images = augment(images)
+        images, labels = augment(images), labels.view(-1)
         with precision.autocast():
             logits = model(images).float()
             if flip_tta:

@@ -4,11 +4,13 @@ Entry point: `pipeline/train.py` (run it directly or with torchrun). Only rank 0
 holding a checkpoint is resumed after its last finished epoch.
 """
 import argparse
+import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -18,7 +20,7 @@ from pipeline.acceleration import choose_precision, maybe_compile, to_channels_l
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, resolution_at,
                            set_train_resolution, shard_indices, train_loader, val_loader)
-from pipeline.distributed import World, all_reduce_sum, barrier, close_world, init_world
+from pipeline.distributed import World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
@@ -62,7 +64,7 @@ def default_run_dir(config: Dict[str, Any], recipe: Optional[Path]) -> Path:
 
 
 def loader_settings(config: Dict[str, Any], world: World, batch_size: int) -> LoaderSettings:
-    workers = config["data.num_workers"] or max(1, (torch.multiprocessing.cpu_count()) // world.local_world_size)
+    workers = config["data.num_workers"] or max(1, (os.cpu_count() or 1) // world.local_world_size)
     return LoaderSettings(batch_size, workers, config["data.os_cache"], config["data.batches_ahead"],
                           config["training.seed"])
 
@@ -113,6 +115,31 @@ def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: 
     return text + f" | {time.time() - started:.0f} s"
 
 
+def restore(state: Dict[str, Any], model, optimizer, scaler) -> Tuple[list, int]:
+    """Load a checkpoint's states in place; returns (log so far, first epoch to run)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    ckpt.restore_rng_states(state["rng"])
+    return state["history"], state["epoch"] + 1
+
+
+def lr_schedule(config: Dict[str, Any], peak_lr: float, iterations: int) -> Callable[[int, int], float]:
+    """lr at (epoch, step within epoch), evaluated per iteration."""
+    def lr_at(epoch: int, step: int) -> float:
+        return peak_lr * lr_factor(config["lr.schedule"], epoch + step / iterations, config["training.epochs"],
+                                   config["lr.warmup_epochs"], config["lr.milestones"], config["lr.gamma"])
+    return lr_at
+
+
+def average_over_ranks(metrics: Dict[str, float], world: World) -> None:
+    """Train loss averaged and img/s summed over ranks, in place."""
+    summed = all_reduce_sum(torch.tensor([metrics["train_loss"], metrics["train_images_per_s"]],
+                                         dtype=torch.float64, device=world.device)).tolist()
+    metrics["train_loss"], metrics["train_images_per_s"] = summed[0] / world.world_size, summed[1]
+
+
 def train(config: Dict[str, Any], run_dir: Path, world: World) -> Dict[str, Any]:
     epochs = config["training.epochs"]
     resolution_args = [config[f"resolution.{k}"] for k in ("min_res", "max_res", "start_ramp", "end_ramp")]
@@ -128,37 +155,25 @@ def train(config: Dict[str, Any], run_dir: Path, world: World) -> Dict[str, Any]
     history, first_epoch = [], 0
     state = resume_state(run_dir, config)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        ckpt.restore_rng_states(state["rng"])
-        history, first_epoch = state["history"], state["epoch"] + 1
+        history, first_epoch = restore(state, model, optimizer, scaler)
         if world.is_main:
             print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
     network = maybe_compile(wrap_ddp(model, world.device, world.distributed), config["training.compile"])
     train_augment, val_augment = DeviceAugment(flip=True).to(world.device), DeviceAugment(flip=False).to(world.device)
-    iterations = len(train_data)
+    lr_at = lr_schedule(config, peak_lr, len(train_data))
     started = time.time() - (history[-1]["wall_time"] if history else 0)
     for epoch in range(first_epoch, epochs):
         resolution = resolution_at(epoch, *resolution_args)
         set_train_resolution(train_data, resolution)
-
-        def lr_at_step(step: int, epoch=epoch) -> float:
-            return peak_lr * lr_factor(config["lr.schedule"], epoch + step / iterations, epochs,
-                                       config["lr.warmup_epochs"], config["lr.milestones"], config["lr.gamma"])
-
         metrics = train_one_epoch(network, train_data, train_augment, optimizer, scaler, precision,
-                                  config["training.label_smoothing"], lr_at_step, epoch, world.device,
-                                  world.is_main and config["logging.progress"])
-        summed = all_reduce_sum(torch.tensor([metrics["train_loss"], metrics["train_images_per_s"]],
-                                             dtype=torch.float64, device=world.device)).tolist()
-        metrics["train_loss"], metrics["train_images_per_s"] = summed[0] / world.world_size, summed[1]
+                                  config["training.label_smoothing"], functools.partial(lr_at, epoch), epoch,
+                                  world.device, world.is_main and config["logging.progress"])
+        average_over_ranks(metrics, world)
         if (epoch + 1) % config["validation.every"] == 0 or epoch + 1 == epochs:
+            broadcast_buffers(model)
             metrics.update(evaluate(ckpt.unwrap(network), val_data, val_augment, precision,
                                     config["validation.flip_tta"], world.device))
-        history.append({"epoch": epoch + 1, "resolution": resolution, **metrics,
-                        "wall_time": time.time() - started})
+        history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started})
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
             ckpt.save_checkpoint(run_dir / ckpt.CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history)
