@@ -9,40 +9,31 @@ ImageNet storage settings). Target: end to end >= 0.9 x min(loader alone, model 
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from dataset_prep.beton import WriteSettings, write_beton
-from dataset_prep.image_folder import find_split
-from dataset_prep.sample_set import build_sample_folder
-from pipeline.acceleration import choose_precision, maybe_compile
+from dataset_prep.sample_set import photo_set_files
+from pipeline.acceleration import Stopwatch, choose_precision, maybe_compile
 from pipeline.data import DeviceAugment, LoaderSettings, train_loader
 from pipeline.models import build_model
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(batches, device, steps: int, warmup: int, work) -> float:
     """Images/s of `work(images, labels)` over `steps` batches after `warmup` batches (cycling the loader)."""
-    done, images, started = 0, 0, None
+    done, images, watch = 0, 0, None
     while done < warmup + steps:
         for batch in batches():
             if done == warmup:
-                synchronize(device)
-                started = time.perf_counter()
+                watch = Stopwatch(device)
             work(*batch)
             done += 1
             images += batch[0].shape[0] if done > warmup else 0
             if done == warmup + steps:
                 break
-    synchronize(device)
-    return images / (time.perf_counter() - started)
+    return images / watch.elapsed()
 
 
 def main() -> None:
@@ -60,12 +51,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
     args = parser.parse_args()
     device = torch.device("cuda" if gpu else "cpu")
-    if not (args.data / "train").is_dir() or len(find_split(args.data / "train").files) != 10 * args.per_class:
-        build_sample_folder(args.data, train_per_class=args.per_class, val_per_class=1, seed=7)
+    files = photo_set_files(args.data, args.per_class, seed=7)
     beton = args.data / f"train_{args.per_class}.beton"
     if not beton.exists():
-        write_beton(find_split(args.data / "train").files, [str(i) for i in range(10)], beton,
-                    WriteSettings(workers=args.workers), "bench", 0)
+        write_beton(files, [str(i) for i in range(10)], beton, WriteSettings(workers=args.workers), "bench", 0)
     loader = train_loader(str(beton), LoaderSettings(args.batch, args.workers, True, 3, 0), args.res, device, False)
     augment = DeviceAugment(flip=True).to(device)
     precision = choose_precision("auto", device)
@@ -74,7 +63,7 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def train_step(images, labels):
-        images = augment(images)
+        images, labels = augment(images), labels.view(-1)  # the loader gives (B, 1) labels, as in the engine
         with precision.autocast():
             loss = F.cross_entropy(network(images), labels)
         optimizer.zero_grad(set_to_none=True)
