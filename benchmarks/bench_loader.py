@@ -23,8 +23,7 @@ import torch
 from torchvision import datasets, transforms
 
 from dataset_prep.beton import WriteSettings, write_beton
-from dataset_prep.image_folder import find_split
-from dataset_prep.sample_set import build_sample_folder
+from dataset_prep.sample_set import photo_set_files
 from pipeline.data import LoaderSettings, train_loader
 
 
@@ -79,9 +78,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per configuration (median)")
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
     args = parser.parse_args()
-    if not (args.data / "train").is_dir() or len(find_split(args.data / "train").files) != 10 * args.per_class:
-        build_sample_folder(args.data, train_per_class=args.per_class, val_per_class=1, seed=7)
-    files = list(find_split(args.data / "train").files)
+    files = photo_set_files(args.data, args.per_class, seed=7)
     classes = [str(i) for i in range(10)]
     rows = []
 

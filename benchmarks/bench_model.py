@@ -10,12 +10,12 @@ and timm's seresnetNN where timm is installed. Without a GPU it runs a small CPU
 import argparse
 import contextlib
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from pipeline.acceleration import Stopwatch
 from pipeline.models import build_model
 from pipeline.squeeze import squeeze_names
 
@@ -48,22 +48,16 @@ def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup
         loss.backward()
         optimizer.step()
 
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    started = time.perf_counter()
+    watch = Stopwatch(device)
     for _ in range(warmup):
         step()
-    synchronize()
-    warmup_seconds = time.perf_counter() - started
+    warmup_seconds = watch.elapsed()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
+    watch = Stopwatch(device)
     for _ in range(steps):
         step()
-    synchronize()
-    speed = batch * steps / (time.perf_counter() - started)
+    speed = batch * steps / watch.elapsed()
     memory = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
     return speed, memory, warmup_seconds
 

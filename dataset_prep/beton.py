@@ -19,7 +19,7 @@ from ffcv.reader import Reader
 from ffcv.writer import DatasetWriter
 
 from dataset_prep.image_folder import RGBFileDataset
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import temporary_path, write_text_atomic
 
 METADATA_FORMAT = 1
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -55,7 +55,7 @@ def write_beton(files: Sequence[Tuple[str, int]], classes: Sequence[str], out: P
                 source: str, skipped: int) -> Dict:
     """Write (path, label) pairs to `out` and its metadata; returns the metadata."""
     out = Path(out)
-    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    temporary = temporary_path(out)  # ffcv's writer needs a file name, not a handle
     failure_log = out.with_name(f".{out.name}.failures-{os.getpid()}")
     dataset = RGBFileDataset(files, failure_log)
     fields = {

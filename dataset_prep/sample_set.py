@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
+from dataset_prep.image_folder import find_split
+
 # class name -> loader of a photo bundled inside the scikit-image wheel (no network needed)
 def _photos() -> Dict[str, Callable[[], np.ndarray]]:
     from skimage import data
@@ -55,6 +57,15 @@ def _random_view(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         view = enhancer(view).enhance(rng.uniform(0.7, 1.3))
     return view
+
+
+def photo_set_files(root: Path, per_class: int, seed: int) -> list:
+    """The (path, label) train files of a photo set with `per_class` images per class under `root`, built
+    (or rebuilt at another size) when needed; benchmarks use it for a set of a chosen size."""
+    train = root / "train"
+    if not train.is_dir() or len(find_split(train).files) != len(_photos()) * per_class:
+        build_sample_folder(root, train_per_class=per_class, val_per_class=1, seed=seed)
+    return list(find_split(train).files)
 
 
 def build_sample_folder(out_root: Path, train_per_class: int = 200, val_per_class: int = 50, seed: int = 0,

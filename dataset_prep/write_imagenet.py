@@ -14,6 +14,7 @@ from typing import List
 from dataset_prep.beton import WRITE_MODES, WriteSettings, verify_beton, write_beton
 from dataset_prep.image_folder import UsageError, find_split, scan
 from dataset_prep.sample_set import build_sample_folder
+from pipeline.atomic import write_text_atomic
 
 SAMPLE_ROOT = Path("data/sample")
 SAMPLE_MAX_RES = 256
@@ -67,7 +68,7 @@ def write_split(split_name: str, source: Path, out_dir: Path, args: argparse.Nam
     good, skipped = scan(split.files, args.workers, desc=f"{split_name} scan")
     report = out_dir / f"{split_name}_skipped.txt"
     if skipped:
-        report.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        write_text_atomic(report, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
     else:
         report.unlink(missing_ok=True)
     if not good:

@@ -4,17 +4,22 @@ import os
 from pathlib import Path
 
 
+def temporary_path(path: Path) -> Path:
+    """The hidden, per-process temp name beside `path` that is renamed onto it once complete."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w"):
     """A handle on a temp file beside `path`, renamed onto `path` only when the block finishes without error."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = temporary_path(path)
     try:
         with open(temporary, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, Path(path))
     finally:
         temporary.unlink(missing_ok=True)
 

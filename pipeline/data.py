@@ -53,19 +53,20 @@ def check_beton(path: str, num_classes: Optional[int]) -> dict:
     return metadata
 
 
+def _to_device(device: torch.device) -> list:
+    """ToDevice for a GPU; on the CPU the tensors already are where they are used."""
+    return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
+
+
 def _label_pipeline(device: torch.device) -> list:
     """Labels come out as (B, 1); the engine flattens them (ffcv's Squeeze turns a last batch of one image
     into a 0-d tensor)."""
-    pipeline = [IntDecoder(), ToTensor()]
-    return pipeline + ([ToDevice(device, non_blocking=True)] if device.type == "cuda" else [])
+    return [IntDecoder(), ToTensor()] + _to_device(device)
 
 
 def _image_tail(device: torch.device) -> list:
     """The non-JIT stage after the (JIT) decoder: to tensor, to the device, to NCHW channels_last."""
-    tail = [ToTensor()]
-    if device.type == "cuda":
-        tail.append(ToDevice(device, non_blocking=True))
-    return tail + [ToTorchImage(channels_last=True)]
+    return [ToTensor()] + _to_device(device) + [ToTorchImage(channels_last=True)]
 
 
 @dataclass
