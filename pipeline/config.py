@@ -13,6 +13,7 @@ from fastargs import Param, Section
 from fastargs.config import Config
 from fastargs.validation import Checker
 
+from pipeline.kernels import SE_KERNELS
 from pipeline.models import ARCHITECTURES
 from pipeline.squeeze import squeeze_names
 
@@ -122,6 +123,8 @@ def declare(config: Config) -> Config:
         num_classes=Param(Number(int, 0), "classes; 0 = from the beton's metadata", default=0),
         zero_init_last=Param(TrueFalse(), "zero the last BN gamma of each block", default=True),
         blurpool=Param(TrueFalse(), "blur before stride-2 convs", default=True),
+        se_kernel=Param(Choice(SE_KERNELS), "SE tail: fused Triton kernels (triton), the torch ops (torch), or "
+                        "auto = the kernels on CUDA; speed only, results agree to float rounding", default="auto"),
     )
     Section("lr", "learning rate schedule, per iteration", config_descriptor=config).params(
         lr=Param(Number(float, 0), "peak lr per 256 images; scaled by the global batch", default=0.1),

@@ -11,17 +11,25 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from pipeline.blurpool import apply_blurpool
-from pipeline.squeeze import BASELINE, build_squeeze, check_squeeze_name
+from pipeline.kernels import KernelUnavailableError, check_se_kernel, triton_available, use_triton
+from pipeline.kernels.layout import SQUEEZE_MODES
+from pipeline.kernels.se_ops import fused_se_tail, supports_batch_norm
+from pipeline.squeeze import BASELINE, MultiSpectralSqueeze, build_squeeze, check_squeeze_name
 
 
 class SqueezeExcite(nn.Module):
-    """Gate each channel by sigmoid(MLP(squeeze(x)))."""
+    """Gate each channel by sigmoid(MLP(squeeze(x))).
 
-    def __init__(self, channels: int, squeeze: str, reduction: int = 16):
+    `tail` computes the whole block tail relu(SE(bn(z)) + identity), in fused Triton kernels or in the torch
+    ops of `forward` (the reference), as `kernel` says (pipeline/kernels: auto, torch or triton).
+    """
+
+    def __init__(self, channels: int, squeeze: str, reduction: int = 16, kernel: str = "auto"):
         super().__init__()
         if channels // reduction < 1:
             raise ValueError(f"reduction {reduction} leaves no hidden units for {channels} channels")
         hidden = channels // reduction
+        self.squeeze_name = squeeze
         self.squeeze = build_squeeze(squeeze, channels)
         self.excite = nn.Sequential(
             nn.Linear(channels, hidden, bias=False),
@@ -29,10 +37,38 @@ class SqueezeExcite(nn.Module):
             nn.Linear(hidden, channels, bias=False),
             nn.Sigmoid(),
         )
+        self.kernel = "auto"
+        self.set_kernel(kernel)
+
+    def set_kernel(self, kernel: str) -> None:
+        check_se_kernel(kernel)
+        if kernel == "triton" and self.squeeze_name not in SQUEEZE_MODES:
+            raise KernelUnavailableError(f"squeeze '{self.squeeze_name}' has no fused kernel; use se_kernel=torch")
+        if kernel == "triton" and not triton_available():
+            raise KernelUnavailableError("se_kernel=triton needs the triton package; use se_kernel=torch")
+        self.kernel = kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.excite(self.squeeze(x))  # (B, C)
         return x * gate[:, :, None, None].to(x.dtype)
+
+    def tail(self, z: torch.Tensor, bn: nn.Module, identity: torch.Tensor) -> torch.Tensor:
+        """relu(self(bn(z)) + identity), z being the block's last conv output."""
+        fusable = self.squeeze_name in SQUEEZE_MODES and supports_batch_norm(bn)
+        if not (fusable and use_triton(self.kernel, z)):
+            if self.kernel == "triton" and not fusable:
+                raise KernelUnavailableError(f"se_kernel=triton folds a plain BatchNorm2d, not {bn}")
+            return torch.relu(self(bn(z)) + identity)
+        filters = filter_sum = random_squeeze = None
+        if isinstance(self.squeeze, MultiSpectralSqueeze):
+            filters, filter_sum = self.squeeze.kernel_filters(z)
+        if self.squeeze_name == "random":
+            random_squeeze = self.squeeze(z)  # drawn as the reference draws it: shape, dtype and RNG stream
+        return fused_se_tail(z, identity, bn, self.excite[0].weight, self.excite[2].weight,
+                             SQUEEZE_MODES[self.squeeze_name], filters, filter_sum, random_squeeze)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
 
 
 class _SESlot:
@@ -43,6 +79,12 @@ class _SESlot:
         super().__init__(*args, **kwargs)
         self.se: nn.Module = nn.Identity()
 
+    def _tail(self, z: torch.Tensor, bn: nn.Module, identity: torch.Tensor) -> torch.Tensor:
+        """relu(SE(bn(z)) + identity), or torchvision's relu(bn(z) + identity) with an empty slot."""
+        if isinstance(self.se, SqueezeExcite):
+            return self.se.tail(z, bn, identity)
+        return self.relu(bn(z) + identity)
+
 
 class SEBasicBlock(_SESlot, BasicBlock):
     """torchvision's BasicBlock with an `se` slot after bn2."""
@@ -50,9 +92,7 @@ class SEBasicBlock(_SESlot, BasicBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out = self.se(out)
-        return self.relu(out + identity)
+        return self._tail(self.conv2(out), self.bn2, identity)
 
 
 class SEBottleneck(_SESlot, Bottleneck):
@@ -62,9 +102,7 @@ class SEBottleneck(_SESlot, Bottleneck):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out = self.se(out)
-        return self.relu(out + identity)
+        return self._tail(self.conv3(out), self.bn3, identity)
 
 
 # arch name -> (block, blocks per stage), as torchvision's resnetNN
@@ -87,10 +125,16 @@ def check_arch_name(name: str, source: str = "arch") -> str:
 
 
 def build_model(arch: str = "resnet50", squeeze: str = "gap", reduction: int = 16, num_classes: int = 1000,
-                zero_init_last: bool = True, blurpool: bool = False, se_seed: int = 0) -> ResNet:
-    """An SE-ResNet; `squeeze='baseline'` gives a model interchangeable with torchvision's `resnetNN()`."""
+                zero_init_last: bool = True, blurpool: bool = False, se_seed: int = 0,
+                se_kernel: str = "auto") -> ResNet:
+    """An SE-ResNet; `squeeze='baseline'` gives a model interchangeable with torchvision's `resnetNN()`.
+
+    `se_kernel` (auto, torch or triton) picks how the SE tail runs; it changes speed, not results (beyond
+    float rounding), and can be changed later with `set_se_kernel`.
+    """
     check_arch_name(arch)
     check_squeeze_name(squeeze)
+    check_se_kernel(se_kernel)
     block, layers = ARCHITECTURES[arch]
     model = ResNet(block, list(layers), num_classes=num_classes, zero_init_residual=zero_init_last)
     if squeeze != BASELINE:
@@ -99,9 +143,17 @@ def build_model(arch: str = "resnet50", squeeze: str = "gap", reduction: int = 1
             for module in model.modules():
                 if isinstance(module, (SEBasicBlock, SEBottleneck)):
                     last_bn = getattr(module, "bn3", module.bn2)
-                    module.se = SqueezeExcite(last_bn.num_features, squeeze, reduction)
+                    module.se = SqueezeExcite(last_bn.num_features, squeeze, reduction, se_kernel)
     if blurpool:
         apply_blurpool(model)
+    return model
+
+
+def set_se_kernel(model: nn.Module, se_kernel: str) -> nn.Module:
+    """Switch every SE block of `model` to `se_kernel` (auto, torch or triton); returns the model."""
+    for module in model.modules():
+        if isinstance(module, SqueezeExcite):
+            module.set_kernel(se_kernel)
     return model
 
 

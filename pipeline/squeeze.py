@@ -5,7 +5,7 @@ The seed (SsENet.PyTorch) compares gap, gmp, std, gapXstd and random; `avgmax` f
 "no SE block at all" and is handled by the model builder.
 """
 import math
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -191,12 +191,21 @@ class MultiSpectralSqueeze(nn.Module):
         super().__init__()
         self.channels = channels
         self._filters: Dict[tuple, torch.Tensor] = {}
+        self._kernel_filters: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _filters_for(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.shape[2], x.shape[3], x.device)
         if key not in self._filters:
             self._filters[key] = fca_filters(self.channels, x.shape[2], x.shape[3]).to(x.device)
         return self._filters[key]
+
+    def kernel_filters(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The filters as the fused kernels read them: (H*W, C) in fp32, and their sum over H*W per channel."""
+        key = (x.shape[2], x.shape[3], x.device)
+        if key not in self._kernel_filters:
+            filters = self._filters_for(x).flatten(1).t().contiguous()
+            self._kernel_filters[key] = (filters, filters.sum(0))
+        return self._kernel_filters[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         filters = self._filters_for(x)

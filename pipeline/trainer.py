@@ -22,14 +22,16 @@ from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton
                            set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
+from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
 from pipeline.schedule import lr_factor, scaled_lr
-from pipeline.squeeze import UnknownSqueezeError, check_squeeze_name
+from pipeline.squeeze import BASELINE, UnknownSqueezeError, check_squeeze_name
 
 LOG_NAME, RESULT_NAME, CONFIG_NAME = "log.jsonl", "result.json", "config.yaml"
 # settings that change speed or output, not results: a run may resume with other values
-RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.")
+RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.",
+                    "model.se_kernel", "training.compile")
 
 
 def parse_command_line(argv: List[str]):
@@ -86,7 +88,8 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
     """The same seed gives every arm the same shared-layer init; the SE layers use their own stream."""
     torch.manual_seed(config["training.seed"])
     model = build_model(config["model.arch"], config["model.squeeze"], config["model.reduction"], num_classes,
-                        config["model.zero_init_last"], config["model.blurpool"], se_seed=config["training.seed"])
+                        config["model.zero_init_last"], config["model.blurpool"], se_seed=config["training.seed"],
+                        se_kernel=config["model.se_kernel"])
     torch.manual_seed(config["training.seed"] * 1009 + world.rank + 1)  # flips and `random` differ per rank
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
@@ -195,9 +198,21 @@ def summarize(config, history, parameters, world, global_batch, precision) -> Di
         "top1": evaluated[-1]["val_top1"], "top5": evaluated[-1]["val_top5"], "val_loss": evaluated[-1]["val_loss"],
         "best_top1": max(line["val_top1"] for line in evaluated),
         "train_images_per_s": sum(speeds) / len(speeds),  # first epoch excluded: it pays JIT compilation
+        "se_kernel": config["model.se_kernel"], "se_kernel_used": se_kernel_used(config, world),
         "wall_time": history[-1]["wall_time"], "world_size": world.world_size, "global_batch": global_batch,
         "precision": precision, "device": str(world.device.type),
     }
+
+
+def se_kernel_used(config: Dict[str, Any], world: World) -> str:
+    """What ran the SE tails in training: triton, torch, or none for the baseline."""
+    if config["model.squeeze"] == BASELINE:
+        return "none"
+    try:
+        return resolve_se_kernel(config["model.se_kernel"], world.device, config["training.channels_last"],
+                                 config["training.compile"] != "none")
+    except KernelUnavailableError as error:
+        raise ConfigError(f"{error} (from model.se_kernel)") from None
 
 
 def evaluate_weights(config: Dict[str, Any], weights: Path, world: World) -> Dict[str, Any]:
@@ -213,6 +228,7 @@ def main(argv: List[str]) -> int:
     try:
         args, config = parse_command_line(argv)
         world = init_world(config["dist.backend"], config["dist.timeout_min"])
+        se_kernel_used(config, world)  # a kernel choice that cannot run here fails before the run directory exists
         if args.eval_only:
             metrics = evaluate_weights(config, args.weights, world)
             if world.is_main:

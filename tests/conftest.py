@@ -1,9 +1,14 @@
 """Shared fixtures: a tiny real-photo beton pair built once per test session."""
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors, interpreted; set before triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.image_folder import find_split

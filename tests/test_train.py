@@ -7,10 +7,12 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import REPO, run_script, tiny_settings
 from pipeline.checkpoint import load_checkpoint, load_weights
 from pipeline.models import build_model
+from pipeline.trainer import main as train_main
 
 
 def read_log(run_dir):
@@ -34,6 +36,8 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     assert not any(key.startswith("module.") for key in weights)
     build_model("resnet18", "gmp", num_classes=10, blurpool=False).load_state_dict(weights)  # strict
     assert "squeeze: gmp" in (run_dir / "config.yaml").read_text()
+    assert "se_kernel: auto" in (run_dir / "config.yaml").read_text()
+    assert (summary["se_kernel"], summary["se_kernel_used"]) == ("auto", "torch")  # auto runs torch ops on a CPU
     rerun = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=4",
                                                             "--squeeze", "gmp")])
     assert rerun.returncode == 0 and "already finished" in rerun.stdout
@@ -94,6 +98,16 @@ def test_user_errors_are_one_line_with_exit_2(tiny_betons, tmp_path, extra, mess
     result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "r"), *extra], timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels run on this machine's GPU")
+def test_triton_kernels_refused_on_a_cpu_before_the_run_directory_exists(tiny_betons, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    status = train_main([*tiny_settings(tiny_betons, tmp_path / "r"), "--model.se_kernel=triton"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1, error
+    assert "se_kernel=triton runs on CUDA tensors" in error and "use se_kernel=auto or torch" in error
+    assert not (tmp_path / "r").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_betons, tmp_path):

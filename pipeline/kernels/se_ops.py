@@ -1,0 +1,137 @@
+"""The fused SE tail relu(SE(BN(z)) + identity) as torch custom ops with a hand-written backward.
+
+Registered with torch.library so that torch.compile traces a model through them without graph breaks (the
+fake implementations give shapes and strides) and autograd runs `se_tail_backward`. The block's BN is folded
+in, so y = BN(z) is recomputed from z rather than stored: the SE arms keep the plain network's activations.
+The caller updates BN's running statistics from the returned batch statistics, as nn.BatchNorm2d would.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from pipeline.kernels.layout import CHANNEL_ROWS, STAT_ROWS
+from pipeline.squeeze import STD_EPS
+
+Tensor = torch.Tensor
+
+
+def _launch():
+    from pipeline.kernels import se_launch  # imports triton: only when a kernel really runs
+    return se_launch
+
+
+def _like_channels_last(z: Tensor, dtype: torch.dtype) -> Tensor:
+    """A fake output with the real one's strides (the kernels write channels_last)."""
+    return torch.empty_like(z, dtype=dtype, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("ssenet::se_tail_forward", mutates_args=())
+def se_tail_forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                    running_var: Tensor, w1: Tensor, w2: Tensor, filters: Optional[Tensor],
+                    filter_sum: Optional[Tensor], random_squeeze: Optional[Tensor], mode: int, training: bool,
+                    eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(out, per-(b, c) stats of z, per-channel [BN mean, 1/std, unbiased var], squeeze, hidden, logits)."""
+    if random_squeeze is not None:
+        random_squeeze = random_squeeze.clone()  # an op's outputs must not alias its inputs
+    return _launch().forward(z, identity, weight, bias, running_mean, running_var, w1, w2, filters, filter_sum,
+                             random_squeeze, mode, training, eps, STD_EPS)
+
+
+@se_tail_forward.register_fake
+def _se_tail_forward_shapes(z, identity, weight, bias, running_mean, running_var, w1, w2, filters, filter_sum,
+                            random_squeeze, mode, training, eps):
+    batch, channels = z.shape[:2]
+    small = dict(dtype=torch.float32, device=z.device)
+    return (_like_channels_last(z, torch.promote_types(z.dtype, identity.dtype)),
+            torch.empty((STAT_ROWS, batch, channels), **small), torch.empty((CHANNEL_ROWS, channels), **small),
+            torch.empty((batch, channels), **small), torch.empty((batch, w1.shape[0]), **small),
+            torch.empty((batch, channels), **small))
+
+
+@torch.library.custom_op("ssenet::se_tail_backward", mutates_args=())
+def se_tail_backward(grad: Tensor, out: Tensor, z: Tensor, stats: Tensor, channel: Tensor, squeeze: Tensor,
+                     hidden: Tensor, logits: Tensor, weight: Tensor, bias: Tensor, w1: Tensor, w2: Tensor,
+                     filters: Optional[Tensor], filter_sum: Optional[Tensor], mode: int,
+                     training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dz, d_identity, d_bn_weight, d_bn_bias, d_w1, d_w2)."""
+    return _launch().backward(grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
+                              filter_sum, mode, training, STD_EPS)
+
+
+@se_tail_backward.register_fake
+def _se_tail_backward_shapes(grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
+                             filter_sum, mode, training):
+    return (_like_channels_last(z, z.dtype), _like_channels_last(z, out.dtype),
+            torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(w1), torch.empty_like(w2))
+
+
+def _save_for_backward(ctx, inputs, output):
+    z, _, weight, bias, _, _, w1, w2, filters, filter_sum, _, mode, training, _ = inputs
+    out, stats, channel, squeeze, hidden, logits = output
+    ctx.save_for_backward(z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
+                          filter_sum)
+    ctx.mode, ctx.training = mode, training
+
+
+def _backward(ctx, grad, *unused_grads):
+    z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum = ctx.saved_tensors
+    dz, d_identity, d_weight, d_bias, d_w1, d_w2 = se_tail_backward(
+        grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum, ctx.mode,
+        ctx.training)
+    return dz, d_identity, d_weight, d_bias, None, None, d_w1, d_w2, None, None, None, None, None, None
+
+
+se_tail_forward.register_autograd(_backward, setup_context=_save_for_backward)
+
+
+class _EagerTail(torch.autograd.Function):
+    """The same kernels without the custom-op dispatch, whose host cost eager mode pays at every call; BN's
+    running estimates are updated inside the statistics kernel."""
+
+    @staticmethod
+    def forward(ctx, z, identity, weight, bias, w1, w2, bn, filters, filter_sum, random_squeeze, mode):
+        update = bn.training  # batch statistics, and the running estimates follow them
+        out, stats, channel, squeeze, hidden, logits = _launch().forward(
+            z, identity, weight, bias, bn.running_mean, bn.running_var, w1, w2, filters, filter_sum, random_squeeze,
+            mode, update, bn.eps, STD_EPS, bn.num_batches_tracked if update else None, bn.momentum)
+        ctx.save_for_backward(z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
+                              filter_sum)
+        ctx.mode, ctx.training = mode, update
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum = \
+            ctx.saved_tensors
+        dz, d_identity, d_weight, d_bias, d_w1, d_w2 = _launch().backward(
+            grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum,
+            ctx.mode, ctx.training, STD_EPS)
+        return dz, d_identity, d_weight, d_bias, d_w1, d_w2, None, None, None, None, None
+
+
+def fused_se_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, w1: Tensor, w2: Tensor, mode: int,
+                  filters: Optional[Tensor] = None, filter_sum: Optional[Tensor] = None,
+                  random_squeeze: Optional[Tensor] = None) -> Tensor:
+    """relu(SE(bn(z)) + identity) in the fused kernels, with bn's running statistics updated as bn would.
+
+    Eager calls go through a plain autograd.Function; under torch.compile the custom ops are traced instead
+    and the running statistics are updated here, where inductor fuses the update.
+    """
+    if not torch.compiler.is_compiling():
+        return _EagerTail.apply(z, identity, bn.weight, bn.bias, w1, w2, bn, filters, filter_sum, random_squeeze,
+                                mode)
+    out, _, channel, _, _, _ = se_tail_forward(z, identity, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                               w1, w2, filters, filter_sum, random_squeeze, mode, bn.training,
+                                               bn.eps)
+    if bn.training:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            bn.running_mean.lerp_(channel[0], bn.momentum)
+            bn.running_var.lerp_(channel[2], bn.momentum)
+    return out
+
+
+def supports_batch_norm(bn: nn.Module) -> bool:
+    """The kernels fold a plain affine BatchNorm2d with running statistics and a fixed momentum."""
+    return (type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats and bn.momentum is not None)

@@ -1,0 +1,239 @@
+"""The fused SE-tail kernels against the torch reference: values, every gradient, running statistics.
+
+The reference is the torch path (`se_kernel=torch`) computed in float64 on the same inputs; on a CPU-only
+machine the kernels run interpreted (TRITON_INTERPRET=1, set by conftest before triton is imported).
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.kernels import KernelUnavailableError, triton_unavailable_reason
+from pipeline.kernels.layout import SQUEEZE_MODES
+from pipeline.models import SqueezeExcite, build_model, set_se_kernel
+
+pytest.importorskip("triton")
+from pipeline.kernels import se_launch  # noqa: E402  (imports triton)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+SQUEEZES = sorted(SQUEEZE_MODES)
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setattr(se_launch, "POISON_OUTPUTS", True)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """|value - reference| / |reference|; a reference that is zero up to float64 rounding counts as 1e-6."""
+    value, reference = value.double(), reference.double()
+    assert torch.isfinite(value).all(), "non-finite values (an output element was not written?)"
+    return ((value - reference).norm() / reference.norm().clamp_min(1e-6)).item()
+
+
+def make_tail(squeeze: str, channels: int, zero_gamma: bool):
+    """An SE module and a BN whose weights make every path carry gradient (reduction 4: 12+ hidden units)."""
+    generator = torch.Generator().manual_seed(7)
+    se = SqueezeExcite(channels, squeeze, reduction=4, kernel="torch")
+    bn = nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        for linear in (se.excite[0], se.excite[2]):
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.5)
+        bn.weight.copy_(torch.zeros(channels) if zero_gamma else torch.randn(channels, generator=generator))
+        bn.bias.copy_(torch.randn(channels, generator=generator))
+        bn.running_mean.copy_(torch.randn(channels, generator=generator))
+        bn.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+    return se, bn
+
+
+def run_tail(se, bn, z, identity, grad, kernel: str, training: bool):
+    """Output, every gradient and the running statistics of one forward + backward of the tail."""
+    se, bn = copy.deepcopy(se), copy.deepcopy(bn)
+    se.set_kernel(kernel)
+    se.train(training), bn.train(training)
+    if se.squeeze_name == "random":  # the same draw on both paths, whatever their dtype
+        draw = torch.rand(z.shape[:2], generator=torch.Generator().manual_seed(3)).to(z.device)
+        se.squeeze.forward = lambda x: draw.to(x.dtype)
+    z, identity = z.clone().requires_grad_(), identity.clone().requires_grad_()
+    out = se.tail(z, bn, identity)
+    (out * grad.to(out.dtype)).sum().backward()
+    return {"out": out, "dz": z.grad, "d_identity": identity.grad, "w1": se.excite[0].weight.grad,
+            "w2": se.excite[2].weight.grad, "bn_weight": bn.weight.grad, "bn_bias": bn.bias.grad,
+            "running_mean": bn.running_mean, "running_var": bn.running_var}
+
+
+CASES = {  # name: (batch, channels, height, width, dtype, training, input kind)
+    "fp32": (2, 48, 7, 7, torch.float32, True, "normal"),
+    "bf16": (2, 48, 7, 7, torch.bfloat16, True, "normal"),
+    "eval": (2, 48, 3, 5, torch.float32, False, "normal"),
+    "1x1": (3, 48, 1, 1, torch.float32, True, "normal"),
+    "B1-C80-bf16": (1, 80, 3, 5, torch.bfloat16, True, "normal"),
+    "zero-gamma-all-equal": (2, 48, 7, 7, torch.float32, True, "constant"),
+    "ties": (2, 48, 4, 4, torch.float32, True, "ties"),
+    "large": (2, 48, 7, 7, torch.float32, True, "large"),
+}
+
+
+def case_inputs(batch, channels, height, width, dtype, kind):
+    generator = torch.Generator().manual_seed(11)
+    shape = (batch, channels, height, width)
+    z, identity, grad = (torch.randn(shape, generator=generator) for _ in range(3))
+    if kind == "constant":  # zero-init BN gamma at step 0: every y equals beta, every position ties
+        z = torch.full(shape, 0.25)
+    elif kind == "ties":  # each (b, c) map constant: all positions tie in max and min
+        z = z[:, :, :1, :1].expand(shape).contiguous()
+    elif kind == "large":
+        z, identity = z * 1e3 + 500.0, identity * 1e3
+    as_input = lambda t: t.to(dtype).contiguous(memory_format=torch.channels_last).to(DEVICE)  # noqa: E731
+    return as_input(z), as_input(identity), grad.to(DEVICE)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("squeeze", SQUEEZES)
+def test_fused_tail_matches_reference(squeeze, case):
+    batch, channels, height, width, dtype, training, kind = CASES[case]
+    se, bn = make_tail(squeeze, channels, zero_gamma=kind == "constant")
+    z, identity, grad = case_inputs(batch, channels, height, width, dtype, kind)
+    reference = run_tail(se.double().to(DEVICE), bn.double().to(DEVICE), z.double(), identity.double(), grad.double(),
+                         "torch", training)
+    fused = run_tail(se.float().to(DEVICE), bn.float().to(DEVICE), z, identity, grad, "triton", training)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    assert fused["out"].dtype == dtype and fused["dz"].dtype == dtype
+    assert fused["out"].is_contiguous(memory_format=torch.channels_last)
+    for name, value in fused.items():
+        if reference[name].abs().max() == 0:  # e.g. no gradient reaches the excitation through a 0 gamma
+            assert value.abs().max() == 0, name
+        else:
+            assert relative_error(value, reference[name]) < tolerance, name
+    assert reference["w1"].abs().max() > 0 or squeeze == "random" or kind == "constant"  # the test is not vacuous
+
+
+@pytest.mark.parametrize("tile", range(len(se_launch.REDUCE_TILES)))
+@pytest.mark.parametrize("squeeze", ["avgmax", "fca"])
+def test_every_autotuned_tile_gives_the_same_result(squeeze, tile, monkeypatch):
+    """Each tile configuration the GPU autotuner may pick computes the same tail (here forced as the default)."""
+    for name in ("REDUCE_TILES", "ELEMENTWISE_TILES"):
+        tiles = getattr(se_launch, name)
+        monkeypatch.setattr(se_launch, name, tiles[tile:] + tiles[:tile])
+    monkeypatch.setattr(se_launch, "AUTOTUNE", False)
+    se, bn = make_tail(squeeze, 80, zero_gamma=False)
+    z, identity, grad = case_inputs(2, 80, 9, 7, torch.float32, "normal")
+    reference = run_tail(se.double().to(DEVICE), bn.double().to(DEVICE), z.double(), identity.double(), grad.double(),
+                         "torch", True)
+    fused = run_tail(se.to(DEVICE), bn.to(DEVICE), z, identity, grad, "triton", True)
+    for name, value in fused.items():
+        assert relative_error(value, reference[name]) < 1e-4, name
+
+
+def test_gmp_ties_share_the_gradient_evenly():
+    """At step 0 zero-init makes every y equal: each of the H*W maxima gets 1/(H*W) of d squeeze, which
+    reaches BN's gamma as the mean of x_hat over the map (not x_hat at the largest z)."""
+    se, bn = make_tail("gmp", 16, zero_gamma=True)
+    z, identity, grad = (torch.randn(2, 16, 3, 3, device=DEVICE).contiguous(memory_format=torch.channels_last)
+                         for _ in range(3))
+    fused = run_tail(se.to(DEVICE), bn.to(DEVICE), z, identity, grad, "triton", True)
+    reference = run_tail(se.double().to(DEVICE), bn.double().to(DEVICE), z.double(), identity.double(),
+                         grad.double(), "torch", True)
+    assert relative_error(fused["bn_weight"], reference["bn_weight"]) < 1e-5
+    assert relative_error(fused["dz"], reference["dz"]) < 1e-5
+
+
+def test_nan_propagates_through_the_fused_tail():
+    """A diverged activation must reach the loss (the trainer's NaN stop), not vanish in the ReLU."""
+    se, bn = make_tail("gap", 16, zero_gamma=False)
+    z = torch.randn(2, 16, 3, 3, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    z[0, 3, 1, 1] = float("nan")
+    outputs = {}
+    for kernel in ("torch", "triton"):
+        se.set_kernel(kernel)
+        with torch.no_grad():
+            outputs[kernel] = se.to(DEVICE).tail(z, bn.to(DEVICE), torch.zeros_like(z))
+    assert torch.isnan(outputs["triton"]).any()
+    assert torch.equal(torch.isnan(outputs["triton"]), torch.isnan(outputs["torch"]))
+
+
+def training_step(model, kernel: str, dtype: torch.dtype, images, labels):
+    """Loss, parameter gradients and buffers after one forward + backward of a copy of `model`."""
+    trial = set_se_kernel(copy.deepcopy(model), kernel).to(dtype).to(memory_format=torch.channels_last)
+    loss = nn.functional.cross_entropy(trial(images.to(dtype).contiguous(memory_format=torch.channels_last)), labels)
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in trial.named_parameters()}, dict(trial.named_buffers())
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 means fp32: TF32 convolutions (cuDNN's default) round inputs to 10 bits, and a tiny batch's BN
+    amplifies which elements round differently into 1e-2 gradient differences (seen on an H200)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("squeeze,zero_init_last", [("gmp", True), ("fca", False)])
+def test_se_resnet18_training_step_matches_reference(squeeze, zero_init_last, exact_fp32):
+    """Loss, every gradient and every BN buffer of one step: the fp32 kernels are as close to the float64
+    reference as torch's own fp32 ops are (a tiny batch makes layer4's BN ill-conditioned for both)."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", squeeze, num_classes=10, zero_init_last=zero_init_last).to(DEVICE)
+    images, labels = torch.randn(2, 3, 64, 64, device=DEVICE), torch.tensor([1, 7], device=DEVICE)
+    loss_ref, grads_ref, buffers_ref = training_step(model, "torch", torch.float64, images, labels)
+    loss_torch, grads_torch, _ = training_step(model, "torch", torch.float32, images, labels)
+    loss, grads, buffers = training_step(model, "triton", torch.float32, images, labels)
+    assert abs(loss.item() - loss_ref.item()) <= 2 * abs(loss_torch.item() - loss_ref.item()) + 1e-6
+    for name, grad in grads_ref.items():
+        assert relative_error(grads[name], grad) <= 2 * relative_error(grads_torch[name], grad) + 1e-4, name
+    for name, buffer in buffers_ref.items():
+        if buffer.dtype == torch.long:
+            assert torch.equal(buffers[name], buffer), name
+        else:
+            assert relative_error(buffers[name], buffer) < 1e-5, name
+
+
+def test_compiles_without_graph_breaks():
+    """Under torch.compile(fullgraph=True) the custom ops trace and give eager's values, gradients and BN
+    running statistics (updated outside the ops there, inside the kernel in eager)."""
+    model = build_model("resnet18", "gmp", num_classes=10, zero_init_last=False, se_kernel="triton").to(DEVICE)
+    blocks = {mode: copy.deepcopy(model.layer2[0]) for mode in ("eager", "compiled")}
+    x = torch.randn(2, 64, 8, 8, device=DEVICE)
+    results = {}
+    for mode, block in blocks.items():
+        run = torch.compile(block, backend="aot_eager", fullgraph=True) if mode == "compiled" else block
+        inputs = x.clone().requires_grad_()
+        out = run(inputs)
+        out.square().sum().backward()
+        results[mode] = (out, inputs.grad, block.bn2.running_mean, block.bn2.running_var)
+    for compiled, eager in zip(results["compiled"], results["eager"]):
+        assert relative_error(compiled, eager) < 1e-5
+    assert blocks["compiled"].bn2.num_batches_tracked.item() == blocks["eager"].bn2.num_batches_tracked.item() == 1
+
+
+def test_custom_op_registration_passes_torch_opcheck():
+    """Schema, fake (meta) shapes and strides, and the autograd registration, as torch.library checks them."""
+    channels = 32
+    z, identity = (torch.randn(2, channels, 3, 5, device=DEVICE, requires_grad=True) for _ in range(2))
+    weight, bias = (torch.randn(channels, device=DEVICE, requires_grad=True) for _ in range(2))
+    w1 = torch.randn(8, channels, device=DEVICE, requires_grad=True)
+    w2 = torch.randn(channels, 8, device=DEVICE, requires_grad=True)
+    running = (torch.zeros(channels, device=DEVICE), torch.ones(channels, device=DEVICE))
+    for mode in (SQUEEZE_MODES["gmp"], SQUEEZE_MODES["std"]):
+        torch.library.opcheck(torch.ops.ssenet.se_tail_forward.default,
+                              (z, identity, weight, bias, *running, w1, w2, None, None, None, mode, True, 1e-5))
+
+
+def test_triton_choice_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "TRITON_INTERPRET=1" in triton_unavailable_reason(torch.device("cpu"))
+    se = SqueezeExcite(16, "gap", kernel="triton")
+    with pytest.raises(KernelUnavailableError, match="se_kernel=auto or torch"):
+        se.tail(torch.randn(2, 16, 3, 3), nn.BatchNorm2d(16), torch.randn(2, 16, 3, 3))
+
+
+def test_auto_uses_torch_ops_on_cpu():
+    se, bn = make_tail("gap", 16, zero_gamma=False)
+    seen = []
+    bn.register_forward_hook(lambda *args: seen.append("bn ran as a module"))
+    se.set_kernel("auto")
+    se.tail(torch.randn(2, 16, 3, 3), bn, torch.randn(2, 16, 3, 3))
+    assert seen == ["bn ran as a module"]
