@@ -1,6 +1,7 @@
 """Loader throughput: FFCV (several storage and loader settings) vs torchvision ImageFolder + PIL + DataLoader.
 
     python benchmarks/bench_loader.py [--per-class 200] [--res 176] [--batch 256] [--workers N]
+    python benchmarks/bench_loader.py --quick     # the default storage vs torchvision only (the target's pair)
 
 Both sides read the same real-photo JPEGs (the sample-set generator: 300-500 px, realistic ImageNet sizes),
 do the same random-resized crop at --res and a flip, and deliver uint8 batches of the same size with the same
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per configuration (median)")
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
+    parser.add_argument("--quick", action="store_true",
+                        help="only the default storage and loader settings against torchvision")
     args = parser.parse_args()
     files = photo_set_files(args.data, args.per_class, seed=7)
     classes = [str(i) for i in range(10)]
@@ -94,6 +97,8 @@ def main() -> None:
         "batches_ahead 6": dict(batches_ahead=6),
         f"{max(1, args.workers // 2)} workers": dict(num_workers=max(1, args.workers // 2)),
     }
+    if args.quick:
+        storage, loader_variants = dict(list(storage.items())[:1]), {}
     with tempfile.TemporaryDirectory(dir=args.data) as folder:
         betons = {label: Path(folder) / f"{index}.beton" for index, label in enumerate(storage)}
         for label, settings in storage.items():

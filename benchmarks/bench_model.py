@@ -1,11 +1,15 @@
 """Training-step throughput and peak memory of every squeeze arm against torchvision (and timm) peers.
 
-    python benchmarks/bench_model.py                       # GPU: resnet50, 160/192/224 px, batch 256, eager + compiled
-    python benchmarks/bench_model.py --arch resnet18 --modes eager --res 192
+    python benchmarks/bench_model.py                       # GPU: resnet50, 192 px, batch 256, eager + compiled
+    python benchmarks/bench_model.py --arch resnet18 --modes eager --se-kernel triton
+    python benchmarks/bench_model.py --res 160,192,224 --compiled-arms all --max-compiled 99
 
 One step = forward + backward + SGD step on random data in channels_last with bf16 autocast (fp32 on CPU),
 timed after warm-up with the device synchronised. Peers run in the same process: torchvision's resnetNN,
-and timm's seresnetNN where timm is installed. Without a GPU it runs a small CPU configuration.
+and timm's seresnetNN where timm is installed. Every SE arm runs once per `--se-kernel` implementation
+(torch ops and/or the fused Triton kernels). A cold torch.compile of a ResNet-50 step takes about a minute,
+so compiled mode measures only `--compiled-arms`, at most `--max-compiled` models per resolution (torchvision
+first). Without a GPU it runs a small CPU configuration.
 """
 import argparse
 import contextlib
@@ -20,14 +24,33 @@ from pipeline.models import build_model
 from pipeline.squeeze import squeeze_names
 
 
-def peers(arch: str) -> dict:
+def peers(arch: str, with_timm: bool) -> dict:
     found = {f"torchvision {arch}": lambda: getattr(torchvision.models, arch)()}
     try:
         import timm
-        found[f"timm se{arch}"] = lambda: timm.create_model(f"se{arch}")
+        if with_timm:
+            found[f"timm se{arch}"] = lambda: timm.create_model(f"se{arch}")
     except ImportError:
         pass
     return found
+
+
+def candidates(args, mode: str) -> dict:
+    """name -> model factory for one mode: the peers, then every arm x implementation (capped when compiled)."""
+    compiled = mode != "eager"
+    arms = squeeze_names() if args.arms == "all" else args.arms.split(",")
+    if compiled and args.compiled_arms != "all":
+        arms = [arm for arm in arms if arm in args.compiled_arms.split(",")]
+    models = dict(peers(args.arch, with_timm=not compiled or args.compiled_arms == "all"))
+    for arm in arms:
+        for kernel in ([None] if arm == "baseline" else args.se_kernel.split(",")):
+            name = arm if kernel is None else f"{arm} [{kernel}]"
+            models[name] = lambda arm=arm, kernel=kernel: build_model(args.arch, arm, se_kernel=kernel or "auto")
+    if compiled and len(models) > args.max_compiled:
+        print(f"{mode}: measuring {args.max_compiled} of {len(models)} models (--max-compiled); "
+              f"left out: {', '.join(list(models)[args.max_compiled:])}")
+        models = dict(list(models.items())[:args.max_compiled])
+    return models
 
 
 def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str):
@@ -35,6 +58,7 @@ def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup
     model = make_model().to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     if compile_mode != "eager":
+        torch._dynamo.reset()  # each model compiles afresh, within dynamo's recompile limit
         model = torch.compile(model, mode=None if compile_mode == "compiled" else compile_mode)
     images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (batch,), device=device)
@@ -67,24 +91,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet50" if gpu else "resnet18")
     parser.add_argument("--arms", default="all", help="comma list of squeeze arms, or all")
-    parser.add_argument("--res", default="160,192,224" if gpu else "64")
+    parser.add_argument("--se-kernel", default="torch,triton" if gpu else "torch",
+                        help="comma list of SE implementations to measure: torch, triton, auto")
+    parser.add_argument("--res", default="192" if gpu else "64")
     parser.add_argument("--batch", type=int, default=256 if gpu else 16)
     parser.add_argument("--steps", type=int, default=30 if gpu else 3)
     parser.add_argument("--warmup", type=int, default=8 if gpu else 1)
     parser.add_argument("--modes", default="eager,compiled" if gpu else "eager",
                         help="eager, compiled (default mode) or any torch.compile mode name")
+    parser.add_argument("--compiled-arms", default="gap,gmp,fca", help="arms measured compiled, or all")
+    parser.add_argument("--max-compiled", type=int, default=4, help="compiled models per resolution, peers first")
     args = parser.parse_args()
     device = torch.device("cuda" if gpu else "cpu")
-    arms = squeeze_names() if args.arms == "all" else args.arms.split(",")
-    models = {name: make for name, make in peers(args.arch).items()}
-    models |= {arm: (lambda arm=arm: build_model(args.arch, arm)) for arm in arms}
     reference_name = f"torchvision {args.arch}"
     rows, ratios = [], {}
     for mode in args.modes.split(","):
+        models = candidates(args, mode)
         for res in map(int, args.res.split(",")):
             measured = {}
             for name, make in models.items():
                 measured[name] = step_throughput(make, device, args.batch, res, args.steps, args.warmup, mode)
+                print(f"  {mode} {res} {name}: {measured[name][0]:.1f} img/s", flush=True)
                 if gpu:
                     torch.cuda.empty_cache()  # the next model's peak memory starts from a clean allocator
             reference_speed, reference_memory, _ = measured[reference_name]

@@ -1,10 +1,12 @@
 """Build a small, learnable ImageFolder of real photos with no download: scikit-image's bundled images.
 
 Each class is one photo; each sample is a random crop of it (scale, aspect, position), resized to 300-500 px,
-maybe flipped, with colour jitter, saved as a JPEG. Deterministic for a seed; val crops are drawn apart from
-train crops and a val image is never byte-identical to a train image.
+maybe flipped, with colour jitter, saved as a JPEG. Deterministic for a seed (each image has its own random
+stream, so the set does not depend on the number of worker processes); val crops are drawn apart from train
+crops and a val image is never byte-identical to a train image.
 """
 import hashlib
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -68,37 +70,57 @@ def photo_set_files(root: Path, per_class: int, seed: int) -> list:
     return list(find_split(train).files)
 
 
+_worker_photos: Dict[str, Image.Image] = {}
+
+
+def _load_photos() -> None:
+    """Pool initializer: each worker decodes the bundled photos once."""
+    _worker_photos.update({name: Image.fromarray(load()).convert("RGB") for name, load in _photos().items()})
+
+
+def _write_views(task) -> list:
+    """Write one chunk of one (class, split); every image has its own random stream, so the set is the same
+    whatever the number of workers. Returns (split, sha1) per image written."""
+    out_root, name, class_index, split, stream, indices, seed, quality = task
+    folder = out_root / split / name
+    written = []
+    for index in indices:
+        rng = np.random.default_rng([seed, class_index, stream, index])
+        path = folder / f"{name}_{index:05d}.JPEG"
+        _random_view(_worker_photos[name], rng).save(path, quality=quality)
+        written.append((split, hashlib.sha1(path.read_bytes()).hexdigest()))
+    return written
+
+
 def build_sample_folder(out_root: Path, train_per_class: int = 200, val_per_class: int = 50, seed: int = 0,
-                        quality: int = 90) -> Dict[str, int]:
-    """Write `out_root/{train,val}/<class>/*.JPEG`; returns images written per split.
+                        quality: int = 90, workers: int = 0) -> Dict[str, int]:
+    """Write `out_root/{train,val}/<class>/*.JPEG` with `workers` processes (0: one per core); returns images
+    written per split.
 
     Built in a temporary folder renamed at the end, so an interrupted build is never mistaken for a set.
     """
     final_root, out_root = out_root, out_root.with_name(out_root.name + ".partial")
     shutil.rmtree(out_root, ignore_errors=True)
-    counts = {"train": 0, "val": 0}
-    train_hashes = set()
-    photos = _photos()
-    progress = tqdm(total=len(photos) * (train_per_class + val_per_class), desc="sample set", unit="img",
-                    mininterval=1)
-    for class_index, (name, load) in enumerate(sorted(photos.items())):
-        photo = Image.fromarray(load()).convert("RGB")
-        # one stream per (class, split): val views are drawn independently of train views
+    tasks, chunk = [], 64
+    for class_index, name in enumerate(sorted(_photos())):
+        # val views come from their own streams, drawn independently of train views
         for split, count, stream in (("train", train_per_class, 0), ("val", val_per_class, 1)):
-            rng = np.random.default_rng([seed, class_index, stream])
-            folder = out_root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                path = folder / f"{name}_{index:05d}.JPEG"
-                _random_view(photo, rng).save(path, quality=quality)
-                digest = hashlib.sha1(path.read_bytes()).hexdigest()
-                if split == "train":
-                    train_hashes.add(digest)
-                elif digest in train_hashes:
-                    raise RuntimeError(f"val image {path} duplicates a train image; change the seed")
-                counts[split] += 1
-                progress.update()
+            (out_root / split / name).mkdir(parents=True, exist_ok=True)
+            tasks += [(out_root, name, class_index, split, stream, range(start, min(start + chunk, count)), seed,
+                       quality) for start in range(0, count, chunk)]
+    workers = min(workers or os.cpu_count() or 1, len(tasks)) or 1
+    progress = tqdm(total=len(_photos()) * (train_per_class + val_per_class), desc="sample set", unit="img",
+                    mininterval=1)
+    written = []
+    with multiprocessing.Pool(workers, initializer=_load_photos) as pool:  # as the writer's scan
+        for chunk_written in pool.imap(_write_views, tasks):
+            written += chunk_written
+            progress.update(len(chunk_written))
     progress.close()
+    train_hashes = {digest for split, digest in written if split == "train"}
+    if any(split == "val" and digest in train_hashes for split, digest in written):
+        raise RuntimeError(f"a val image in {out_root} duplicates a train image; change the seed")
+    counts = {split: sum(1 for done, _ in written if done == split) for split in ("train", "val")}
     shutil.rmtree(final_root, ignore_errors=True)  # a stale or differently sized set is replaced whole
     os.replace(out_root, final_root)
     return counts

@@ -1,17 +1,46 @@
 #!/usr/bin/env bash
-# One prepared GPU check (for a machine with an NVIDIA GPU, Python, torch, torchvision, numba; ffcv and
-# fastargs, terminaltables, assertpy, pytest, scikit-image, psutil, PyYAML and scipy may come as wheels in
-# .whl/, built or downloaded for that Python): the GPU tests, then the benchmarks, logs under ${OUT:-gpu_check}.
+# The prepared GPU check, sized for a 15-minute device lease: each step has a time cap and logs as it goes.
+#   scripts/device_check.sh                 # every step: about 10.5 minutes on one H200 with 16 cores
+#   scripts/device_check.sh kernels tail model50 model18 compiled50    # about 6 minutes: fits one device call
+#   scripts/device_check.sh e2e loader gputests                        # about 4.5 minutes
+# Needs an NVIDIA GPU with torch, torchvision, numba, pytest, timm, scikit-image, psutil, PyYAML and scipy;
+# ffcv, fastargs, terminaltables and assertpy may come as wheels in .whl/ (README, "Running on GPUs").
+# Logs: ${OUT:-gpu_check}/check.log (everything) and results.jsonl (each benchmark's JSON line).
 set -uo pipefail
 out=${OUT:-gpu_check}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/ffcv ]; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-python3 -m pytest -q tests/test_gpu.py tests/test_models.py 2>&1 | tee "$out/tests.log"
-python3 benchmarks/bench_model.py --arch resnet50 2>&1 | tail -40 | tee "$out/bench_model_rn50.log"
-python3 benchmarks/bench_model.py --arch resnet18 --res 192 2>&1 | tail -15 | tee "$out/bench_model_rn18.log"
-python3 benchmarks/bench_e2e.py 2>&1 | tail -8 | tee "$out/bench_e2e.log"
-python3 benchmarks/bench_loader.py --per-class 1280 2>&1 | tail -14 | tee "$out/bench_loader.log"
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+
+# step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, to spare compile time;
+# every tile the autotuner may pick is checked by test_every_autotuned_tile_gives_the_same_result)
+declare -A cap=([kernels]=100 [tail]=70 [model50]=110 [model18]=60 [compiled50]=200 [e2e]=80 [loader]=150
+                [gputests]=120)
+declare -A command=(
+    [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q --maxfail=5 tests/test_se_kernels.py"
+    [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random"
+    [model50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager"
+    [model18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40"
+    [compiled50]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gap --se-kernel triton,torch --max-compiled 3"
+    [e2e]="python3 benchmarks/bench_e2e.py --steps 150"
+    [loader]="python3 benchmarks/bench_loader.py --quick --per-class 1280 --epochs 2"
+    [gputests]="python3 -m pytest -q tests/test_gpu.py"
+)
+order=(kernels tail model50 model18 compiled50 e2e loader gputests)
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=("${order[@]}")
+
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee -a "$out/check.log"
+for step in "${steps[@]}"; do
+    [ -n "${command[$step]:-}" ] || { echo "unknown step '$step'; steps: ${order[*]}" >&2; exit 2; }
+    echo "=== $step (cap ${cap[$step]} s): ${command[$step]}" | tee -a "$out/check.log"
+    started=$SECONDS
+    timeout "${cap[$step]}" ${command[$step]} > "$out/$step.tmp" 2>&1
+    status=$?
+    tail -c 6000 "$out/$step.tmp" >> "$out/check.log"
+    grep '^{' "$out/$step.tmp" | tail -1 | sed "s/^/{\"step\": \"$step\", \"result\": /; s/\$/}/" >> "$out/results.jsonl"
+    rm -f "$out/$step.tmp"
+    echo "=== $step: exit $status after $((SECONDS - started)) s" | tee -a "$out/check.log"
+done

@@ -1,0 +1,111 @@
+"""The SE block tail alone, per ResNet-50 stage: fused kernels vs the torch ops vs the plain BN + add + ReLU.
+
+    python benchmarks/bench_se_tail.py                 # GPU: rn50 stage shapes at 192 px, batch 256, bf16
+    python benchmarks/bench_se_tail.py --squeezes gap,gmp --batch 128 --res 224
+
+One measurement = forward + backward of relu(SE(BN(z)) + identity) on channels_last bf16 tensors of a stage's
+shape (median of CUDA-event timings after warm-up). The peer is torchvision's tail relu(BN(z) + identity) in
+the same run; `GB/s` counts the fewest bytes the fused tail must move (z read 4 times, identity once, out
+written once and read twice, dout read twice, dz and d_identity written once: 11 passes).
+"""
+import argparse
+import json
+import sys
+
+import torch
+from torch import nn
+
+from pipeline.models import SqueezeExcite
+from pipeline.squeeze import squeeze_names
+
+STAGES = {"layer1": (256, 4), "layer2": (512, 8), "layer3": (1024, 16), "layer4": (2048, 32)}  # channels, stride
+TAIL_PASSES = 11
+
+
+def median_ms(work, repeats: int) -> float:
+    for _ in range(3):
+        work()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def tail_step(tail, z, identity, grad):
+    def work():
+        z.grad = identity.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = tail(z, identity)
+        out.backward(grad)
+    return work
+
+
+def copy_bandwidth(tensor) -> float:
+    """GB/s of a device-to-device copy (bytes read + written): the memory ceiling of this GPU, measured."""
+    target = torch.empty_like(tensor)
+    milliseconds = median_ms(lambda: target.copy_(tensor), 20)
+    return 2 * tensor.numel() * tensor.element_size() / milliseconds / 1e6
+
+
+def print_kernel_times(work, label: str) -> None:
+    """GPU time per kernel of one call of `work` (torch.profiler), to see which kernel a tail spends on."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        work()
+        torch.cuda.synchronize()
+    print(f"-- kernels of one {label} (GPU microseconds)")
+    for event in sorted(profiler.key_averages(), key=lambda e: -e.device_time_total)[:12]:
+        print(f"   {event.device_time_total:9.1f}  {event.key[:90]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--squeezes", default=",".join(squeeze_names(include_baseline=False)))
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--res", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--profile", default="layer1", help="stage whose kernels are listed (or none)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_se_tail.py: needs a CUDA GPU (the fused kernels' speed is a GPU figure)", file=sys.stderr)
+        sys.exit(2)
+    results = {}
+    print(f"{'stage':7s} {'squeeze':8s} {'torch ms':>9s} {'fused ms':>9s} {'plain ms':>9s} {'fused/plain':>11s} "
+          f"{'fused GB/s':>10s}")
+    for stage, (channels, stride) in STAGES.items():
+        side = args.res // stride
+        shape = (args.batch, channels, side, side)
+        make = lambda: torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(  # noqa: E731
+            memory_format=torch.channels_last)
+        z, identity, grad = make().requires_grad_(), make().requires_grad_(), make()
+        bn = nn.BatchNorm2d(channels).cuda()
+        plain = median_ms(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), args.repeats)
+        for squeeze in args.squeezes.split(","):
+            se = SqueezeExcite(channels, squeeze).cuda()
+            timings = {}
+            for kernel in ("torch", "triton"):
+                se.set_kernel(kernel)
+                timings[kernel] = median_ms(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
+                                            args.repeats)
+            bandwidth = TAIL_PASSES * z.numel() * z.element_size() / timings["triton"] / 1e6
+            results[f"{stage}/{squeeze}"] = {"torch_ms": timings["torch"], "triton_ms": timings["triton"],
+                                             "plain_ms": plain, "triton_gb_s": round(bandwidth)}
+            print(f"{stage:7s} {squeeze:8s} {timings['torch']:9.3f} {timings['triton']:9.3f} {plain:9.3f} "
+                  f"{timings['triton'] / plain:11.2f} {bandwidth:10.0f}")
+            if stage == args.profile and squeeze in ("gap", "avgmax"):
+                print_kernel_times(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
+                                   f"{stage} {squeeze} fused tail")
+        if stage == args.profile:
+            print_kernel_times(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), f"{stage} plain tail")
+            print(f"copy ceiling: {copy_bandwidth(z.detach()):.0f} GB/s")
+    print(json.dumps({"device": torch.cuda.get_device_name(), "batch": args.batch, "res": args.res,
+                      "results": results}))
+
+
+if __name__ == "__main__":
+    main()
