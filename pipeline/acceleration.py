@@ -51,8 +51,12 @@ def wrap_ddp(model: nn.Module, device: torch.device, distributed: bool) -> nn.Mo
 
 
 def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
-    """torch.compile with `mode` ('none' = eager). Compilation itself happens lazily at the first step."""
-    return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode)
+    """torch.compile with `mode` ('none' = eager). Compilation itself happens lazily at the first step; each
+    training resolution gets its own static graph (two in the ffcv recipes' 160 -> 192 ramp) rather than one
+    slower dynamic-shape graph."""
+    if mode == "none":
+        return model
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
 class Stopwatch:
