@@ -2,7 +2,7 @@
 
 Big tensors are handled in channels_last (a copy only when a caller passes another layout); everything of
 size (B, C) or smaller is fp32. The excitation runs in fp32 with autocast off: it is a few MFLOP, and the
-kernels' fp32 gate then needs no cast.
+kernels read its fp32 logits (the sigmoid is applied inside them, one launch fewer).
 """
 import contextlib
 import os
