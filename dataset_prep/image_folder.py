@@ -14,10 +14,12 @@ import numpy as np
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
+from pipeline.errors import UserError
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode to grey
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A problem with what the user gave (paths, options): reported as one line, exit status 2."""
 
 

@@ -14,7 +14,9 @@ from typing import List
 from dataset_prep.beton import WRITE_MODES, WriteSettings, verify_beton, write_beton
 from dataset_prep.image_folder import UsageError, find_split, scan
 from dataset_prep.sample_set import build_sample_folder
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import remove_stale_temporaries, write_text_atomic
+from pipeline.errors import UserError, report_user_error
+from pipeline.processes import children_die_with_this_process
 
 SAMPLE_ROOT = Path("data/sample")
 SAMPLE_MAX_RES = 256
@@ -107,15 +109,19 @@ def main(argv: List[str]) -> int:
         if existing and not args.overwrite:
             raise UsageError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
         out_dir.mkdir(parents=True, exist_ok=True)
+        children_die_with_this_process()  # scan and writer workers stop when this process is killed
+        removed = remove_stale_temporaries(out_dir)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left by killed writers: "
+                  f"{', '.join(path.name for path in removed)}")
         if args.data_dir is None and not (data_dir / "train").is_dir():
             counts = build_sample_folder(data_dir, args.sample_train, args.sample_val)
             print(f"sample set: {counts['train']} train and {counts['val']} val photos in {data_dir}")
         classes = None
         for split_name in splits:
             classes = write_split(split_name, data_dir / split_name, out_dir, args, classes)
-    except UsageError as error:
-        print(f"write_imagenet.py: error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        return report_user_error("write_imagenet.py", error)
     return 0
 
 

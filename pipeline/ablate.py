@@ -21,8 +21,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.atomic import write_text_atomic
 from pipeline.config import ConfigError, parse_overrides, resolve
+from pipeline.errors import UserError, report_user_error
+from pipeline.processes import die_with_parent
 from pipeline.report import MANIFEST_NAME, write_report
-from pipeline.squeeze import UnknownSqueezeError, check_squeeze_name, squeeze_names
+from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
+from pipeline.squeeze import check_squeeze_name, squeeze_names
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1
@@ -43,7 +46,7 @@ class Slot:
 
 def plan_jobs(squeezes: Sequence[str], seeds: Sequence[int], root: Path, arch: str, recipe: str) -> List[Job]:
     """Seed-major order: every arm of seed 0 first, so a partial ablation already holds complete pairs."""
-    return [Job(squeeze, seed, root / f"{arch}-{squeeze}-{recipe}-s{seed}") for seed in seeds for squeeze in squeezes]
+    return [Job(squeeze, seed, root / run_name(arch, squeeze, recipe, seed)) for seed in seeds for squeeze in squeezes]
 
 
 def make_slots(gpus: Sequence[str], gpus_per_run: Optional[int]) -> List[Slot]:
@@ -56,9 +59,14 @@ def make_slots(gpus: Sequence[str], gpus_per_run: Optional[int]) -> List[Slot]:
     return [Slot(tuple(gpus[start:start + size])) for start in range(0, len(gpus), size)]
 
 
+def job_settings(job: Job, cfg: Path, overrides: List[str]) -> List[str]:
+    """train.py's settings for one run: the recipe, the shared overrides, and the job's arm, seed and folder."""
+    return ["--cfg", str(cfg), "--squeeze", job.squeeze, f"--training.seed={job.seed}",
+            f"--logging.run_dir={job.run_dir}", "--logging.progress=false", *overrides]
+
+
 def command_for(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> Tuple[List[str], Dict[str, str]]:
-    settings = ["--cfg", str(cfg), "--squeeze", job.squeeze, f"--training.seed={job.seed}",
-                f"--logging.run_dir={job.run_dir}", "--logging.progress=false", *overrides]
+    settings = job_settings(job, cfg, overrides)
     env = dict(os.environ)
     if slot.devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.devices)
@@ -68,19 +76,31 @@ def command_for(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> Tuple[
     return [sys.executable, str(TRAIN_SCRIPT), *settings], env
 
 
-def is_finished(run_dir: Path, epochs: int) -> bool:
-    result = run_dir / "result.json"
-    return result.is_file() and json.loads(result.read_text()).get("finished_epochs") == epochs
+def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str]) -> List[Job]:
+    """The jobs not finished yet. A folder that holds a run with other settings, or is in use, is refused
+    before anything starts: skipping it would report the old run's numbers under the new settings."""
+    remedy = "pass another --runs-root for these settings, or delete that directory"
+    shared, todo = parse_overrides(overrides), []
+    for job in jobs:
+        config = resolve(cfg, shared | {"model.squeeze": (job.squeeze, "--squeeze"),
+                                        "training.seed": (job.seed, "--seeds")})
+        if job.run_dir.is_dir() and RunLock(job.run_dir).is_held():
+            raise RunDirError(f"{job.run_dir} is in use by {RunLock(job.run_dir).holder()}; wait for it to end "
+                              "(or stop it) before running this ablation")
+        if not is_finished(job.run_dir, config, remedy):
+            todo.append(job)
+    return todo
 
 
 def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> subprocess.Popen:
-    """Start one run; its output goes to RUN_DIR/train.log (appended across attempts)."""
+    """Start one run, which dies with this runner however it ends; output goes to RUN_DIR/train.log."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     command, env = command_for(job, slot, cfg, overrides)
-    log = open(job.run_dir / "train.log", "a")
+    log = open(job.run_dir / TRAIN_LOG_NAME, "a")
     log.write(f"\n$ {' '.join(command)}\n")
     log.flush()
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)
 
 
 def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[Job, Slot], subprocess.Popen],
@@ -89,6 +109,17 @@ def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[J
     queue = collections.deque((job, 0) for job in jobs)
     running: Dict[int, Tuple[Job, int, subprocess.Popen]] = {}
     outcome: Dict[str, List[Job]] = {"done": [], "failed": []}
+    try:
+        _schedule(queue, running, outcome, slots, launch, report, poll_seconds)
+    finally:  # an exception or Ctrl-C in the runner stops its runs too (kill -9: the parent-death signal)
+        for _, _, process in running.values():
+            process.terminate()
+        for _, _, process in running.values():
+            process.wait()
+    return outcome
+
+
+def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> None:
     while queue or running:
         for index, slot in enumerate(slots):
             if index not in running and queue:
@@ -113,7 +144,6 @@ def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[J
                 report(f"FAILED {job.run_dir.name} (exit {status}) twice; log: {job.run_dir / 'train.log'}")
         if running:
             time.sleep(poll_seconds)
-    return outcome
 
 
 def parse_squeezes(text: str) -> List[str]:
@@ -153,17 +183,16 @@ def main(argv: List[str]) -> int:
         config = resolve(args.cfg, parse_overrides(rest))  # fail now, not in every run
         gpus = [] if args.gpus == "none" else (args.gpus.split(",") if args.gpus else visible_gpus())
         slots = make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run))
-    except (ConfigError, UnknownSqueezeError) as error:
-        print(f"ablate.py: error: {error}", file=sys.stderr)
-        return 2
-    root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
+        root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        jobs = plan_jobs(squeezes, seeds, root, config["model.arch"], args.cfg.stem)
+        todo = runs_to_do(jobs, args.cfg, rest)
+    except UserError as error:
+        return report_user_error("ablate.py", error)
     root.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = plan_jobs(squeezes, seeds, root, config["model.arch"], args.cfg.stem)
     manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes, "seeds": seeds,
                 "overrides": rest, "failed": []}
     write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
-    todo = [job for job in jobs if not is_finished(job.run_dir, config["training.epochs"])]
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
           f"{len(slots)} slot(s): {', '.join(','.join(s.devices) or 'cpu' for s in slots)}", flush=True)
     started = time.time()
@@ -173,8 +202,9 @@ def main(argv: List[str]) -> int:
     write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     print(f"\n{len(outcome['done'])} ran, {len(jobs) - len(todo)} skipped, {len(outcome['failed'])} failed "
           f"in {time.time() - started:.0f} s\n")
-    print(write_report(root))
-    print(f"report: {root}/report.md, report.csv; plots: {root}/top1.png, {root}/curves.png")
+    report = write_report(root)
+    print(report.text)
+    print(f"report: {', '.join(str(path) for path in report.files)}")
     return 1 if outcome["failed"] else 0
 
 

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -35,7 +37,7 @@ def choose_precision(requested: str, device: torch.device) -> Precision:
         else:
             requested = "fp32"
     if requested == "fp16" and device.type != "cuda":
-        raise ValueError("training.precision fp16 needs a GPU (fp16 autocast with GradScaler); use bf16 or fp32")
+        raise UserError("training.precision fp16 needs a GPU (fp16 autocast with GradScaler); use bf16 or fp32")
     return Precision(requested, device.type)
 
 

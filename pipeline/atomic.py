@@ -1,7 +1,12 @@
 """Atomic file writes (temp file, fsync, rename): a reader or a crash sees the old file or the new one, never half."""
 import contextlib
 import os
+import re
 from pathlib import Path
+from typing import List
+
+# `.NAME.tmp-PID` (temp_path) and `.NAME.failures-PID` (the beton writer's failure log)
+_TEMPORARY = re.compile(r"^\..+\.(tmp|failures)-(\d+)$")
 
 
 def temporary_path(path: Path) -> Path:
@@ -32,3 +37,26 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> List[Path]:
+    """Remove the temp files in `folder` whose writing process is dead (a kill -9 mid-write leaves them, and a
+    beton's can be hundreds of GB); returns what was removed. PIDs are this host's: run directories are locked
+    and betons are written by one process, so a live writer elsewhere does not share the folder."""
+    removed = []
+    for path in Path(folder).glob(".*"):
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(2))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -2,7 +2,7 @@
 atomically from rank 0, saved unwrapped from DDP and torch.compile so any process or tool can load them."""
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -11,8 +11,10 @@ from torch import nn
 from pipeline.atomic import atomic_open
 
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-FINAL_WEIGHTS_NAME = "final.pt"
+# final.pt records the model it holds in its state_dict's own metadata, which torch.save keeps and
+# load_state_dict ignores: the file stays a plain state_dict that torchvision's resnetNN loads (baseline)
+MODEL_SETTINGS_KEY = "ssenet_model"
+MODEL_SETTING_NAMES = ("arch", "squeeze", "reduction", "num_classes", "blurpool")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -66,9 +68,19 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
     return checkpoint
 
 
-def load_weights(path: Path) -> Dict[str, torch.Tensor]:
-    """A plain state_dict from final.pt, or the model part of a checkpoint.pt."""
+def save_final_weights(path: Path, model: nn.Module, settings: Dict[str, Any]) -> None:
+    """The trained weights as a plain state_dict that also records `settings` (MODEL_SETTING_NAMES)."""
+    state = unwrap(model).state_dict()
+    state._metadata.setdefault("", {})[MODEL_SETTINGS_KEY] = {name: settings[name] for name in MODEL_SETTING_NAMES}
+    save_atomic(state, path)
+
+
+def load_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
+    """(state_dict, the model settings it records or None) from final.pt or a checkpoint.pt."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(payload, dict) and "format_version" in payload:
-        return payload["model"]
-    return payload
+        model_config = payload["config"]
+        return payload["model"], {name: model_config[f"model.{name}"] for name in MODEL_SETTING_NAMES
+                                  if f"model.{name}" in model_config}
+    metadata = getattr(payload, "_metadata", {}) or {}
+    return payload, metadata.get("", {}).get(MODEL_SETTINGS_KEY)

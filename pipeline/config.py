@@ -13,12 +13,13 @@ from fastargs import Param, Section
 from fastargs.config import Config
 from fastargs.validation import Checker
 
+from pipeline.errors import UserError
 from pipeline.kernels import SE_KERNELS
 from pipeline.models import ARCHITECTURES
 from pipeline.squeeze import squeeze_names
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad recipe, key or value: one line saying what was given, where, and what is valid."""
 
 

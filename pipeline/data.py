@@ -17,6 +17,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from dataset_prep.beton import metadata_path, read_metadata
+from pipeline.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +25,7 @@ CENTER_CROP_RATIO = 224 / 256
 RESOLUTION_STEP = 32
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A beton that is missing or does not match the model; one line, with what to do."""
 
 

@@ -9,7 +9,6 @@ same seed both arms start from the same shared weights and see the same data ord
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ import matplotlib
 from scipy import stats
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.errors import UserError, report_user_error
+from pipeline.run_dir import RESULT_NAME, read_json, read_log, read_result
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -44,20 +45,18 @@ class ArmSummary:
 def read_runs(root: Path) -> List[dict]:
     """Every finished run under `root`: its result.json plus its log lines."""
     runs = []
-    for result_path in sorted(root.glob("*/result.json")):
-        result = json.loads(result_path.read_text())
-        if result.get("finished_epochs") != result.get("epochs"):
+    for result_path in sorted(root.glob(f"*/{RESULT_NAME}")):
+        result = read_result(result_path.parent)
+        if not result or result.get("finished_epochs") != result.get("epochs"):
             continue
-        log_path = result_path.parent / "log.jsonl"
-        result["log"] = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+        result["log"] = read_log(result_path.parent)
         result["run_dir"] = str(result_path.parent)
         runs.append(result)
     return runs
 
 
 def read_manifest(root: Path) -> dict:
-    path = root / MANIFEST_NAME
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(root / MANIFEST_NAME) or {}
 
 
 def arm_order(names: Sequence[str]) -> List[str]:
@@ -193,13 +192,22 @@ def _save_png(figure, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def write_report(root: Path) -> str:
-    """Write report.md, report.csv, top1.png and curves.png under `root`; returns the markdown."""
+@dataclass(frozen=True)
+class Report:
+    text: str  # the markdown tables
+    files: List[Path]  # what was written
+
+
+def write_report(root: Path) -> Report:
+    """Write report.md, report.csv and, where runs finished, top1.png and curves.png under `root`."""
+    if not root.is_dir():
+        raise UserError(f"{root} does not exist; give the folder that holds the run directories "
+                        "(ablate.py's --runs-root, e.g. runs/ablate-demo)")
     runs = read_runs(root)
     manifest = read_manifest(root)
     if not runs and not manifest:
-        raise FileNotFoundError(f"{root} holds no finished run (no */result.json)")
-    sections, csv_parts = [], []
+        raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
+    sections, csv_parts, files = [], [], [root / "report.md", root / "report.csv"]
     archs = sorted({run["arch"] for run in runs}) or [manifest.get("arch", "runs")]
     for arch in archs:
         arch_runs = [run for run in runs if run["arch"] == arch]
@@ -209,12 +217,13 @@ def write_report(root: Path) -> str:
         csv_parts.append(csv_text(arms))
         suffix = "" if len(archs) == 1 else f"_{arch}"
         if arch_runs:
-            plot_top1(arms, root / f"top1{suffix}.png", title)
-            plot_curves(arch_runs, root / f"curves{suffix}.png", title)
+            files += [root / f"top1{suffix}.png", root / f"curves{suffix}.png"]
+            plot_top1(arms, files[-2], title)
+            plot_curves(arch_runs, files[-1], title)
     text = "\n".join(sections)
     write_text_atomic(root / "report.md", text)
     write_text_atomic(root / "report.csv", "".join(csv_parts))
-    return text
+    return Report(text, files)
 
 
 def main(argv: List[str]) -> int:
@@ -222,11 +231,11 @@ def main(argv: List[str]) -> int:
     parser.add_argument("runs_root", type=Path, help="folder whose subfolders are run directories")
     args = parser.parse_args(argv)
     try:
-        print(write_report(args.runs_root))
-    except FileNotFoundError as error:
-        print(f"report.py: error: {error}", file=sys.stderr)
-        return 2
-    print(f"written: {args.runs_root}/report.md, report.csv, top1.png, curves.png")
+        report = write_report(args.runs_root)
+    except UserError as error:
+        return report_user_error("report.py", error)
+    print(report.text)
+    print(f"written: {', '.join(str(path) for path in report.files)}")
     return 0
 
 

@@ -10,13 +10,15 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
+
 BASELINE = "baseline"
 
 # name -> builder(channels) -> nn.Module mapping (B, C, H, W) to (B, C)
 _REGISTRY: Dict[str, Callable[[int], nn.Module]] = {}
 
 
-class UnknownSqueezeError(ValueError):
+class UnknownSqueezeError(UserError, ValueError):
     """A squeeze name that is not registered; the message lists the valid ones."""
 
 

@@ -4,6 +4,7 @@ Entry point: `pipeline/train.py` (run it directly or with torchrun). Only rank 0
 holding a checkpoint is resumed after its last finished epoch.
 """
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -15,23 +16,24 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import choose_precision, maybe_compile, to_channels_last, wrap_ddp
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, resolution_at,
                            set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
+from pipeline.errors import UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, FINAL_WEIGHTS_NAME, LOG_NAME, RESULT_NAME, RunLock,
+                              is_finished, refuse_other_run, run_name)
 from pipeline.schedule import lr_factor, scaled_lr
-from pipeline.squeeze import BASELINE, UnknownSqueezeError, check_squeeze_name
+from pipeline.squeeze import BASELINE, check_squeeze_name
 
-LOG_NAME, RESULT_NAME, CONFIG_NAME = "log.jsonl", "result.json", "config.yaml"
-# settings that change speed or output, not results: a run may resume with other values
-RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.",
-                    "model.se_kernel", "training.compile")
+MODEL_KEYS = tuple(f"model.{name}" for name in ckpt.MODEL_SETTING_NAMES)
+OTHER_RUN_REMEDY = "choose another --logging.run_dir or delete that directory"
 
 
 def parse_command_line(argv: List[str]):
@@ -47,7 +49,7 @@ def parse_command_line(argv: List[str]):
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights on the val set and exit")
     parser.add_argument("--weights", type=Path, help="final.pt or checkpoint.pt for --eval-only")
     args, rest = parser.parse_known_args(argv)
-    overrides = parse_overrides(rest)
+    overrides = parse_overrides(rest)  # {key: (value, source)}: what the command line itself set
     if args.squeeze is not None:
         overrides["model.squeeze"] = (check_squeeze_name(args.squeeze, "--squeeze"), "--squeeze")
     if args.arch is not None:
@@ -56,12 +58,12 @@ def parse_command_line(argv: List[str]):
         raise ConfigError("--eval-only needs --weights PATH (a final.pt or checkpoint.pt)")
     if args.weights is not None and not args.weights.is_file():
         raise ConfigError(f"--weights {args.weights} does not exist")
-    return args, resolve(args.cfg, overrides)
+    return args, resolve(args.cfg, overrides), overrides
 
 
 def default_run_dir(config: Dict[str, Any], recipe: Optional[Path]) -> Path:
-    recipe_name = recipe.stem if recipe else "defaults"
-    name = f"{config['model.arch']}-{config['model.squeeze']}-{recipe_name}-s{config['training.seed']}"
+    name = run_name(config["model.arch"], config["model.squeeze"], recipe.stem if recipe else "defaults",
+                    config["training.seed"])
     return Path(config["logging.runs_root"]) / name
 
 
@@ -95,16 +97,11 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
 
 
 def resume_state(run_dir: Path, config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    path = run_dir / ckpt.CHECKPOINT_NAME
+    path = run_dir / CHECKPOINT_NAME
     if not path.is_file():
         return None
     state = ckpt.load_checkpoint(path)
-    changed = [key for key, value in config.items() if not key.startswith(RESUME_FREE_KEYS)
-               and state["config"].get(key) != value]
-    if changed:
-        key = changed[0]
-        raise ConfigError(f"{run_dir} holds a run with {key}={state['config'].get(key)!r}, not {config[key]!r}; "
-                          "choose another --logging.run_dir or delete that directory")
+    refuse_other_run(run_dir, state["config"], config, OTHER_RUN_REMEDY)
     return state
 
 
@@ -179,14 +176,20 @@ def train(config: Dict[str, Any], run_dir: Path, world: World) -> Dict[str, Any]
         history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started})
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
-            ckpt.save_checkpoint(run_dir / ckpt.CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history)
+            ckpt.save_checkpoint(run_dir / CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history)
             print(epoch_line(epoch, resolution, metrics, started, config["training.compile"] != "none"), flush=True)
         barrier()
     result = summarize(config, history, parameters, world, global_batch, precision.name)
     if world.is_main:
-        ckpt.save_atomic(ckpt.unwrap(network).state_dict(), run_dir / ckpt.FINAL_WEIGHTS_NAME)
+        ckpt.save_final_weights(run_dir / FINAL_WEIGHTS_NAME, network, model_settings(config, num_classes))
         write_text_atomic(run_dir / RESULT_NAME, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def model_settings(config: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
+    """What final.pt records of its model (num_classes as trained, not 0 = from the data)."""
+    return {name: config[key] for name, key in zip(ckpt.MODEL_SETTING_NAMES, MODEL_KEYS)} | {
+        "num_classes": num_classes}
 
 
 def summarize(config, history, parameters, world, global_batch, precision) -> Dict[str, Any]:
@@ -200,7 +203,7 @@ def summarize(config, history, parameters, world, global_batch, precision) -> Di
         "train_images_per_s": sum(speeds) / len(speeds),  # first epoch excluded: it pays JIT compilation
         "se_kernel": config["model.se_kernel"], "se_kernel_used": se_kernel_used(config, world),
         "wall_time": history[-1]["wall_time"], "world_size": world.world_size, "global_batch": global_batch,
-        "precision": precision, "device": str(world.device.type),
+        "precision": precision, "device": str(world.device.type), "config": config,
     }
 
 
@@ -215,48 +218,83 @@ def se_kernel_used(config: Dict[str, Any], world: World) -> str:
         raise ConfigError(f"{error} (from model.se_kernel)") from None
 
 
-def evaluate_weights(config: Dict[str, Any], weights: Path, world: World) -> Dict[str, Any]:
+def weights_model_config(config: Dict[str, Any], weights: Path, recorded: Optional[Dict[str, Any]],
+                         explicit: Dict[str, Tuple[Any, str]]) -> Dict[str, Any]:
+    """`config` with the model the weights record; a model setting the command line gives that disagrees
+    with them is refused."""
+    if recorded is None:  # weights written before final.pt recorded its model: trust the settings
+        return config
+    for name, key in zip(ckpt.MODEL_SETTING_NAMES, MODEL_KEYS):
+        if key in explicit and name in recorded and explicit[key][0] != recorded[name]:
+            raise ConfigError(f"--weights {weights} hold a {recorded['arch']} '{recorded['squeeze']}' model with "
+                              f"{name}={recorded[name]!r}, not {explicit[key][0]!r} (from {explicit[key][1]}); "
+                              f"drop {explicit[key][1]} to evaluate them as they are")
+    return config | {key: recorded[name] for name, key in zip(ckpt.MODEL_SETTING_NAMES, MODEL_KEYS)
+                     if name in recorded}
+
+
+def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
+                     explicit: Dict[str, Tuple[Any, str]]) -> Dict[str, Any]:
+    state, recorded = ckpt.load_weights(weights)
+    config = weights_model_config(config, weights, recorded, explicit)
     _, val_data, num_classes = build_data(config, world, config["resolution.min_res"])
     model = build_network(config, num_classes, world)
-    model.load_state_dict(ckpt.load_weights(weights))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ConfigError(f"--weights {weights} do not fit a {config['model.arch']} '{config['model.squeeze']}' "
+                          f"model with {num_classes} classes ({first}); pass the settings they were trained "
+                          "with") from None
     precision = choose_precision(config["training.precision"], world.device)
     return evaluate(model, val_data, DeviceAugment(flip=False).to(world.device), precision,
                     config["validation.flip_tta"], world.device)
 
 
+def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume_required: bool) -> None:
+    """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
+    for key in ("data.train_dataset", "data.val_dataset"):  # before anything is created
+        check_beton(config[key], None)
+    if resume_required and not (run_dir / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
+    if is_finished(run_dir, config, OTHER_RUN_REMEDY):
+        if world.is_main:
+            print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
+        return
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
+        if world.is_main:
+            removed = remove_stale_temporaries(run_dir)
+            if removed:
+                print(f"removed {len(removed)} temporary file(s) left by dead processes: "
+                      f"{', '.join(path.name for path in removed)}")
+            write_text_atomic(run_dir / CONFIG_NAME, describe(config))
+            print(f"run directory {run_dir}\n{describe(config)}", flush=True)
+        barrier()
+        result = train(config, run_dir, world)
+    if world.is_main:
+        print(json.dumps(result))
+
+
 def main(argv: List[str]) -> int:
     try:
-        args, config = parse_command_line(argv)
+        args, config, explicit = parse_command_line(argv)
         world = init_world(config["dist.backend"], config["dist.timeout_min"])
-        se_kernel_used(config, world)  # a kernel choice that cannot run here fails before the run directory exists
+        se_kernel_used(config, world)  # settings that cannot run here fail before the run directory exists
+        choose_precision(config["training.precision"], world.device)
         if args.eval_only:
-            metrics = evaluate_weights(config, args.weights, world)
+            metrics = evaluate_weights(config, args.weights, world, explicit)
             if world.is_main:
                 print(f"{args.weights}: val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f} "
                       f"on {metrics['val_images']} images")
                 print(json.dumps(metrics))
             return 0
         run_dir = Path(config["logging.run_dir"]) if config["logging.run_dir"] else default_run_dir(config, args.cfg)
-        if args.resume and not (run_dir / ckpt.CHECKPOINT_NAME).is_file():
-            raise ConfigError(f"--resume: {run_dir} holds no {ckpt.CHECKPOINT_NAME} to resume from")
-        result_path = run_dir / RESULT_NAME
-        if result_path.is_file() and json.loads(result_path.read_text()).get("finished_epochs") == \
-                config["training.epochs"] and resume_state(run_dir, config) is not None:
-            if world.is_main:
-                print(f"{run_dir} already finished: {result_path.read_text()}")
-            return 0
-        if world.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / CONFIG_NAME, describe(config))
-            print(f"run directory {run_dir}\n{describe(config)}", flush=True)
-        barrier()
-        result = train(config, run_dir, world)
-        if world.is_main:
-            print(json.dumps(result))
+        run_in_directory(config, run_dir, world, args.resume)
         return 0
-    except (ConfigError, DataError, UnknownSqueezeError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        return report_user_error("train.py", error)
     except NonFiniteLossError as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 1

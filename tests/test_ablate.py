@@ -1,15 +1,19 @@
 """Ablation runner (scheduler with a mocked launcher, skip/resume for real) and the report's statistics."""
 import json
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import run_script, tiny_settings
+from conftest import REPO, run_script, tiny_settings
 from pipeline.ablate import Job, Slot, command_for, make_slots, plan_jobs, run_schedule
 from pipeline.config import ConfigError
-from pipeline.report import paired_interval, write_report
+from pipeline.report import main as report_main, paired_interval, write_report
+from pipeline.run_dir import RunLock
 
 
 class FakeProcess:
@@ -99,6 +103,36 @@ def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_pat
     assert second.returncode == 0 and "1 ran, 1 skipped, 0 failed" in second.stdout
     assert "resuming" in (interrupted / "train.log").read_text()
     assert "| random |" in second.stdout and "| baseline |" in second.stdout
+    assert f"report: {root / 'report.md'}, {root / 'report.csv'}, {root / 'top1.png'}" in second.stdout
+    # the same root with other settings: its finished runs are not the runs asked for
+    manifest = (root / "ablation.json").read_text()
+    third = run_script([*arguments, "--lr.lr=0.2"], timeout=60)
+    assert third.returncode == 2 and third.stderr.count("\n") == 1, third.stderr
+    assert "holds a run with lr.lr=0.4, not 0.2; pass another --runs-root" in third.stderr
+    assert (root / "ablation.json").read_text() == manifest  # nothing rewritten
+
+
+def test_runs_die_with_a_killed_runner(tiny_betons, tmp_path):
+    """kill -9 of ablate.py leaves no train.py behind (its lock on the run directory is released)."""
+    root = tmp_path / "ablation"
+    arguments = [sys.executable, "pipeline/ablate.py", "--squeeze", "gap", "--gpus", "none", "--runs-root", str(root),
+                 *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=50")]
+    arguments.remove(f"--logging.run_dir={tmp_path / 'unused'}")
+    runner = subprocess.Popen(arguments, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = RunLock(root / "resnet18-gap-sample-s0")
+    try:
+        deadline = time.time() + 120
+        while not lock.is_held():  # train.py is running
+            assert time.time() < deadline and runner.poll() is None
+            time.sleep(0.1)
+        runner.kill()
+        runner.wait()
+        deadline = time.time() + 30
+        while lock.is_held():
+            assert time.time() < deadline, f"train.py outlived its runner: {lock.holder()}"
+            time.sleep(0.1)
+    finally:
+        runner.kill()
 
 
 def test_same_seed_same_data_order_across_arms(tiny_betons):
@@ -131,7 +165,7 @@ def test_report_statistics_match_a_hand_computation(tmp_path):
         write_result(tmp_path, "baseline", seed, base, 90.0)
         write_result(tmp_path, "gap", seed, gap, 91.0)
     (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "gap", "gmp"], "failed": []}))
-    text = write_report(tmp_path)
+    text = write_report(tmp_path).text
     # by hand: differences 1.0, 0.5, 1.5 -> mean 1.0, sd 0.5; t(0.975, df=2) = 4.302653
     half = 4.302653 * 0.5 / math.sqrt(3)
     assert paired_interval([1.0, 0.5, 1.5]) == pytest.approx((1.0 - half, 1.0 + half), abs=1e-5)
@@ -152,10 +186,23 @@ def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
     write_result(tmp_path, "std", 1, 63.0, 81.0)
     (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "std"],
                                                         "failed": [{"squeeze": "std", "seed": 0}]}))
-    text = write_report(tmp_path)
+    text = write_report(tmp_path).text
     assert "| std | 63.00 | 81.00 | +1.00 | 1 (1 failed) |" in text  # one pair: no interval
 
 
 def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
     result = run_script(["pipeline/report.py", str(tmp_path)], timeout=60)
     assert result.returncode == 2 and "holds no finished run" in result.stderr
+
+
+def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
+    assert report_main([str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_report_names_only_the_files_it_wrote(tmp_path):
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["gap"], "failed": [{"squeeze": "gap",
+                                                                                        "seed": 0}]}))
+    report = write_report(tmp_path)
+    assert report.files == [tmp_path / "report.md", tmp_path / "report.csv"]  # no finished run: no plots
+    assert not (tmp_path / "top1.png").exists()

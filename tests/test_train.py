@@ -12,6 +12,7 @@ import torch
 from conftest import REPO, run_script, tiny_settings
 from pipeline.checkpoint import load_checkpoint, load_weights
 from pipeline.models import build_model
+from pipeline.run_dir import RunLock
 from pipeline.trainer import main as train_main
 
 
@@ -19,8 +20,11 @@ def read_log(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
-def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_path):
+def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_path, capsys):
     run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stale = run_dir / f".checkpoint.pt.tmp-{dead_pid()}"  # a checkpoint write killed midway, earlier
+    stale.write_bytes(b"partial")
     result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=4",
                                                              "--squeeze", "gmp")])
     assert result.returncode == 0, result.stderr
@@ -32,15 +36,27 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
                            "resolution", "wall_time"}
     summary = json.loads((run_dir / "result.json").read_text())
     assert summary["squeeze"] == "gmp" and summary["finished_epochs"] == 4 and summary["top1"] == log[-1]["val_top1"]
-    weights = load_weights(run_dir / "final.pt")
+    weights, recorded = load_weights(run_dir / "final.pt")
+    assert recorded == {"arch": "resnet18", "squeeze": "gmp", "reduction": 16, "num_classes": 10, "blurpool": False}
     assert not any(key.startswith("module.") for key in weights)
     build_model("resnet18", "gmp", num_classes=10, blurpool=False).load_state_dict(weights)  # strict
     assert "squeeze: gmp" in (run_dir / "config.yaml").read_text()
     assert "se_kernel: auto" in (run_dir / "config.yaml").read_text()
     assert (summary["se_kernel"], summary["se_kernel_used"]) == ("auto", "torch")  # auto runs torch ops on a CPU
+    assert not stale.exists() and f"removed 1 temporary file(s) left by dead processes: {stale.name}" in result.stdout
     rerun = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=4",
                                                             "--squeeze", "gmp")])
     assert rerun.returncode == 0 and "already finished" in rerun.stdout
+    # --eval-only takes the model from final.pt (sample.yaml alone would build a 'gap' model) ...
+    evaluated = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only",
+                            "--weights", str(run_dir / "final.pt")])
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"val top-1 {summary['top1']:.2f}" in evaluated.stdout
+    # ... and refuses a command line that names another one
+    status = train_main([*tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only", "--weights",
+                         str(run_dir / "final.pt"), "--squeeze", "gap"])
+    assert status == 2 and "hold a resnet18 'gmp' model with squeeze='gmp', not 'gap' (from --squeeze)" in \
+        capsys.readouterr().err
 
 
 def test_sigkill_mid_run_then_resume_ends_at_the_right_epoch(tiny_betons, tmp_path):
@@ -98,6 +114,29 @@ def test_user_errors_are_one_line_with_exit_2(tiny_betons, tmp_path, extra, mess
     result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "r"), *extra], timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_run_directory_in_use_is_refused_with_its_holder(tiny_betons, tmp_path, capsys):
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    with RunLock(run_dir):  # as another train.py would hold it
+        status = train_main(tiny_settings(tiny_betons, run_dir))
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert f"{run_dir} is in use by process {os.getpid()} on " in error and "another --logging.run_dir" in error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid on a GPU")
+def test_fp16_on_a_cpu_is_refused_before_the_run_directory_exists(tiny_betons, tmp_path, capsys):
+    status = train_main([*tiny_settings(tiny_betons, tmp_path / "r"), "--training.precision=fp16"])
+    assert status == 2 and "training.precision fp16 needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels run on this machine's GPU")

@@ -10,13 +10,15 @@ import os
 
 import torch
 
+from pipeline.errors import UserError
+
 SE_KERNELS = ("auto", "torch", "triton")
 # what `auto` picks under torch.compile. Measured on an H200 (SE-ResNet-50 gap, 192 px, batch 256, bf16):
 # inductor's code 7,558 img/s, the kernels 6,133 (the custom ops' host cost is not hidden in a compiled step)
 AUTO_KERNELS_WHEN_COMPILED = False
 
 
-class KernelUnavailableError(RuntimeError):
+class KernelUnavailableError(UserError, RuntimeError):
     """se_kernel=triton where the kernels cannot run; the message says what to use instead."""
 
 

@@ -1,0 +1,18 @@
+"""Child processes that end with their parent however it ends, kill -9 included (Linux's parent-death signal)."""
+import ctypes
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signal_number: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send this process `signal_number` when its parent dies (no-op off Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal_number)
+
+
+def children_die_with_this_process() -> None:
+    """Every process forked from now on (pool and writer workers too) dies with this one."""
+    os.register_at_fork(after_in_child=die_with_parent)

@@ -1,0 +1,135 @@
+"""The run-directory contract: file names, run naming, what "finished" means, reading results, the lock.
+
+One module so that trainer, ablation runner, report and tests agree. Torch-free: report.py reads run
+directories on machines without torch.
+"""
+import errno
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from pipeline.errors import UserError
+
+CONFIG_NAME, LOG_NAME, RESULT_NAME = "config.yaml", "log.jsonl", "result.json"
+CHECKPOINT_NAME, FINAL_WEIGHTS_NAME, TRAIN_LOG_NAME, LOCK_NAME = "checkpoint.pt", "final.pt", "train.log", ".lock"
+# settings that change speed or output, not results: a run may resume (and count as finished) with other values
+RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.",
+                    "model.se_kernel", "training.compile")
+
+
+class RunDirError(UserError):
+    """A run directory that holds another run, or one in use by another process."""
+
+
+def run_name(arch: str, squeeze: str, recipe: str, seed: int) -> str:
+    return f"{arch}-{squeeze}-{recipe}-s{seed}"
+
+
+def first_difference(recorded: Dict[str, Any], requested: Dict[str, Any]) -> Optional[str]:
+    """The first result-changing setting whose value differs (None when the runs are the same run)."""
+    for key, value in requested.items():
+        if not key.startswith(RESUME_FREE_KEYS) and recorded.get(key) != value:
+            return key
+    return None
+
+
+def refuse_other_run(run_dir: Path, recorded: Dict[str, Any], requested: Dict[str, Any], remedy: str) -> None:
+    """Raise a one-line RunDirError when `run_dir` holds a run with other result-changing settings."""
+    key = first_difference(recorded, requested)
+    if key is not None:
+        raise RunDirError(f"{run_dir} holds a run with {key}={recorded.get(key)!r}, not {requested[key]!r}; "
+                          f"{remedy}")
+
+
+def read_json(path: Path) -> Optional[Any]:
+    """The JSON in `path`, or None when it is missing or unreadable (a run killed while writing it)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_result(run_dir: Path) -> Optional[Dict[str, Any]]:
+    return read_json(Path(run_dir) / RESULT_NAME)
+
+
+def read_log(run_dir: Path) -> List[Dict[str, Any]]:
+    path = Path(run_dir) / LOG_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def recorded_config(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The settings a run was started with (result.json, else config.yaml), flat {section.key: value}."""
+    result = read_result(run_dir)
+    if result and "config" in result:
+        return result["config"]
+    try:
+        tree = yaml.safe_load((Path(run_dir) / CONFIG_NAME).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return {f"{section}.{key}": value for section, values in (tree or {}).items() for key, value in values.items()}
+
+
+def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str) -> bool:
+    """True when `run_dir` finished the run `config` asks for; a run with other settings there is refused."""
+    result = read_result(run_dir)
+    recorded = recorded_config(run_dir)
+    if recorded is not None:
+        refuse_other_run(run_dir, recorded, config, remedy)
+    return bool(result) and result.get("finished_epochs") == config["training.epochs"]
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process trains in it (flock: released when it dies).
+
+    The holder writes its PID and host into the lock file, so a second process can say who holds it.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._handle = None
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def __enter__(self):
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.close()
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunDirError(f"{self.path.parent} is in use by {self.holder()}; wait for it to end or choose "
+                                  "another --logging.run_dir") from None
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc_info):
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        return False
+
+    def is_held(self) -> bool:
+        """Whether a live process holds the lock now (checked without taking it for long)."""
+        if not self.path.exists():
+            return False
+        with open(self.path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -1,0 +1,81 @@
+"""The run-directory contract: what 'finished' means, refusing another run's folder, the lock, stale temp files."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.atomic import remove_stale_temporaries
+from pipeline.run_dir import RESULT_NAME, RunDirError, RunLock, first_difference, is_finished
+
+CONFIG = {"training.epochs": 2, "lr.lr": 0.4, "model.squeeze": "gmp", "logging.run_dir": "a", "model.se_kernel": "auto"}
+
+
+def finished_run(run_dir, config=CONFIG, finished=2):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RESULT_NAME).write_text(json.dumps({"finished_epochs": finished, "config": config}))
+    return run_dir
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_speed_only_settings_do_not_make_another_run():
+    assert first_difference(CONFIG, CONFIG | {"logging.run_dir": "b", "model.se_kernel": "triton"}) is None
+    assert first_difference(CONFIG, CONFIG | {"lr.lr": 0.2}) == "lr.lr"
+
+
+def test_finished_means_same_settings_and_every_epoch(tmp_path):
+    assert is_finished(finished_run(tmp_path / "done"), CONFIG, "fix it") is True
+    assert is_finished(finished_run(tmp_path / "half", finished=1), CONFIG, "fix it") is False
+    assert is_finished(tmp_path / "absent", CONFIG, "fix it") is False
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / RESULT_NAME).write_text('{"finished_ep')  # killed mid-write (before atomic writes)
+    assert is_finished(tmp_path / "torn", CONFIG, "fix it") is False
+
+
+def test_a_folder_holding_a_run_with_other_settings_is_refused(tmp_path):
+    run_dir = finished_run(tmp_path / "r")
+    with pytest.raises(RunDirError, match=r"holds a run with lr.lr=0.4, not 0.2; use another root"):
+        is_finished(run_dir, CONFIG | {"lr.lr": 0.2}, "use another root")
+
+
+def test_a_locked_run_directory_names_its_holder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(os.getcwd())!r})
+from pipeline.run_dir import RunLock
+with RunLock({str(tmp_path)!r}):
+    print("held", flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert RunLock(tmp_path).is_held()
+        with pytest.raises(RunDirError, match=f"in use by process {holder.pid} on "):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.time() + 10
+    while RunLock(tmp_path).is_held() and time.time() < deadline:  # the kernel drops a dead holder's lock
+        time.sleep(0.1)
+    with RunLock(tmp_path):
+        assert f"process {os.getpid()}" in (tmp_path / ".lock").read_text()
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    stale = tmp_path / f".checkpoint.pt.tmp-{dead_pid()}"
+    stale_failures = tmp_path / f".train.beton.failures-{dead_pid()}"
+    live = tmp_path / f".checkpoint.pt.tmp-{os.getpid()}"
+    kept = tmp_path / "checkpoint.pt"
+    for path in (stale, stale_failures, live, kept):
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([stale, stale_failures])
+    assert live.exists() and kept.exists() and not stale.exists()
