@@ -34,6 +34,7 @@ class WriteSettings:
     write_mode: str = "proportion"
     chunk_size: int = 100
     workers: int = os.cpu_count() or 1
+    exif_transpose: bool = False  # apply EXIF orientation (torchvision's loader does not)
 
 
 def metadata_path(beton: Path) -> Path:
@@ -57,7 +58,7 @@ def write_beton(files: Sequence[Tuple[str, int]], classes: Sequence[str], out: P
     out = Path(out)
     temporary = temporary_path(out)  # ffcv's writer needs a file name, not a handle
     failure_log = out.with_name(f".{out.name}.failures-{os.getpid()}")
-    dataset = RGBFileDataset(files, failure_log)
+    dataset = RGBFileDataset(files, failure_log, settings.exif_transpose)
     fields = {
         "image": RGBImageField(write_mode=settings.write_mode, max_resolution=settings.max_res,
                                jpeg_quality=settings.jpeg_quality, compress_probability=settings.compress_prob),
@@ -75,7 +76,8 @@ def write_beton(files: Sequence[Tuple[str, int]], classes: Sequence[str], out: P
             "format": METADATA_FORMAT, "num_samples": len(files), "classes": list(classes),
             "counts": counts.tolist(), "skipped": skipped, "source": source,
             "settings": {"max_res": settings.max_res, "jpeg_quality": settings.jpeg_quality,
-                         "compress_prob": settings.compress_prob, "write_mode": settings.write_mode},
+                         "compress_prob": settings.compress_prob, "write_mode": settings.write_mode,
+                         "exif_transpose": settings.exif_transpose},
             "versions": _versions(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
         os.replace(temporary, out)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
 from pipeline.errors import UserError
@@ -29,23 +29,64 @@ class ImageFolderSplit:
     root: Path
     classes: Tuple[str, ...]
     files: Tuple[Tuple[str, int], ...]  # (path, label)
+    skipped: Tuple[Tuple[str, str], ...] = ()  # (path, reason): what listing could not use
+    nested: int = 0  # files in subfolders of a class folder (counted, as torchvision's ImageFolder does)
+
+
+def printable(path: str) -> str:
+    """A path as text that can always be written: undecodable bytes in names become \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _class_files(folder: Path, seen: set) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Every non-hidden file below `folder`, sorted (as torchvision), following directory links but each real
+    directory and file once; (files, skipped (path, reason)) where a link loops or a folder cannot be read."""
+    files, skipped = [], []
+    for directory, subfolders, names in os.walk(folder, followlinks=True,
+                                                onerror=lambda error: skipped.append(
+                                                    (error.filename, f"unreadable folder: {error.strerror}"))):
+        identity = os.stat(directory)
+        if (identity.st_dev, identity.st_ino) in seen:
+            target, parent = os.path.realpath(directory), os.path.realpath(os.path.dirname(directory))
+            looped = parent == target or parent.startswith(target + os.sep)
+            skipped.append((directory, "symlink loop: links back to a folder above it" if looped
+                            else "duplicate: a folder already listed through another link"))
+            subfolders.clear()
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            if name.startswith("."):
+                continue
+            if not os.path.isfile(path):
+                if os.path.islink(path):
+                    skipped.append((path, "unreadable: broken symbolic link"))
+                continue
+            real = os.stat(path)
+            if (real.st_dev, real.st_ino) not in seen:
+                seen.add((real.st_dev, real.st_ino))
+                files.append(path)
+    return files, skipped
 
 
 def find_split(root: Path, subset: Optional[int] = None) -> ImageFolderSplit:
-    """List `root/<class>/<file>`; `subset` keeps the first N files (sorted by name) of every class."""
+    """List `root/<class>/**/<file>`; `subset` keeps the first N files (in sorted order) of every class."""
     if not root.is_dir():
         raise UsageError(f"split directory {root} does not exist (expected an ImageFolder: {root}/<class>/<image>)")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise UsageError(f"{root} has no class folders (expected an ImageFolder: {root}/<class>/<image>)")
-    files = []
+    files, skipped, nested, seen = [], [], 0, set()
     for label, name in enumerate(classes):
-        names = sorted(entry.name for entry in os.scandir(root / name)
-                       if entry.is_file() and not entry.name.startswith("."))
-        if not names:
-            raise UsageError(f"class folder {root / name} is empty; every class needs at least one image")
-        files.extend((str(root / name / file_name), label) for file_name in names[:subset])
-    return ImageFolderSplit(root, tuple(classes), tuple(files))
+        found, problems = _class_files(root / name, seen)
+        skipped += problems
+        if not found:
+            raise UsageError(f"class folder {printable(str(root / name))} is empty; every class needs an image")
+        kept = found[:subset]
+        nested += sum(1 for path in kept if os.path.dirname(path) != str(root / name))
+        files.extend((path, label) for path in kept)
+    return ImageFolderSplit(root, tuple(classes), tuple(files), tuple(skipped), nested)
 
 
 def _to_uint8(image: Image.Image) -> Image.Image:
@@ -55,10 +96,16 @@ def _to_uint8(image: Image.Image) -> Image.Image:
     return Image.fromarray((array.astype(np.float64) * (255 / peak)).round().clip(0, 255).astype(np.uint8))
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """Decode any image PIL reads into an HxWx3 uint8 RGB array (CMYK, L, P, RGBA, 16-bit, PNG-in-.JPEG)."""
+def load_rgb(path: str, exif_transpose: bool = False) -> np.ndarray:
+    """Decode any image PIL reads into an HxWx3 uint8 RGB array (CMYK, L, P, RGBA, 16-bit, PNG-in-.JPEG).
+
+    EXIF orientation is ignored unless `exif_transpose` (torchvision's PIL loader ignores it too: a phone
+    photo taken upright is stored sideways).
+    """
     with Image.open(path) as image:
         image.load()
+        if exif_transpose:
+            image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L"):
             image = _to_uint8(image)
         if image.mode == "P":
@@ -68,32 +115,48 @@ def load_rgb(path: str) -> np.ndarray:
         return np.asarray(image)
 
 
-def check_image(path: str) -> Optional[str]:
-    """None when `path` decodes completely; else the reason it is skipped (one line)."""
+# skip reasons start with one of these words; the summary counts them
+SKIP_KINDS = ("empty", "not an image", "too large", "corrupt", "unreadable", "symlink loop", "duplicate",
+              "unexpected")
+
+
+def skip_kind(reason: str) -> str:
+    return next((kind for kind in SKIP_KINDS if reason.startswith(kind)), "corrupt")
+
+
+def check_image(path: str, exif_transpose: bool = False) -> Optional[str]:
+    """None when `path` decodes completely; else the reason it is skipped (one line, starting with its kind).
+    Never raises: one bad file must not end a scan of a million."""
     try:
         if os.path.getsize(path) == 0:
-            return "zero-byte file"
-        image = load_rgb(path)
+            return "empty: zero-byte file"
+        image = load_rgb(path, exif_transpose)
         if image.ndim != 3 or min(image.shape[:2]) < 1:
-            return f"unusable image shape {image.shape}"
+            return f"corrupt: unusable image shape {image.shape}"
         return None
+    except Image.DecompressionBombError as error:
+        return f"too large: {str(error).splitlines()[0]}"
     except Image.UnidentifiedImageError:
         return "not an image PIL can identify"
+    except PermissionError as error:
+        return f"unreadable: {error.strerror}"
     except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for truncated or corrupt data
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'corrupt image'}"
+        return f"corrupt: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'corrupt image'}"
+    except Exception as error:  # noqa: BLE001 -- see the docstring
+        return f"unexpected: {type(error).__name__}: {error}"
 
 
-def _check_entry(entry: Tuple[str, int]) -> Tuple[str, int, Optional[str]]:
-    return entry[0], entry[1], check_image(entry[0])
+def _check_entry(entry: Tuple[str, int, bool]) -> Tuple[str, int, Optional[str]]:
+    return entry[0], entry[1], check_image(entry[0], entry[2])
 
 
-def scan(files: Sequence[Tuple[str, int]], workers: int, desc: str = "scan"
+def scan(files: Sequence[Tuple[str, int]], workers: int, desc: str = "scan", exif_transpose: bool = False
          ) -> Tuple[List[Tuple[str, int]], List[Tuple[str, str]]]:
     """Decode every file in parallel: returns (good (path, label) in input order, skipped (path, reason))."""
     good, skipped = [], []
     chunk = max(1, min(64, len(files) // (4 * max(workers, 1)) or 1))
     with Pool(workers) as pool:
-        results = pool.imap(_check_entry, files, chunksize=chunk)
+        results = pool.imap(_check_entry, [(path, label, exif_transpose) for path, label in files], chunksize=chunk)
         for path, label, reason in tqdm(results, total=len(files), desc=desc, unit="img", mininterval=1):
             if reason is None:
                 good.append((path, label))
@@ -110,9 +173,10 @@ class RGBFileDataset:
     `failures()` and discard the output when there are any.
     """
 
-    def __init__(self, files: Sequence[Tuple[str, int]], failure_log: Path):
+    def __init__(self, files: Sequence[Tuple[str, int]], failure_log: Path, exif_transpose: bool = False):
         self.files = list(files)
         self.failure_log = Path(failure_log)
+        self.exif_transpose = exif_transpose
 
     def __len__(self) -> int:
         return len(self.files)
@@ -120,10 +184,10 @@ class RGBFileDataset:
     def __getitem__(self, index: int):
         path, label = self.files[index]
         try:
-            return load_rgb(path), label
+            return load_rgb(path, self.exif_transpose), label
         except Exception as error:  # noqa: BLE001 -- see the class docstring: never raise inside ffcv's pool
             with open(self.failure_log, "a") as log:
-                log.write(f"{path}\t{type(error).__name__}: {error}\n")
+                log.write(f"{printable(path)}\t{type(error).__name__}: {error}\n")
             return np.zeros((1, 1, 3), dtype=np.uint8), label
 
     def failures(self) -> List[str]:

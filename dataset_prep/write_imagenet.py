@@ -6,13 +6,14 @@
 Options follow ffcv-imagenet's writer. Unreadable files are skipped and listed in `<out>/<split>_skipped.txt`.
 """
 import argparse
+import collections
 import sys
 import time
 from pathlib import Path
 from typing import List
 
 from dataset_prep.beton import WRITE_MODES, WriteSettings, verify_beton, write_beton
-from dataset_prep.image_folder import UsageError, find_split, scan
+from dataset_prep.image_folder import UsageError, find_split, printable, scan, skip_kind
 from dataset_prep.sample_set import build_sample_folder
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.errors import UserError, report_user_error
@@ -39,6 +40,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, help="keep the first N images of every class")
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
+    parser.add_argument("--exif-transpose", action="store_true",
+                        help="rotate images as their EXIF orientation says (off: stored as torchvision's loader "
+                             "reads them, a phone photo taken upright may lie sideways)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing betons")
     parser.add_argument("--verify", action="store_true", help="reopen each beton and check count and labels")
     parser.add_argument("--sample-train", type=int, default=200, help="sample set: train images per class")
@@ -60,6 +64,14 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(message)
 
 
+def skipped_summary(skipped) -> str:
+    """`3 skipped (2 corrupt, 1 empty)`: the count, then by kind."""
+    if not skipped:
+        return "0 skipped"
+    kinds = collections.Counter(skip_kind(reason) for _, reason in skipped)
+    return f"{len(skipped)} skipped ({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())})"
+
+
 def write_split(split_name: str, source: Path, out_dir: Path, args: argparse.Namespace, classes=None):
     """Scan, write and (optionally) verify one split; returns its class list."""
     out = out_dir / f"{split_name}.beton"
@@ -67,21 +79,23 @@ def write_split(split_name: str, source: Path, out_dir: Path, args: argparse.Nam
     if classes is not None and tuple(classes) != split.classes:
         raise UsageError(f"{source} has different class folders than the train split "
                          f"({len(split.classes)} vs {len(classes)}); both splits need the same classes")
-    good, skipped = scan(split.files, args.workers, desc=f"{split_name} scan")
+    good, skipped = scan(split.files, args.workers, f"{split_name} scan", args.exif_transpose)
+    skipped = list(split.skipped) + skipped
     report = out_dir / f"{split_name}_skipped.txt"
     if skipped:
-        write_text_atomic(report, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        write_text_atomic(report, "".join(f"{printable(path)}\t{reason}\n" for path, reason in skipped))
     else:
         report.unlink(missing_ok=True)
     if not good:
         raise UsageError(f"{source}: none of the {len(split.files)} files could be decoded (see {report})")
     settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode,
-                             args.chunk_size, args.workers)
+                             args.chunk_size, args.workers, args.exif_transpose)
     started = time.perf_counter()
     write_beton(good, split.classes, out, settings, str(source.resolve()), len(skipped))
     seconds = time.perf_counter() - started
-    print(f"{split_name}: {len(good)} written, {len(skipped)} skipped, {len(split.files)} found -> {out} "
-          f"({len(good) / seconds:.0f} img/s)" + (f"; skipped files listed in {report}" if skipped else ""))
+    print(f"{split_name}: {len(good)} written, {skipped_summary(skipped)}, {len(split.files)} found"
+          + (f" ({split.nested} in subfolders of class folders)" if split.nested else "")
+          + f" -> {out} ({len(good) / seconds:.0f} img/s)" + (f"; skipped files listed in {report}" if skipped else ""))
     if args.verify:
         problems = verify_beton(out, [label for _, label in good], len(split.classes))
         if problems:

@@ -41,6 +41,13 @@ def choose_precision(requested: str, device: torch.device) -> Precision:
     return Precision(requested, device.type)
 
 
+def tune_convolutions(device: torch.device) -> None:
+    """cuDNN's autotuner (as ffcv-imagenet): convolution algorithms timed once per shape, which the fixed
+    shapes of training (one per resolution) repay."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def to_channels_last(model: nn.Module, enabled: bool) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if enabled else model
 

@@ -3,7 +3,9 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
+
+from pipeline.errors import StorageError
 
 # `.NAME.tmp-PID` (temp_path) and `.NAME.failures-PID` (the beton writer's failure log)
 _TEMPORARY = re.compile(r"^\..+\.(tmp|failures)-(\d+)$")
@@ -16,15 +18,23 @@ def temporary_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w"):
-    """A handle on a temp file beside `path`, renamed onto `path` only when the block finishes without error."""
+def atomic_open(path: Path, mode: str = "w", previous: Optional[Path] = None):
+    """A handle on a temp file beside `path`, renamed onto `path` only when the block finishes without error;
+    with `previous`, the file it replaces is kept under that name. A failed write (disk full, read-only
+    folder) is a one-line StorageError naming the file, and leaves the old file as it was."""
+    path = Path(path)
     temporary = temporary_path(path)
     try:
         with open(temporary, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, Path(path))
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise StorageError(f"could not write {path}: {error.strerror or error}; free space on its filesystem or "
+                           "choose a writable folder (the previous file, if any, is intact)") from None
     finally:
         temporary.unlink(missing_ok=True)
 

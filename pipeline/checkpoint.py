@@ -1,6 +1,9 @@
 """Checkpoints: one schema (model, optimizer, scaler, epoch, config, RNG states, format version), written
 atomically from rank 0, saved unwrapped from DDP and torch.compile so any process or tool can load them."""
+import errno
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -9,6 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_open
+from pipeline.errors import StorageError
+from pipeline.run_dir import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
 
 FORMAT_VERSION = 1
 # final.pt records the model it holds in its state_dict's own metadata, which torch.save keeps and
@@ -28,10 +33,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_atomic(payload: Any, path: Path) -> None:
-    """torch.save through a temp file: a kill mid-save leaves the previous file intact."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
+def save_atomic(payload: Any, path: Path, previous: Optional[Path] = None) -> None:
+    """torch.save through a temp file: a kill mid-save leaves the previous file intact (kept as `previous`)."""
+    with atomic_open(path, "wb", previous) as handle:
+        try:
+            torch.save(payload, handle)
+        except RuntimeError as error:  # torch's zip writer reports a short write (full disk) this way
+            raise OSError(errno.ENOSPC, f"{str(error).splitlines()[0]} (disk full?)") from None
 
 
 def rng_states() -> Dict[str, Any]:
@@ -52,20 +60,45 @@ def restore_rng_states(states: Dict[str, Any]) -> None:
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: Optional[torch.amp.GradScaler], epoch: int, config: Dict[str, Any],
                     history: list) -> None:
-    """`epoch` is the last finished epoch (0-based); `history` the log lines so far."""
+    """`epoch` is the last finished epoch (0-based); `history` the log lines so far. The checkpoint it
+    replaces is kept as PREVIOUS_CHECKPOINT_NAME beside it."""
     save_atomic({
         "format_version": FORMAT_VERSION, "epoch": epoch, "config": config, "history": history,
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states(),
-    }, path)
+    }, path, Path(path).with_name(PREVIOUS_CHECKPOINT_NAME))
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    if checkpoint.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {checkpoint.get('format_version')}, "
-                         f"this code reads format {FORMAT_VERSION}")
+def _torch_load(path: Path, what: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StorageError(f"{path} is not a readable {what} (truncated or not written by train.py: "
+                           f"{reason})") from None
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    checkpoint = _torch_load(path, "checkpoint")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != FORMAT_VERSION:
+        found = checkpoint.get("format_version") if isinstance(checkpoint, dict) else None
+        raise StorageError(f"{path} has checkpoint format {found}, this code reads format {FORMAT_VERSION}")
     return checkpoint
+
+
+def load_latest_checkpoint(run_dir: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(the newest readable checkpoint of `run_dir` or None, a warning when it is the previous one)."""
+    current, previous = Path(run_dir) / CHECKPOINT_NAME, Path(run_dir) / PREVIOUS_CHECKPOINT_NAME
+    if not current.is_file():
+        return (load_checkpoint(previous), None) if previous.is_file() else (None, None)  # killed mid-swap
+    try:
+        return load_checkpoint(current), None
+    except StorageError as error:
+        if not previous.is_file():
+            raise StorageError(f"{error}; no {PREVIOUS_CHECKPOINT_NAME} to fall back to: delete {current} to "
+                               "train this run from the start (log.jsonl keeps the finished epochs)") from None
+        state = load_checkpoint(previous)
+        return state, f"warning: {error}; resuming from {previous} (epoch {state['epoch'] + 1}) instead"
 
 
 def save_final_weights(path: Path, model: nn.Module, settings: Dict[str, Any]) -> None:
@@ -77,7 +110,7 @@ def save_final_weights(path: Path, model: nn.Module, settings: Dict[str, Any]) -
 
 def load_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
     """(state_dict, the model settings it records or None) from final.pt or a checkpoint.pt."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = _torch_load(path, "weights file")
     if isinstance(payload, dict) and "format_version" in payload:
         model_config = payload["config"]
         return payload["model"], {name: model_config[f"model.{name}"] for name in MODEL_SETTING_NAMES

@@ -191,7 +191,10 @@ def read_recipe(path: Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"recipe {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(tree).__name__}")
     base = tree.pop("base", None)

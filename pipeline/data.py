@@ -14,6 +14,7 @@ import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
+from ffcv.reader import Reader
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from dataset_prep.beton import metadata_path, read_metadata
@@ -38,8 +39,9 @@ def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_r
     return int(np.round(resolution / RESOLUTION_STEP)) * RESOLUTION_STEP
 
 
-def check_beton(path: str, num_classes: Optional[int]) -> dict:
-    """The beton's metadata, after checking that it exists and that its classes fit the model."""
+def check_beton(path: str, num_classes: Optional[int], against: Optional[str] = None) -> dict:
+    """The beton's metadata, after checking that it exists, opens, and has `num_classes` classes (the model's,
+    or those of the beton `against`)."""
     beton = Path(path)
     if not beton.is_file():
         raise DataError(f"dataset {beton} does not exist; write it with `python dataset_prep/write_imagenet.py"
@@ -48,9 +50,20 @@ def check_beton(path: str, num_classes: Optional[int]) -> dict:
         raise DataError(f"{metadata_path(beton)} is missing: {beton} was not written by dataset_prep/"
                         "write_imagenet.py (or its write did not finish); rewrite it with --overwrite")
     metadata = read_metadata(beton)
+    try:
+        samples = Reader(str(beton)).num_samples
+    except (ValueError, OSError, IndexError) as error:
+        raise DataError(f"{beton} is unreadable (truncated or corrupt: {error}); rewrite it with "
+                        "dataset_prep/write_imagenet.py --overwrite") from None
+    if samples != metadata["num_samples"]:
+        raise DataError(f"{beton} holds {samples} images but {metadata_path(beton)} says "
+                        f"{metadata['num_samples']}; rewrite it with dataset_prep/write_imagenet.py --overwrite")
     if num_classes is not None and len(metadata["classes"]) != num_classes:
-        raise DataError(f"{beton} has {len(metadata['classes'])} classes but the model has {num_classes} "
-                        "(set model.num_classes to 0 to take it from the data)")
+        if against is not None:
+            raise DataError(f"{beton} has {len(metadata['classes'])} classes but {against} has {num_classes}; "
+                            "write both splits from the same class folders")
+        raise DataError(f"{beton} has {len(metadata['classes'])} classes but model.num_classes is {num_classes}; "
+                        "set model.num_classes to 0 to take it from the data")
     return metadata
 
 

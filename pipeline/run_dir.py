@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 
 CONFIG_NAME, LOG_NAME, RESULT_NAME = "config.yaml", "log.jsonl", "result.json"
 CHECKPOINT_NAME, FINAL_WEIGHTS_NAME, TRAIN_LOG_NAME, LOCK_NAME = "checkpoint.pt", "final.pt", "train.log", ".lock"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"  # the one before: resumed from when checkpoint.pt is unreadable
 # settings that change speed or output, not results: a run may resume (and count as finished) with other values
 RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.",
                     "model.se_kernel", "training.compile")

@@ -17,18 +17,18 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
-from pipeline.acceleration import choose_precision, maybe_compile, to_channels_last, wrap_ddp
+from pipeline.acceleration import choose_precision, maybe_compile, to_channels_last, tune_convolutions, wrap_ddp
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, resolution_at,
                            set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
-from pipeline.errors import UserError, report_user_error
+from pipeline.errors import StorageError, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
-from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, FINAL_WEIGHTS_NAME, LOG_NAME, RESULT_NAME, RunLock,
-                              is_finished, refuse_other_run, run_name)
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, FINAL_WEIGHTS_NAME, LOG_NAME, PREVIOUS_CHECKPOINT_NAME,
+                              RESULT_NAME, RunLock, is_finished, refuse_other_run, run_name)
 from pipeline.schedule import lr_factor, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
@@ -74,10 +74,7 @@ def loader_settings(config: Dict[str, Any], world: World, batch_size: int) -> Lo
 
 
 def build_data(config: Dict[str, Any], world: World, resolution: int):
-    train_meta = check_beton(config["data.train_dataset"], config["model.num_classes"] or None)
-    val_meta = check_beton(config["data.val_dataset"], len(train_meta["classes"]))
-    if val_meta["classes"] != train_meta["classes"]:
-        raise DataError(f"{config['data.val_dataset']} and {config['data.train_dataset']} have different classes")
+    train_meta, val_meta = check_data(config)
     train = train_loader(config["data.train_dataset"], loader_settings(config, world, config["training.batch_size"]),
                          resolution, world.device, world.distributed)
     indices = shard_indices(val_meta["num_samples"], world.rank, world.world_size)
@@ -96,11 +93,12 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
 
-def resume_state(run_dir: Path, config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    path = run_dir / CHECKPOINT_NAME
-    if not path.is_file():
+def resume_state(run_dir: Path, config: Dict[str, Any], world: World) -> Optional[Dict[str, Any]]:
+    state, warning = ckpt.load_latest_checkpoint(run_dir)
+    if state is None:
         return None
-    state = ckpt.load_checkpoint(path)
+    if warning and world.is_main:
+        print(warning, flush=True)
     refuse_other_run(run_dir, state["config"], config, OTHER_RUN_REMEDY)
     return state
 
@@ -153,11 +151,12 @@ def train(config: Dict[str, Any], run_dir: Path, world: World) -> Dict[str, Any]
                           config["training.weight_decay"], config["training.decay_norm_and_bias"])
     scaler = precision.grad_scaler()
     history, first_epoch = [], 0
-    state = resume_state(run_dir, config)
+    state = resume_state(run_dir, config, world)
     if state is not None:
         history, first_epoch = restore(state, model, optimizer, scaler)
         if world.is_main:
             print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
+    tune_convolutions(world.device)
     network = maybe_compile(wrap_ddp(model, world.device, world.distributed), config["training.compile"])
     train_augment, val_augment = DeviceAugment(flip=True).to(world.device), DeviceAugment(flip=False).to(world.device)
     lr_at = lr_schedule(config, peak_lr, len(train_data))
@@ -251,18 +250,45 @@ def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
                     config["validation.flip_tta"], world.device)
 
 
+def check_data(config: Dict[str, Any]) -> Tuple[dict, dict]:
+    """(train, val) metadata, once both betons exist, open and agree on their classes."""
+    train_meta = check_beton(config["data.train_dataset"], config["model.num_classes"] or None)
+    val_meta = check_beton(config["data.val_dataset"], len(train_meta["classes"]), against=config["data.train_dataset"])
+    if val_meta["classes"] != train_meta["classes"]:
+        raise DataError(f"{config['data.val_dataset']} and {config['data.train_dataset']} have different classes")
+    return train_meta, val_meta
+
+
+def check_batch_fits(config: Dict[str, Any], train_meta: dict, world: World) -> None:
+    per_process = train_meta["num_samples"] // world.world_size
+    if config["training.batch_size"] > per_process:
+        raise ConfigError(f"training.batch_size {config['training.batch_size']} is larger than the {per_process} "
+                          f"train images per process of {config['data.train_dataset']}; lower it (batches that "
+                          "are not full are dropped)")
+
+
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise StorageError(f"cannot write in {run_dir}: {error.strerror or error}; choose a writable "
+                           "--logging.run_dir (or --logging.runs_root)") from None
+
+
 def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume_required: bool) -> None:
     """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
-    for key in ("data.train_dataset", "data.val_dataset"):  # before anything is created
-        check_beton(config[key], None)
-    if resume_required and not (run_dir / CHECKPOINT_NAME).is_file():
+    check_batch_fits(config, check_data(config)[0], world)  # before anything is created
+    if resume_required and not any((run_dir / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)):
         raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
     if is_finished(run_dir, config, OTHER_RUN_REMEDY):
         if world.is_main:
             print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
         return
     if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
         if world.is_main:
             removed = remove_stale_temporaries(run_dir)

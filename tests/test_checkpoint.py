@@ -1,8 +1,11 @@
-"""final.pt: a plain state_dict torchvision loads, which also records the model it holds."""
+"""Checkpoints and final.pt: what survives a truncated file or a full disk; final.pt loads into torchvision."""
+import pytest
 import torch
 import torchvision
 
-from pipeline.checkpoint import load_weights, save_final_weights
+from pipeline.checkpoint import (load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint,
+                                 save_final_weights)
+from pipeline.errors import StorageError
 from pipeline.models import build_model
 
 SETTINGS = {"arch": "resnet18", "squeeze": "baseline", "reduction": 16, "num_classes": 1000, "blurpool": False}
@@ -25,3 +28,44 @@ def test_weights_without_a_record_still_load(tmp_path):
     torch.save(model.state_dict(), tmp_path / "old.pt")  # final.pt as written before it recorded its model
     state, recorded = load_weights(tmp_path / "old.pt")
     assert recorded is None and set(state) == set(model.state_dict())
+
+
+def save_two_checkpoints(run_dir):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in (0, 1):
+        save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, None, epoch, {"training.epochs": 2}, [])
+    return model, optimizer
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    save_two_checkpoints(tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoint.prev.pt")["epoch"] == 0
+    current = tmp_path / "checkpoint.pt"
+    current.write_bytes(current.read_bytes()[:100])  # truncated (copied half, disk trouble)
+    state, warning = load_latest_checkpoint(tmp_path)
+    assert state["epoch"] == 0 and "resuming from" in warning and "checkpoint.prev.pt (epoch 1)" in warning
+    (tmp_path / "checkpoint.prev.pt").unlink()
+    with pytest.raises(StorageError, match=r"checkpoint.pt is not a readable checkpoint .*delete .*checkpoint.pt "
+                                           r"to train this run from the start"):
+        load_latest_checkpoint(tmp_path)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    model, optimizer = save_two_checkpoints(tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4416 vs 4350")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(StorageError, match=r"could not write .*checkpoint.pt: .*unexpected pos.*\(disk full\?\)"):
+        save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, None, 2, {}, [])
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert not [path for path in tmp_path.iterdir() if ".tmp-" in path.name]
+
+
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path):
+    junk = tmp_path / "notes.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(StorageError, match=r"notes.pt is not a readable weights file"):
+        load_weights(junk)

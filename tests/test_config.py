@@ -75,3 +75,10 @@ def test_described_config_round_trips(tmp_path):
 def test_malformed_override_is_rejected():
     with pytest.raises(ConfigError, match="settings are given as --section.key=value"):
         parse_overrides(["epochs=3"])
+
+
+def test_a_yaml_syntax_error_names_line_and_column(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("training:\n  epochs: 3\n  seed: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML at line 4, column 1: "):
+        resolve(recipe, {})

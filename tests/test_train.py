@@ -1,10 +1,12 @@
 """End-to-end training on the CPU: loss goes down, SIGKILL + resume, 2-process gloo equals 1-process eval."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +132,40 @@ def test_a_run_directory_in_use_is_refused_with_its_holder(tiny_betons, tmp_path
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1
     assert f"{run_dir} is in use by process {os.getpid()} on " in error and "another --logging.run_dir" in error
+
+
+def truncated_copy(beton: Path, folder: Path) -> Path:
+    """A copy of `beton` (and its metadata) cut at 90 %: a write or a copy that did not finish."""
+    folder.mkdir()
+    copy = folder / beton.name
+    copy.write_bytes(beton.read_bytes()[:beton.stat().st_size * 9 // 10])
+    shutil.copy(beton.with_suffix(".meta.json"), folder)
+    return copy
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda betons, tmp: ["--training.batch_size=500"],
+     "training.batch_size 500 is larger than the 120 train images per process of"),
+    (lambda betons, tmp: [f"--data.train_dataset={truncated_copy(betons / 'train.beton', tmp / 'cut')}"],
+     "train.beton is unreadable (truncated or corrupt: negative dimensions are not allowed); rewrite it"),
+    (lambda betons, tmp: ["--model.num_classes=3"],
+     "train.beton has 10 classes but model.num_classes is 3; set model.num_classes to 0"),
+    (lambda betons, tmp: ["--logging.run_dir=/sys/ssenet-test/r"],
+     "cannot write in /sys/ssenet-test/r: Operation not permitted; choose a writable --logging.run_dir"),
+])
+def test_faults_are_one_line_before_the_run_directory_exists(tiny_betons, tmp_path, capsys, change, message):
+    status = train_main([*tiny_settings(tiny_betons, tmp_path / "r"), *change(tiny_betons, tmp_path)])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and message in error, error
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(tiny_betons, tmp_path, capsys):
+    junk = tmp_path / "weights.pt"
+    junk.write_text("hello")
+    status = train_main([*tiny_settings(tiny_betons, tmp_path / "r"), "--eval-only", "--weights", str(junk)])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and f"{junk} is not a readable weights file" in error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid on a GPU")

@@ -1,5 +1,6 @@
 """dataset_prep: bad files survived, refusals, atomic writes, the sample set, a round trip through ffcv."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +72,12 @@ def test_bad_folder_writes_with_report(tmp_path, capsys):
     out = tmp_path / "betons"
     assert main(write_args(tmp_path / "imagenet", out, "--split", "train", "--verify")) == 0
     printed = capsys.readouterr().out
-    assert f"train: {expected['written']} written, {expected['skipped']} skipped, 10 found" in printed and "verified" in printed
+    summary = f"train: {expected['written']} written, {expected['skipped']} skipped"
+    assert f"{summary} (1 empty, 1 not an image, 1 corrupt), 10 found" in printed and "verified" in printed
     report = (out / "train_skipped.txt").read_text().splitlines()
     reasons = dict(line.split("\t") for line in report)
     assert sorted(Path(p).name for p in reasons) == ["empty.JPEG", "notes.txt", "truncated.JPEG"]
-    assert reasons[str(tmp_path / "imagenet/train/broken/empty.JPEG")] == "zero-byte file"
+    assert reasons[str(tmp_path / "imagenet/train/broken/empty.JPEG")] == "empty: zero-byte file"
     assert "truncated" in reasons[str(tmp_path / "imagenet/train/broken/truncated.JPEG")].lower()
     metadata = json.loads(metadata_path(out / "train.beton").read_text())
     assert metadata["classes"] == ["broken", "odd"] and metadata["counts"] == [1, 6]
@@ -128,10 +130,10 @@ def test_failure_midway_leaves_no_valid_looking_file(tmp_path, monkeypatch):
         files.append((str(path), index % 3))
     real_load = image_folder.load_rgb
 
-    def flaky(path):  # the 20th file breaks between the scan and the write (inherited by forked workers)
+    def flaky(path, *args):  # the 20th file breaks between the scan and the write (inherited by forked workers)
         if path.endswith("/20.JPEG"):
             raise OSError("disk went away")
-        return real_load(path)
+        return real_load(path, *args)
 
     monkeypatch.setattr(image_folder, "load_rgb", flaky)
     out = tmp_path / "out" / "train.beton"
@@ -188,3 +190,55 @@ def test_verify_reports_a_histogram_mismatch(tmp_path):
     assert verify_beton(out, [0, 1], 2) == []
     problems = verify_beton(out, [0, 0, 1], 2)
     assert any("3" in p for p in problems) and any("histogram" in p for p in problems)
+
+
+def test_every_bad_entry_is_a_skip_with_its_reason(tmp_path, capsys, monkeypatch):
+    """A symlink loop, an undecodable name, a decompression-bomb-sized image, a broken link: skipped and
+    counted by kind; a nested folder is included (as torchvision's ImageFolder); a directory linked twice
+    is listed once; a dead writer's temp file is removed."""
+    train = tmp_path / "imagenet" / "train"
+    (train / "a" / "nested").mkdir(parents=True)
+    (train / "b").mkdir()
+    for path in (train / "a" / "x.JPEG", train / "a" / "nested" / "y.JPEG", train / "b" / "z.JPEG"):
+        photo().save(path)
+    photo(200, 200).save(train / "b" / "huge.png")  # over the (lowered) decompression-bomb limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    (train / "a" / "loop").symlink_to(train / "a")  # a link back up the tree
+    (train / "b" / "again").symlink_to(train / "a" / "nested")  # the same real folder twice
+    (train / "b" / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    undecodable = os.fsencode(str(train / "b")) + b"/caf\xe9.JPEG"  # a Latin-1 name on a UTF-8 system
+    with open(undecodable, "wb") as handle:
+        handle.write(b"\xff\xd8 truncated")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".train.beton.tmp-{dead_pid()}"
+    stale.write_bytes(b"half a beton")
+    assert main(write_args(tmp_path / "imagenet", out, "--split", "train")) == 0
+    printed = capsys.readouterr().out
+    assert "train: 3 written, 5 skipped (" in printed and "1 symlink loop" in printed and "1 too large" in printed
+    assert "1 duplicate" in printed
+    assert "(1 in subfolders of class folders)" in printed
+    assert not stale.exists() and f"removed 1 temporary file(s) left by killed writers: {stale.name}" in printed
+    report = (out / "train_skipped.txt").read_text()
+    assert "caf\\xe9.JPEG\tnot an image" in report and "gone.JPEG\tunreadable: broken symbolic link" in report
+    assert f"{train / 'a' / 'loop'}\tsymlink loop" in report and "huge.png\ttoo large:" in report
+    assert f"{train / 'b' / 'again'}\tduplicate" in report
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
+    (train / "a" / "loop").unlink()
+    (train / "b" / "again").unlink()
+    from torchvision.datasets import ImageFolder
+    assert len(find_split(train).files) == len(ImageFolder(str(train), is_valid_file=lambda p: True)) - 1  # - gone
+
+
+def test_exif_orientation_is_applied_only_when_asked(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    photo(40, 56).save(tmp_path / "phone.JPEG", exif=exif.tobytes())
+    assert load_rgb(str(tmp_path / "phone.JPEG")).shape[:2] == (40, 56)  # as torchvision's loader reads it
+    assert load_rgb(str(tmp_path / "phone.JPEG"), exif_transpose=True).shape[:2] == (56, 40)
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
