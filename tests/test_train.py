@@ -112,10 +112,18 @@ def test_two_process_gloo_metrics_equal_one_process_eval(tiny_betons, tmp_path):
     (["--eval-only"], "--eval-only needs --weights"),
     (["--resume"], "holds no checkpoint.pt to resume from"),
 ])
-def test_user_errors_are_one_line_with_exit_2(tiny_betons, tmp_path, extra, message):
-    result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "r"), *extra], timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+def test_user_errors_are_one_line_with_exit_2(tiny_betons, tmp_path, capsys, extra, message):
+    status = train_main([*tiny_settings(tiny_betons, tmp_path / "r"), *extra])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and message in error and "Traceback" not in error
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_user_error_in_a_real_process_is_one_line_and_exit_2(tiny_betons, tmp_path):
+    result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "r"), "--squeeze", "gpa"],
+                        timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("train.py: error: unknown squeeze 'gpa'")
+    assert result.stderr.count("\n") == 1
 
 
 def dead_pid() -> int:
@@ -158,6 +166,16 @@ def test_faults_are_one_line_before_the_run_directory_exists(tiny_betons, tmp_pa
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and message in error, error
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_of_weights_that_do_not_fit_the_model_is_one_line(tiny_betons, tmp_path, capsys):
+    weights = tmp_path / "old.pt"  # a plain state_dict, as final.pt was before it recorded its model
+    torch.save(build_model("resnet18", "gmp", num_classes=10).state_dict(), weights)
+    status = train_main([*tiny_settings(tiny_betons, tmp_path / "r"), "--eval-only", "--weights", str(weights),
+                         "--squeeze", "gmp", "--arch", "resnet50"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1, error
+    assert f"--weights {weights} do not fit a resnet50 'gmp' model with 10 classes (" in error
 
 
 def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(tiny_betons, tmp_path, capsys):

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,48 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def children_of(pid: int) -> list:
+    """PIDs whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_writer_takes_its_workers_along(tmp_path):
+    """kill -9 of write_imagenet.py mid-write: its workers stop (they used to keep filling the hidden temp
+    beton), and the next start removes that temp file."""
+    train = tmp_path / "imagenet" / "train"
+    for label in range(2):
+        (train / str(label)).mkdir(parents=True)
+        for index in range(300):
+            photo(256, 256).save(train / str(label) / f"{index}.JPEG")
+    out = tmp_path / "out"
+    writer = subprocess.Popen([sys.executable, "dataset_prep/write_imagenet.py",
+                               *write_args(tmp_path / "imagenet", out, "--split", "train", "--max-res", "256")],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    temporary = out / f".train.beton.tmp-{writer.pid}"
+    try:
+        deadline = time.time() + 60
+        while not (temporary.exists() and children_of(writer.pid)):  # writing, with its workers
+            assert time.time() < deadline and writer.poll() is None, "the write ended before it could be killed"
+            time.sleep(0.02)
+        workers = children_of(writer.pid)
+        writer.kill()
+        writer.wait()
+        deadline = time.time() + 15
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                  for pid in workers):
+            assert time.time() < deadline, "a writer worker outlived the writer"
+            time.sleep(0.1)
+    finally:
+        writer.kill()
+    assert main(write_args(tmp_path / "imagenet", out, "--split", "train", "--subset", "1")) == 0
+    assert not temporary.exists()

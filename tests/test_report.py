@@ -1,0 +1,67 @@
+"""The seed-style report: statistics against a hand computation, pairing by seed, what it writes, its errors."""
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from conftest import run_script
+from pipeline.report import main as report_main, paired_interval, write_report
+
+
+def write_result(root, squeeze, seed, top1, top5, epochs=2):
+    run_dir = root / f"resnet18-{squeeze}-x-s{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps({
+        "arch": "resnet18", "squeeze": squeeze, "seed": seed, "epochs": epochs, "finished_epochs": epochs,
+        "top1": top1, "top5": top5, "parameters": 11_000_000, "train_images_per_s": 1000.0 + seed}))
+    (run_dir / "log.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "val_top1": top1 - 5 * (1 - e)}) + "\n"
+                                               for e in range(epochs)))
+
+
+def test_report_statistics_match_a_hand_computation(tmp_path):
+    for seed, (base, gap) in enumerate([(70.0, 71.0), (71.0, 71.5), (72.0, 73.5)]):
+        write_result(tmp_path, "baseline", seed, base, 90.0)
+        write_result(tmp_path, "gap", seed, gap, 91.0)
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "gap", "gmp"], "failed": []}))
+    text = write_report(tmp_path).text
+    # by hand: differences 1.0, 0.5, 1.5 -> mean 1.0, sd 0.5; t(0.975, df=2) = 4.302653
+    half = 4.302653 * 0.5 / math.sqrt(3)
+    assert paired_interval([1.0, 0.5, 1.5]) == pytest.approx((1.0 - half, 1.0 + half), abs=1e-5)
+    assert "| baseline | 71.00 ± 1.00 | 90.00 ± 0.00 | +0.00 [+0.00, +0.00] | 3 |" in text
+    assert f"| gap | 72.00 ± 1.32 | 91.00 ± 0.00 | +1.00 [{1 - half:+.2f}, {1 + half:+.2f}] | 3 |" in text
+    assert "| gmp | missing | missing | missing | 0 |" in text  # asked for, never ran
+    rows = (tmp_path / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("squeeze,seeds,top1_mean") and rows[2].startswith("gap,0 1 2,72.0,")
+    for name in ("top1.png", "curves.png"):
+        with Image.open(tmp_path / name) as image:
+            image.verify()
+        assert Image.open(tmp_path / name).size[0] > 300
+
+
+def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
+    write_result(tmp_path, "baseline", 0, 60.0, 80.0)
+    write_result(tmp_path, "baseline", 1, 62.0, 80.0)
+    write_result(tmp_path, "std", 1, 63.0, 81.0)
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "std"],
+                                                        "failed": [{"squeeze": "std", "seed": 0}]}))
+    text = write_report(tmp_path).text
+    assert "| std | 63.00 | 81.00 | +1.00 | 1 (1 failed) |" in text  # one pair: no interval
+
+
+def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
+    result = run_script(["pipeline/report.py", str(tmp_path)], timeout=60)
+    assert result.returncode == 2 and "holds no finished run" in result.stderr
+
+
+def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
+    assert report_main([str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_report_names_only_the_files_it_wrote(tmp_path):
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["gap"], "failed": [{"squeeze": "gap",
+                                                                                        "seed": 0}]}))
+    report = write_report(tmp_path)
+    assert report.files == [tmp_path / "report.md", tmp_path / "report.csv"]  # no finished run: no plots
+    assert not (tmp_path / "top1.png").exists()
