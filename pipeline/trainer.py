@@ -241,7 +241,9 @@ def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        lines = str(error).splitlines()
+        first = (lines[1] if len(lines) > 1 else lines[0]).strip()
+        first = first if len(first) <= 160 else first[:157] + "..."  # a key list can run to thousands of characters
         raise ConfigError(f"--weights {weights} do not fit a {config['model.arch']} '{config['model.squeeze']}' "
                           f"model with {num_classes} classes ({first}); pass the settings they were trained "
                           "with") from None
