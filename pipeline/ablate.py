@@ -84,8 +84,9 @@ def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str]) -> List[Job
     for job in jobs:
         config = resolve(cfg, shared | {"model.squeeze": (job.squeeze, "--squeeze"),
                                         "training.seed": (job.seed, "--seeds")})
-        if job.run_dir.is_dir() and RunLock(job.run_dir).is_held():
-            raise RunDirError(f"{job.run_dir} is in use by {RunLock(job.run_dir).holder()}; wait for it to end "
+        lock = RunLock(job.run_dir)
+        if job.run_dir.is_dir() and lock.is_held():
+            raise RunDirError(f"{job.run_dir} is in use by {lock.holder()}; wait for it to end "
                               "(or stop it) before running this ablation")
         if not is_finished(job.run_dir, config, remedy):
             todo.append(job)
@@ -138,10 +139,10 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
                 report(f"done {job.run_dir.name}")
             elif attempt < RETRIES:
                 queue.appendleft((job, attempt + 1))
-                report(f"failed {job.run_dir.name} (exit {status}); retrying, log: {job.run_dir / 'train.log'}")
+                report(f"failed {job.run_dir.name} (exit {status}); retrying, log: {job.run_dir / TRAIN_LOG_NAME}")
             else:
                 outcome["failed"].append(job)
-                report(f"FAILED {job.run_dir.name} (exit {status}) twice; log: {job.run_dir / 'train.log'}")
+                report(f"FAILED {job.run_dir.name} (exit {status}) twice; log: {job.run_dir / TRAIN_LOG_NAME}")
         if running:
             time.sleep(poll_seconds)
 

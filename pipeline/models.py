@@ -37,7 +37,6 @@ class SqueezeExcite(nn.Module):
             nn.Linear(hidden, channels, bias=False),
             nn.Sigmoid(),
         )
-        self.kernel = "auto"
         self.set_kernel(kernel)
 
     def set_kernel(self, kernel: str) -> None:

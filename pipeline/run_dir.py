@@ -64,9 +64,10 @@ def read_log(run_dir: Path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def recorded_config(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The settings a run was started with (result.json, else config.yaml), flat {section.key: value}."""
-    result = read_result(run_dir)
+def recorded_config(run_dir: Path, result: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """The settings a run was started with (result.json, read here unless given, else config.yaml), flat
+    {section.key: value}."""
+    result = result if result is not None else read_result(run_dir)
     if result and "config" in result:
         return result["config"]
     try:
@@ -79,7 +80,7 @@ def recorded_config(run_dir: Path) -> Optional[Dict[str, Any]]:
 def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str) -> bool:
     """True when `run_dir` finished the run `config` asks for; a run with other settings there is refused."""
     result = read_result(run_dir)
-    recorded = recorded_config(run_dir)
+    recorded = recorded_config(run_dir, result)
     if recorded is not None:
         refuse_other_run(run_dir, recorded, config, remedy)
     return bool(result) and result.get("finished_epochs") == config["training.epochs"]

@@ -73,8 +73,9 @@ def loader_settings(config: Dict[str, Any], world: World, batch_size: int) -> Lo
                           config["training.seed"])
 
 
-def build_data(config: Dict[str, Any], world: World, resolution: int):
-    train_meta, val_meta = check_data(config)
+def build_data(config: Dict[str, Any], world: World, resolution: int, metadata: Tuple[dict, dict]):
+    """Train and val loaders and the number of classes, from betons `check_data` passed (its metadata)."""
+    train_meta, val_meta = metadata
     train = train_loader(config["data.train_dataset"], loader_settings(config, world, config["training.batch_size"]),
                          resolution, world.device, world.distributed)
     indices = shard_indices(val_meta["num_samples"], world.rank, world.world_size)
@@ -138,10 +139,10 @@ def average_over_ranks(metrics: Dict[str, float], world: World) -> None:
     metrics["train_loss"], metrics["train_images_per_s"] = summed[0] / world.world_size, summed[1]
 
 
-def train(config: Dict[str, Any], run_dir: Path, world: World) -> Dict[str, Any]:
+def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[dict, dict]) -> Dict[str, Any]:
     epochs = config["training.epochs"]
     resolution_args = [config[f"resolution.{k}"] for k in ("min_res", "max_res", "start_ramp", "end_ramp")]
-    train_data, val_data, num_classes = build_data(config, world, resolution_at(0, *resolution_args))
+    train_data, val_data, num_classes = build_data(config, world, resolution_at(0, *resolution_args), metadata)
     model = build_network(config, num_classes, world)
     parameters = sum(p.numel() for p in model.parameters())
     precision = choose_precision(config["training.precision"], world.device)
@@ -236,7 +237,7 @@ def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
                      explicit: Dict[str, Tuple[Any, str]]) -> Dict[str, Any]:
     state, recorded = ckpt.load_weights(weights)
     config = weights_model_config(config, weights, recorded, explicit)
-    _, val_data, num_classes = build_data(config, world, config["resolution.min_res"])
+    _, val_data, num_classes = build_data(config, world, config["resolution.min_res"], check_data(config))
     model = build_network(config, num_classes, world)
     try:
         model.load_state_dict(state)
@@ -282,7 +283,8 @@ def make_run_dir(run_dir: Path) -> None:
 
 def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume_required: bool) -> None:
     """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
-    check_batch_fits(config, check_data(config)[0], world)  # before anything is created
+    metadata = check_data(config)  # before anything is created
+    check_batch_fits(config, metadata[0], world)
     if resume_required and not any((run_dir / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)):
         raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
     if is_finished(run_dir, config, OTHER_RUN_REMEDY):
@@ -300,7 +302,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
             print(f"run directory {run_dir}\n{describe(config)}", flush=True)
         barrier()
-        result = train(config, run_dir, world)
+        result = train(config, run_dir, world, metadata)
     if world.is_main:
         print(json.dumps(result))
 

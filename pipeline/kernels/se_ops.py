@@ -66,19 +66,26 @@ def _se_tail_backward_shapes(grad, out, z, stats, channel, squeeze, hidden, logi
             torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(w1), torch.empty_like(w2))
 
 
-def _save_for_backward(ctx, inputs, output):
-    z, _, weight, bias, _, _, w1, w2, filters, filter_sum, _, mode, training, _ = inputs
-    out, stats, channel, squeeze, hidden, logits = output
-    ctx.save_for_backward(z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
+def _remember(ctx, z, outputs, weight, bias, w1, w2, filters, filter_sum, mode, training) -> None:
+    """What the backward needs, saved the same way by the custom op and the eager Function."""
+    out, stats, channel, squeeze, hidden, logits = outputs
+    ctx.save_for_backward(out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
                           filter_sum)
     ctx.mode, ctx.training = mode, training
 
 
+def _backward_arguments(ctx, grad) -> tuple:
+    """se_tail_backward's arguments (without std_eps) from what `_remember` saved."""
+    return (grad, *ctx.saved_tensors, ctx.mode, ctx.training)
+
+
+def _save_for_backward(ctx, inputs, output):
+    z, _, weight, bias, _, _, w1, w2, filters, filter_sum, _, mode, training, _ = inputs
+    _remember(ctx, z, output, weight, bias, w1, w2, filters, filter_sum, mode, training)
+
+
 def _backward(ctx, grad, *unused_grads):
-    z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum = ctx.saved_tensors
-    dz, d_identity, d_weight, d_bias, d_w1, d_w2 = se_tail_backward(
-        grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum, ctx.mode,
-        ctx.training)
+    dz, d_identity, d_weight, d_bias, d_w1, d_w2 = se_tail_backward(*_backward_arguments(ctx, grad))
     return dz, d_identity, d_weight, d_bias, None, None, d_w1, d_w2, None, None, None, None, None, None
 
 
@@ -92,21 +99,15 @@ class _EagerTail(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, identity, weight, bias, w1, w2, bn, filters, filter_sum, random_squeeze, mode):
         update = bn.training  # batch statistics, and the running estimates follow them
-        out, stats, channel, squeeze, hidden, logits = _launch().forward(
+        outputs = _launch().forward(
             z, identity, weight, bias, bn.running_mean, bn.running_var, w1, w2, filters, filter_sum, random_squeeze,
             mode, update, bn.eps, STD_EPS, bn.num_batches_tracked if update else None, bn.momentum)
-        ctx.save_for_backward(z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
-                              filter_sum)
-        ctx.mode, ctx.training = mode, update
-        return out
+        _remember(ctx, z, outputs, weight, bias, w1, w2, filters, filter_sum, mode, update)
+        return outputs[0]
 
     @staticmethod
     def backward(ctx, grad):
-        z, out, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum = \
-            ctx.saved_tensors
-        dz, d_identity, d_weight, d_bias, d_w1, d_w2 = _launch().backward(
-            grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters, filter_sum,
-            ctx.mode, ctx.training, STD_EPS)
+        dz, d_identity, d_weight, d_bias, d_w1, d_w2 = _launch().backward(*_backward_arguments(ctx, grad), STD_EPS)
         return dz, d_identity, d_weight, d_bias, d_w1, d_w2, None, None, None, None, None
 
 
