@@ -6,11 +6,14 @@
 One measurement = forward + backward of relu(SE(BN(z)) + identity) on channels_last bf16 tensors of a stage's
 shape (median of CUDA-event timings after warm-up). The peer is torchvision's tail relu(BN(z) + identity) in
 the same run; `GB/s` counts the fewest bytes the fused tail must move (z read 4 times, identity once, out
-written once and read twice, dout read twice, dz and d_identity written once: 11 passes).
+written once and read twice, dout read twice, dz and d_identity written once: 11 passes). `host ms` is the
+CPU time of issuing one forward + backward without waiting for the GPU: where it exceeds the GPU time, the
+tail is bound by launches, not by memory.
 """
 import argparse
 import json
 import sys
+import time
 
 import torch
 from torch import nn
@@ -34,6 +37,18 @@ def median_ms(work, repeats: int) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def host_ms(work, repeats: int) -> float:
+    """CPU time to issue one call (the launches are queued, not waited for): the host cost of a tail."""
+    work()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    elapsed = time.perf_counter() - started
+    torch.cuda.synchronize()
+    return 1000 * elapsed / repeats
 
 
 def tail_step(tail, z, identity, grad):
@@ -76,7 +91,7 @@ def main() -> None:
         sys.exit(2)
     results = {}
     print(f"{'stage':7s} {'squeeze':8s} {'torch ms':>9s} {'fused ms':>9s} {'plain ms':>9s} {'fused/plain':>11s} "
-          f"{'fused GB/s':>10s}")
+          f"{'fused GB/s':>10s} {'host fused/plain ms':>19s}")
     for stage, (channels, stride) in STAGES.items():
         side = args.res // stride
         shape = (args.batch, channels, side, side)
@@ -84,7 +99,8 @@ def main() -> None:
             memory_format=torch.channels_last)
         z, identity, grad = make().requires_grad_(), make().requires_grad_(), make()
         bn = nn.BatchNorm2d(channels).cuda()
-        plain = median_ms(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), args.repeats)
+        plain_step = tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad)
+        plain, plain_host = median_ms(plain_step, args.repeats), host_ms(plain_step, args.repeats)
         for squeeze in args.squeezes.split(","):
             se = SqueezeExcite(channels, squeeze).cuda()
             timings = {}
@@ -92,12 +108,15 @@ def main() -> None:
                 se.set_kernel(kernel)
                 timings[kernel] = median_ms(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
                                             args.repeats)
+            fused_host = host_ms(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad), args.repeats)
             bandwidth = TAIL_PASSES * z.numel() * z.element_size() / timings["triton"] / 1e6
             results[f"{stage}/{squeeze}"] = {"torch_ms": timings["torch"], "triton_ms": timings["triton"],
-                                             "plain_ms": plain, "triton_gb_s": round(bandwidth)}
+                                             "plain_ms": plain, "triton_gb_s": round(bandwidth),
+                                             "triton_host_ms": round(fused_host, 3),
+                                             "plain_host_ms": round(plain_host, 3)}
             print(f"{stage:7s} {squeeze:8s} {timings['torch']:9.3f} {timings['triton']:9.3f} {plain:9.3f} "
-                  f"{timings['triton'] / plain:11.2f} {bandwidth:10.0f}")
-            if stage == args.profile and squeeze in ("gap", "avgmax"):
+                  f"{timings['triton'] / plain:11.2f} {bandwidth:10.0f} {fused_host:9.3f}/{plain_host:.3f}")
+            if stage == args.profile:
                 print_kernel_times(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
                                    f"{stage} {squeeze} fused tail")
         if stage == args.profile:

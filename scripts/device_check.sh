@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The prepared GPU check, sized for a 15-minute device lease: each step has a time cap and logs as it goes.
-#   scripts/device_check.sh                 # every step: about 10.5 minutes on one H200 with 16 cores
+#   scripts/device_check.sh                 # every step: about 14 minutes on one H200 with 16 cores
 #   scripts/device_check.sh kernels tail model50 model18 compiled50    # about 6 minutes: fits one device call
-#   scripts/device_check.sh e2e loader gputests                        # about 4.5 minutes
+#   scripts/device_check.sh graphs50 e2e loader gputests               # about 8.5 minutes
+#   scripts/device_check.sh kernels tail kernels50 kernels18           # the kernels only (no torch-op rows)
 # Needs an NVIDIA GPU with torch, torchvision, numba, pytest, timm, scikit-image, psutil, PyYAML and scipy;
 # ffcv, fastargs, terminaltables and assertpy may come as wheels in .whl/ (README, "Running on GPUs").
 # Logs: ${OUT:-gpu_check}/check.log (everything) and results.jsonl (each benchmark's JSON line).
+# STOP_ON_FAIL=1 ends the check at the first failed step (e.g. kernels that do not compile on this GPU).
 set -uo pipefail
 out=${OUT:-gpu_check}
 mkdir -p "$out"
@@ -16,19 +18,22 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 
 # step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, to spare compile time;
 # every tile the autotuner may pick is checked by test_every_autotuned_tile_gives_the_same_result)
-declare -A cap=([kernels]=100 [tail]=70 [model50]=110 [model18]=60 [compiled50]=200 [e2e]=80 [loader]=150
-                [gputests]=120)
+declare -A cap=([kernels]=130 [tail]=70 [model50]=110 [model18]=60 [kernels50]=80 [kernels18]=45 [compiled50]=200
+                [graphs50]=220 [e2e]=80 [loader]=150 [gputests]=180)
 declare -A command=(
-    [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q --maxfail=5 tests/test_se_kernels.py"
+    [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q --maxfail=3 tests/test_se_kernels.py"
     [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random"
     [model50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager"
     [model18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40"
+    [kernels50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager --se-kernel triton"
+    [kernels18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40 --se-kernel triton"
     [compiled50]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gap --se-kernel triton,torch --max-compiled 3"
+    [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch --max-compiled 3"
     [e2e]="python3 benchmarks/bench_e2e.py --steps 150"
     [loader]="python3 benchmarks/bench_loader.py --quick --per-class 1280 --epochs 2"
     [gputests]="python3 -m pytest -q tests/test_gpu.py"
 )
-order=(kernels tail model50 model18 compiled50 e2e loader gputests)
+order=(kernels tail model50 model18 compiled50 graphs50 e2e loader gputests)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${order[@]}")
 
@@ -43,4 +48,8 @@ for step in "${steps[@]}"; do
     grep '^{' "$out/$step.tmp" | tail -1 | sed "s/^/{\"step\": \"$step\", \"result\": /; s/\$/}/" >> "$out/results.jsonl"
     rm -f "$out/$step.tmp"
     echo "=== $step: exit $status after $((SECONDS - started)) s" | tee -a "$out/check.log"
+    if [ "$status" -ne 0 ] && [ "${STOP_ON_FAIL:-0}" = 1 ]; then
+        echo "=== stopped after the failed step (STOP_ON_FAIL=1)" | tee -a "$out/check.log"
+        exit "$status"
+    fi
 done

@@ -36,3 +36,15 @@ def test_training_run_on_the_gpu(tiny_betons, tmp_path):
     summary = json.loads((run_dir / "result.json").read_text())
     assert summary["device"] == "cuda" and summary["precision"] in ("bf16", "fp16")
     assert summary["finished_epochs"] == 2 and summary["top1"] > 0
+
+
+def test_training_run_with_cuda_graphs(tiny_betons, tmp_path):
+    """training.compile=reduce-overhead (torch.compile with CUDA graphs) through the whole loop: the graphs'
+    outputs are reused between steps, so this catches any tensor the loop keeps across a step."""
+    run_dir = tmp_path / "graphs"
+    result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=2",
+                                                             "--training.precision=auto", "--squeeze", "gap",
+                                                             "--training.compile=reduce-overhead")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["finished_epochs"] == 2 and summary["top1"] > 0

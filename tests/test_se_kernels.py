@@ -72,6 +72,7 @@ CASES = {  # name: (batch, channels, height, width, dtype, training, input kind)
     "zero-gamma-all-equal": (2, 48, 7, 7, torch.float32, True, "constant"),
     "ties": (2, 48, 4, 4, torch.float32, True, "ties"),
     "large": (2, 48, 7, 7, torch.float32, True, "large"),
+    "B40": (40, 32, 2, 3, torch.float32, True, "normal"),  # several sample blocks in the excitation and finalize
 }
 
 
@@ -124,6 +125,23 @@ def test_every_autotuned_tile_gives_the_same_result(squeeze, tile, monkeypatch):
     fused = run_tail(se.to(DEVICE), bn.to(DEVICE), z, identity, grad, "triton", True)
     for name, value in fused.items():
         assert relative_error(value, reference[name]) < 1e-4, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the autotuner runs on GPUs only")
+@pytest.mark.parametrize("squeeze", ["gap", "gmp"])
+def test_tuned_launches_match_reference(squeeze, monkeypatch):
+    """The first call tunes the tiles, later calls launch the chosen tiles directly: both give the reference."""
+    monkeypatch.setattr(se_launch, "AUTOTUNE", True)
+    monkeypatch.setattr(se_launch, "_CHOSEN", {})
+    se, bn = make_tail(squeeze, 80, zero_gamma=False)
+    z, identity, grad = case_inputs(4, 80, 9, 7, torch.float32, "normal")
+    reference = run_tail(se.double().to(DEVICE), bn.double().to(DEVICE), z.double(), identity.double(), grad.double(),
+                         "torch", True)
+    for call in ("tuning", "direct"):
+        fused = run_tail(se.float().to(DEVICE), bn.float().to(DEVICE), z, identity, grad, "triton", True)
+        for name, value in fused.items():
+            assert relative_error(value, reference[name]) < 1e-4, (call, name)
+    assert len(se_launch._CHOSEN) == 4  # z_stats, apply, grad_reduce, grad_apply
 
 
 def test_gmp_ties_share_the_gradient_evenly():

@@ -10,6 +10,27 @@ STAT_ROWS = 8
 COEF_ROWS = 6
 # per-channel: BN mean, 1/sqrt(var + eps), unbiased batch variance (for the running estimate)
 CHANNEL_ROWS = 3
+# per-(b, c) rows the backward reduces over H*W: sum of gdm, sum of gdm * (z - mean), the logits' gradient
+REDUCED_ROWS = 3
+
+# One fp32 workspace per call and direction, so that a tail allocates twice instead of a dozen times (host time
+# is what the fused tail pays for). The kernels find their buffers at these offsets (se_triton's
+# _forward_buffers and _backward_buffers follow the same order).
+# forward: stats (STAT_ROWS, B, C) | channel (CHANNEL_ROWS, C) | squeeze (B, C) | hidden (B, H) | logits (B, C)
+# backward: reduced (REDUCED_ROWS, B, C) | hidden_grad (B, H) | coefficients (COEF_ROWS, B, C)
+
+
+def forward_workspace_size(batch: int, channels: int, hidden: int) -> int:
+    return (STAT_ROWS + 2) * batch * channels + CHANNEL_ROWS * channels + batch * hidden
+
+
+def channel_row_offset(batch: int, channels: int) -> int:
+    """Where the per-channel rows start in the forward workspace."""
+    return STAT_ROWS * batch * channels
+
+
+def backward_workspace_size(batch: int, channels: int, hidden: int) -> int:
+    return (REDUCED_ROWS + COEF_ROWS) * batch * channels + batch * hidden
 
 
 def uses_extremes(mode: int) -> bool:

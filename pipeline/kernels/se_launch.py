@@ -1,8 +1,10 @@
-"""Launches of the fused SE-tail kernels: allocation, tile sizes and the tiny excitation MLP around them.
+"""Launches of the fused SE-tail kernels: allocation, tile sizes, launch grids.
 
 Big tensors are handled in channels_last (a copy only when a caller passes another layout); everything of
-size (B, C) or smaller is fp32. The excitation runs in fp32 with autocast off: it is a few MFLOP, and the
-kernels read its fp32 logits (the sigmoid is applied inside them, one launch fewer).
+size (B, C) or smaller is fp32 and lives in one workspace per call and direction (layout.py). The host is
+what a fused tail pays for (a launch costs more CPU time than most of these kernels take on the GPU), so a
+tail is four launches each way and two allocations besides its outputs: the excitation MLP runs in Triton
+too, in fp32 (sigmoid applied where its logits are read).
 """
 import contextlib
 import os
@@ -14,7 +16,8 @@ import triton
 from pipeline.kernels import interpreting, layout, se_triton as kernels
 
 Tensor = torch.Tensor
-FINALIZE_BLOCK_B, FINALIZE_BLOCK_C = 64, 16
+FINALIZE_BLOCK_B, FINALIZE_BLOCK_C = 32, 16
+EXCITE_BLOCK_B, EXCITE_BLOCK_K = 16, 64  # samples per program, channels per step of the excitation's products
 # (BLOCK_HW, BLOCK_C, warps) tried by Triton's autotuner at the first call per (C, H*W) on a GPU; the first is
 # used where nothing is tuned (TRITON_INTERPRET, or SSENET_AUTOTUNE=0 for quick GPU tests)
 REDUCE_TILES = ((16, 64, 4), (32, 64, 4), (64, 64, 8), (32, 128, 8))
@@ -22,24 +25,38 @@ ELEMENTWISE_TILES = ((32, 64, 4), (64, 64, 8), (16, 128, 4), (32, 128, 8))
 AUTOTUNE = os.environ.get("SSENET_AUTOTUNE", "1") != "0"
 
 
-def _tuned(kernel, tiles):
+def _tuned(kernel, tiles, mode_flags=()):
+    """Tuned per shape and per squeeze's work (mode_flags: the kernel's constexpr switches)."""
     configs = [triton.Config({"BLOCK_HW": hw, "BLOCK_C": c}, num_warps=warps) for hw, c, warps in tiles]
-    return triton.autotune(configs, key=["C", "HW"])(kernel)
+    return triton.autotune(configs, key=["C", "HW", *mode_flags])(kernel)
 
 
-_TUNED = {kernel: _tuned(kernel, tiles) for kernel, tiles in (
-    (kernels.z_stats_kernel, REDUCE_TILES), (kernels.grad_reduce_kernel, REDUCE_TILES),
-    (kernels.apply_kernel, ELEMENTWISE_TILES), (kernels.grad_apply_kernel, ELEMENTWISE_TILES))}
+_TUNED = {kernel: _tuned(kernel, tiles, flags) for kernel, tiles, flags in (
+    (kernels.z_stats_kernel, REDUCE_TILES, ("EXTREMES", "FILTER")), (kernels.grad_reduce_kernel, REDUCE_TILES, ()),
+    (kernels.apply_kernel, ELEMENTWISE_TILES, ()),
+    (kernels.grad_apply_kernel, ELEMENTWISE_TILES, ("EXTREMES", "FILTER")))}
 
 
-def _launch_tiled(kernel, tiles, grid: Callable[[dict], tuple], *args, **constexprs) -> None:
-    """Launch a tiled kernel; `grid` maps the tile sizes to the launch grid."""
+# (kernel, C, HW, dtypes) -> the launch options the autotuner chose (tile sizes, warps, stages): later calls
+# launch the kernel with them directly, without the autotuner's per-call argument handling
+_CHOSEN = {}
+
+
+def _launch_tiled(kernel, tiles, grid: Callable[[dict], tuple], shape_key: tuple, *args, **constexprs) -> None:
+    """Launch a tiled kernel; `grid` maps the tile sizes to the launch grid. `shape_key` (C, H*W and the big
+    tensors' dtypes: what the autotuner keys on) finds the tuned choice."""
     if AUTOTUNE and not interpreting():
-        _TUNED[kernel][grid](*args, **constexprs)
-        return
-    block_hw, block_c, warps = tiles[0]
-    tile = {"BLOCK_HW": block_hw, "BLOCK_C": block_c}
-    kernel[grid(tile)](*args, **constexprs, **tile, num_warps=warps)
+        key = (kernel, *shape_key)
+        options = _CHOSEN.get(key)
+        if options is None:
+            tuner = _TUNED[kernel]
+            tuner[grid](*args, **constexprs)
+            _CHOSEN[key] = tuner.best_config.all_kwargs()
+            return
+    else:
+        block_hw, block_c, warps = tiles[0]
+        options = {"BLOCK_HW": block_hw, "BLOCK_C": block_c, "num_warps": warps}
+    kernel[grid(options)](*args, **constexprs, **options)
 
 
 # tests set this: every buffer a kernel must write starts as NaN, so a missed write cannot pass as a stale value
@@ -84,71 +101,78 @@ def _corrected_count(spatial: int) -> float:
     return float(max(spatial - 1, 1))
 
 
+def _hidden_padding(hidden: int) -> int:
+    """The excitation's hidden width as a tile dimension: a power of two, at least tl.dot's 16."""
+    return max(16, triton.next_power_of_2(hidden))
+
+
 def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
             w1: Tensor, w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor],
             random_squeeze: Optional[Tensor], mode: int, training: bool, eps: float, std_eps: float,
             batches_tracked: Optional[Tensor] = None, momentum: float = 0.0):
-    """(out, stats, channel, squeeze, hidden, logits); see layout for what each holds. With `batches_tracked`
-    (training only) BN's running estimates and batch count are updated in place, as nn.BatchNorm2d does."""
+    """(out, workspace); layout says what the fp32 workspace holds. With `batches_tracked` (training only) BN's
+    running estimates and batch count are updated in place, as nn.BatchNorm2d does."""
     batch, channels, height, width = z.shape
-    spatial = height * width
+    spatial, hidden = height * width, w1.shape[0]
     if training and batch * spatial <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(z.shape)}")
     out_dtype = torch.promote_types(z.dtype, identity.dtype)
     z, identity = channels_last(z), channels_last(identity.to(out_dtype))
-    fp32 = dict(dtype=torch.float32, device=z.device)
     reduce_grid, elementwise_grid = _grids(batch, channels, spatial)
     extremes, filtered = layout.uses_extremes(mode), layout.uses_filter(mode)
-    stats = allocate((layout.STAT_ROWS, batch, channels), **fp32)
-    channel = allocate((layout.CHANNEL_ROWS, channels), **fp32)
-    squeeze = random_squeeze.float() if mode == layout.RANDOM else allocate((batch, channels), **fp32)
+    work = allocate((layout.forward_workspace_size(batch, channels, hidden),), torch.float32, z.device)
     out = empty_channels_last(z.shape, out_dtype, z.device)
+    shape_key = (channels, spatial, z.dtype)
     with _on_device(z):
-        _launch_tiled(kernels.z_stats_kernel, REDUCE_TILES, reduce_grid, z, filters if filtered else stats, stats,
-                      batch, channels, spatial, EXTREMES=extremes, FILTER=filtered)
+        _launch_tiled(kernels.z_stats_kernel, REDUCE_TILES, reduce_grid, (*shape_key, extremes, filtered), z,
+                      filters if filtered else work, work, batch, channels, spatial, EXTREMES=extremes,
+                      FILTER=filtered)
         kernels.forward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
-            stats, running_mean, running_var, stats if batches_tracked is None else batches_tracked, weight, bias,
-            filter_sum if filtered else stats, channel, squeeze, batch, channels, spatial,
-            _corrected_count(spatial), eps, std_eps, momentum, TRAINING=training,
+            work, work if random_squeeze is None else random_squeeze, running_mean, running_var,
+            work if batches_tracked is None else batches_tracked, weight, bias, filter_sum if filtered else work,
+            batch, channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, TRAINING=training,
             UPDATE=batches_tracked is not None, MODE=mode, BLOCK_B=FINALIZE_BLOCK_B, BLOCK_C=FINALIZE_BLOCK_C)
-        with torch.autocast(z.device.type, enabled=False):
-            hidden = torch.mm(squeeze, w1.float().t()).relu_()
-            logits = torch.mm(hidden, w2.float().t())
-        _launch_tiled(kernels.apply_kernel, ELEMENTWISE_TILES, elementwise_grid, z, identity, out, logits, channel,
-                      weight, bias, channels, spatial)
-    return out, stats, channel, squeeze, hidden, logits
+        kernels.excite_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
+            work, w1, w2, batch, channels, hidden, H_PAD=_hidden_padding(hidden), BLOCK_B=EXCITE_BLOCK_B,
+            BLOCK_K=EXCITE_BLOCK_K)
+        _launch_tiled(kernels.apply_kernel, ELEMENTWISE_TILES, elementwise_grid, (*shape_key, out_dtype), z,
+                      identity, out, work, weight, bias, batch, hidden, channels, spatial)
+    return out, work
 
 
-def backward(grad: Tensor, out: Tensor, z: Tensor, stats: Tensor, channel: Tensor, squeeze: Tensor, hidden: Tensor,
-             logits: Tensor, weight: Tensor, bias: Tensor, w1: Tensor, w2: Tensor, filters: Optional[Tensor],
-             filter_sum: Optional[Tensor], mode: int, training: bool, std_eps: float):
+def backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor,
+             w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], mode: int, training: bool,
+             std_eps: float):
     """(dz, d_identity, d_weight, d_bias, d_w1, d_w2) of the tail's output gradient `grad`."""
     batch, channels, height, width = z.shape
-    spatial = height * width
+    spatial, hidden = height * width, w1.shape[0]
     grad, out, z = channels_last(grad), channels_last(out), channels_last(z)
-    fp32 = dict(dtype=torch.float32, device=z.device)
     reduce_grid, elementwise_grid = _grids(batch, channels, spatial)
     extremes, filtered = layout.uses_extremes(mode), layout.uses_filter(mode)
-    reduced = allocate((3, batch, channels), **fp32)
-    coefficients = allocate((layout.COEF_ROWS, batch, channels), **fp32)
-    weight_grad, bias_grad = allocate((channels,), **fp32), allocate((channels,), **fp32)
+    grad_work = allocate((layout.backward_workspace_size(batch, channels, hidden),), torch.float32, z.device)
+    weight_grad, bias_grad = (allocate((channels,), torch.float32, z.device) for _ in range(2))
+    w1_grad, w2_grad = allocate(w1.shape, torch.float32, z.device), allocate(w2.shape, torch.float32, z.device)
     dz = empty_channels_last(z.shape, z.dtype, z.device)
     d_identity = empty_channels_last(z.shape, out.dtype, z.device)
+    shape_key = (channels, spatial, z.dtype, out.dtype, grad.dtype)
+    padded = _hidden_padding(hidden)
     with _on_device(z):
-        _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, grad, out, z, channel, weight, bias,
-                      logits, reduced, batch, channels, spatial)
-        logits_grad = reduced[2]
-        with torch.autocast(z.device.type, enabled=False):
-            w2_grad = torch.mm(logits_grad.t(), hidden)
-            hidden_grad = torch.ops.aten.threshold_backward(torch.mm(logits_grad, w2.float()), hidden, 0)
-            w1_grad = torch.mm(hidden_grad.t(), squeeze)
-            squeeze_grad = logits if mode == layout.RANDOM else torch.mm(hidden_grad, w1.float())  # unread if random
+        _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, shape_key, grad, out, z, work, weight,
+                      bias, grad_work, batch, hidden, channels, spatial)
+        kernels.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
+            work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
+            BLOCK_K=EXCITE_BLOCK_K)
         kernels.backward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
-            stats, reduced, squeeze_grad, logits, channel, weight, bias, filter_sum if filtered else stats,
-            coefficients, weight_grad, bias_grad, batch, channels, spatial, _corrected_count(spatial), std_eps,
-            TRAINING=training, MODE=mode, BLOCK_B=FINALIZE_BLOCK_B, BLOCK_C=FINALIZE_BLOCK_C)
-        _launch_tiled(kernels.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid, grad, out, z,
-                      filters if filtered else stats, stats, coefficients, dz, d_identity, batch, channels, spatial,
-                      EXTREMES=extremes, FILTER=filtered)
-    return (dz, d_identity, weight_grad.to(weight.dtype), bias_grad.to(bias.dtype), w1_grad.to(w1.dtype),
-            w2_grad.to(w2.dtype))
+            work, grad_work, w1, weight, bias, filter_sum if filtered else work, weight_grad, bias_grad, w1_grad,
+            w2_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps, TRAINING=training,
+            MODE=mode, H_PAD=padded, BLOCK_B=FINALIZE_BLOCK_B, BLOCK_C=FINALIZE_BLOCK_C, num_warps=8)
+        _launch_tiled(kernels.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
+                      (*shape_key, extremes, filtered), grad, out, z,
+                      filters if filtered else work, work, grad_work, dz, d_identity, batch, hidden, channels,
+                      spatial, EXTREMES=extremes, FILTER=filtered)
+    return (dz, d_identity, _as(weight_grad, weight), _as(bias_grad, bias), _as(w1_grad, w1), _as(w2_grad, w2))
+
+
+def _as(grad: Tensor, parameter: Tensor) -> Tensor:
+    """An fp32 gradient in its parameter's dtype."""
+    return grad if grad.dtype == parameter.dtype else grad.to(parameter.dtype)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from pipeline.kernels.layout import CHANNEL_ROWS, STAT_ROWS
+from pipeline.kernels import layout
 from pipeline.squeeze import STD_EPS
 
 Tensor = torch.Tensor
@@ -30,10 +30,8 @@ def _like_channels_last(z: Tensor, dtype: torch.dtype) -> Tensor:
 def se_tail_forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
                     running_var: Tensor, w1: Tensor, w2: Tensor, filters: Optional[Tensor],
                     filter_sum: Optional[Tensor], random_squeeze: Optional[Tensor], mode: int, training: bool,
-                    eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(out, per-(b, c) stats of z, per-channel [BN mean, 1/std, unbiased var], squeeze, hidden, logits)."""
-    if random_squeeze is not None:
-        random_squeeze = random_squeeze.clone()  # an op's outputs must not alias its inputs
+                    eps: float) -> Tuple[Tensor, Tensor]:
+    """(out, the fp32 workspace the backward reads: statistics, BN's per-channel rows, squeeze, hidden, logits)."""
     return _launch().forward(z, identity, weight, bias, running_mean, running_var, w1, w2, filters, filter_sum,
                              random_squeeze, mode, training, eps, STD_EPS)
 
@@ -42,35 +40,30 @@ def se_tail_forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, r
 def _se_tail_forward_shapes(z, identity, weight, bias, running_mean, running_var, w1, w2, filters, filter_sum,
                             random_squeeze, mode, training, eps):
     batch, channels = z.shape[:2]
-    small = dict(dtype=torch.float32, device=z.device)
+    size = layout.forward_workspace_size(batch, channels, w1.shape[0])
     return (_like_channels_last(z, torch.promote_types(z.dtype, identity.dtype)),
-            torch.empty((STAT_ROWS, batch, channels), **small), torch.empty((CHANNEL_ROWS, channels), **small),
-            torch.empty((batch, channels), **small), torch.empty((batch, w1.shape[0]), **small),
-            torch.empty((batch, channels), **small))
+            torch.empty((size,), dtype=torch.float32, device=z.device))
 
 
 @torch.library.custom_op("ssenet::se_tail_backward", mutates_args=())
-def se_tail_backward(grad: Tensor, out: Tensor, z: Tensor, stats: Tensor, channel: Tensor, squeeze: Tensor,
-                     hidden: Tensor, logits: Tensor, weight: Tensor, bias: Tensor, w1: Tensor, w2: Tensor,
-                     filters: Optional[Tensor], filter_sum: Optional[Tensor], mode: int,
+def se_tail_backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor,
+                     w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], mode: int,
                      training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dz, d_identity, d_bn_weight, d_bn_bias, d_w1, d_w2)."""
-    return _launch().backward(grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
-                              filter_sum, mode, training, STD_EPS)
+    return _launch().backward(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, mode, training,
+                              STD_EPS)
 
 
 @se_tail_backward.register_fake
-def _se_tail_backward_shapes(grad, out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
-                             filter_sum, mode, training):
+def _se_tail_backward_shapes(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, mode, training):
     return (_like_channels_last(z, z.dtype), _like_channels_last(z, out.dtype),
             torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(w1), torch.empty_like(w2))
 
 
 def _remember(ctx, z, outputs, weight, bias, w1, w2, filters, filter_sum, mode, training) -> None:
     """What the backward needs, saved the same way by the custom op and the eager Function."""
-    out, stats, channel, squeeze, hidden, logits = outputs
-    ctx.save_for_backward(out, z, stats, channel, squeeze, hidden, logits, weight, bias, w1, w2, filters,
-                          filter_sum)
+    out, work = outputs
+    ctx.save_for_backward(out, z, work, weight, bias, w1, w2, filters, filter_sum)
     ctx.mode, ctx.training = mode, training
 
 
@@ -122,14 +115,15 @@ def fused_se_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, w1: Tensor, w
     if not torch.compiler.is_compiling():
         return _EagerTail.apply(z, identity, bn.weight, bn.bias, w1, w2, bn, filters, filter_sum, random_squeeze,
                                 mode)
-    out, _, channel, _, _, _ = se_tail_forward(z, identity, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                               w1, w2, filters, filter_sum, random_squeeze, mode, bn.training,
-                                               bn.eps)
+    out, work = se_tail_forward(z, identity, bn.weight, bn.bias, bn.running_mean, bn.running_var, w1, w2, filters,
+                                filter_sum, random_squeeze, mode, bn.training, bn.eps)
     if bn.training:
+        channels = z.shape[1]
+        rows = layout.channel_row_offset(z.shape[0], channels)
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
-            bn.running_mean.lerp_(channel[0], bn.momentum)
-            bn.running_var.lerp_(channel[2], bn.momentum)
+            bn.running_mean.lerp_(work[rows:rows + channels], bn.momentum)
+            bn.running_var.lerp_(work[rows + 2 * channels:rows + 3 * channels], bn.momentum)
     return out
 
 

@@ -10,14 +10,34 @@ statistics and every squeeze in closed form, so the forward reads z twice and th
 import triton
 import triton.language as tl
 
+from pipeline.kernels import layout
+
 # rows of the per-(b, c) statistics of z (layout.STAT_ROWS), as compile-time constants for the kernels
 STAT_MEAN, STAT_M2, STAT_MAX, STAT_MAX_COUNT, STAT_MIN, STAT_MIN_COUNT, STAT_FILTERED, STAT_FIRST = \
     map(tl.constexpr, range(8))
+STAT_ROWS, CHANNEL_ROWS, REDUCED_ROWS = map(tl.constexpr, (layout.STAT_ROWS, layout.CHANNEL_ROWS,
+                                                          layout.REDUCED_ROWS))
 
 
 @triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _forward_buffers(work, B, C, H):
+    """(stats, channel, squeeze, hidden, logits) in the forward workspace, in layout's order."""
+    channel = work + STAT_ROWS * B * C
+    squeeze = channel + CHANNEL_ROWS * C
+    hidden = squeeze + B * C
+    return work, channel, squeeze, hidden, hidden + B * H
+
+
+@triton.jit
+def _backward_buffers(grad_work, B, C, H):
+    """(reduced, hidden_grad, coefficients) in the backward workspace, in layout's order."""
+    hidden_grad = grad_work + REDUCED_ROWS * B * C
+    return grad_work, hidden_grad, hidden_grad + B * H
 
 
 @triton.jit
@@ -169,12 +189,13 @@ def _bn_stats(stats, columns, column_ok, running_mean, running_var, B, C, HW, ep
 
 
 @triton.jit
-def forward_finalize_kernel(stats, running_mean, running_var, batches_tracked, gamma_ptr, beta_ptr, filter_sum_ptr,
-                            channel_ptr, squeeze_ptr, B, C, HW, corr_count, eps, std_eps, momentum,
+def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches_tracked, gamma_ptr, beta_ptr,
+                            filter_sum_ptr, B, C, H, HW, corr_count, eps, std_eps, momentum,
                             TRAINING: tl.constexpr, UPDATE: tl.constexpr, MODE: tl.constexpr,
                             BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     """BN statistics per channel (with UPDATE: BN's running estimates and batch count updated as
-    nn.BatchNorm2d does), then the squeeze s (B, C) of y = BN(z) for every sample."""
+    nn.BatchNorm2d does), then the squeeze s (B, C) of y = BN(z) for every sample (`random`: its draw)."""
+    stats, channel_ptr, squeeze_ptr, _, _ = _forward_buffers(work, B, C, H)
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     column_ok = columns < C
     mean_bn, inv_std, unbiased = _bn_stats(stats, columns, column_ok, running_mean, running_var, B, C, HW, eps,
@@ -191,23 +212,57 @@ def forward_finalize_kernel(stats, running_mean, running_var, batches_tracked, g
             running_var.dtype.element_ty), mask=column_ok)
         if tl.program_id(0) == 0:
             tl.store(batches_tracked, tl.load(batches_tracked) + 1)
-    if MODE != 6:
-        gamma = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
-        beta = tl.load(beta_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
-        filter_sum = gamma * 0.0
-        if MODE == 5:
-            filter_sum = tl.load(filter_sum_ptr + columns, mask=column_ok, other=0.0)[None, :]
-        for start in range(0, B, BLOCK_B):
-            mask, offsets = _batch_tile(start, B, C, columns, column_ok, BLOCK_B)
+    gamma = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
+    beta = tl.load(beta_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
+    filter_sum = gamma * 0.0
+    if MODE == 5:
+        filter_sum = tl.load(filter_sum_ptr + columns, mask=column_ok, other=0.0)[None, :]
+    for start in range(0, B, BLOCK_B):
+        mask, offsets = _batch_tile(start, B, C, columns, column_ok, BLOCK_B)
+        if MODE == 6:
+            s = tl.load(random_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        else:
             s, _, _, _, _, _ = _squeeze_terms(stats, offsets, mask, B * C, mean_bn[None, :], inv_std[None, :],
                                               gamma, beta, filter_sum, HW, corr_count, std_eps, MODE)
-            tl.store(squeeze_ptr + offsets, s, mask=mask)
+        tl.store(squeeze_ptr + offsets, s, mask=mask)
 
 
 @triton.jit
-def apply_kernel(z_ptr, identity_ptr, out_ptr, logits_ptr, channel_ptr, gamma_ptr, beta_ptr, C, HW,
+def excite_kernel(work, w1_ptr, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    """The excitation for BLOCK_B samples: hidden = relu(s W1^T), logits = hidden W2^T, in fp32 (the gate's
+    sigmoid is applied where the logits are read). NaN stays NaN through the relu, as in torch."""
+    _, _, squeeze_ptr, hidden_ptr, logits_ptr = _forward_buffers(work, B, C, H)
+    samples = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    sample_ok = samples < B
+    units = tl.arange(0, H_PAD)
+    unit_ok = units < H
+    ks = tl.arange(0, BLOCK_K)
+    total = tl.zeros((BLOCK_B, H_PAD), tl.float32)
+    for start in range(0, C, BLOCK_K):
+        k = start + ks
+        k_ok = k < C
+        s = tl.load(squeeze_ptr + samples[:, None] * C + k[None, :], mask=sample_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        w1 = tl.load(w1_ptr + units[None, :] * C + k[:, None], mask=k_ok[:, None] & unit_ok[None, :],
+                     other=0.0).to(tl.float32)
+        total += tl.dot(s, w1, input_precision="ieee")
+    hidden = tl.where(total < 0.0, 0.0, total)
+    tl.store(hidden_ptr + samples[:, None] * H + units[None, :], hidden, mask=sample_ok[:, None] & unit_ok[None, :])
+    for start in range(0, C, BLOCK_K):
+        k = start + ks
+        k_ok = k < C
+        w2 = tl.load(w2_ptr + k[None, :] * H + units[:, None], mask=unit_ok[:, None] & k_ok[None, :],
+                     other=0.0).to(tl.float32)
+        logits = tl.dot(hidden, w2, input_precision="ieee")
+        tl.store(logits_ptr + samples[:, None] * C + k[None, :], logits, mask=sample_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def apply_kernel(z_ptr, identity_ptr, out_ptr, work, gamma_ptr, beta_ptr, B, H, C, HW,
                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """out = relu(BN(z) * sigmoid(logits) + identity); NaN stays NaN (relu as torch), so divergence is seen."""
+    _, channel_ptr, _, _, logits_ptr = _forward_buffers(work, B, C, H)
     hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2)
@@ -229,10 +284,12 @@ def apply_kernel(z_ptr, identity_ptr, out_ptr, logits_ptr, channel_ptr, gamma_pt
 
 
 @triton.jit
-def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, channel_ptr, gamma_ptr, beta_ptr, logits_ptr, reduced_ptr,
-                       B, C, HW, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad_work, B, H, C, HW,
+                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per (b, c): A = sum gdm, Bh = sum gdm * (z - mean_bn) with gdm = dout * [out > 0], then the gradient
     at the gate's pre-activation: (scale * Bh + beta * A) * gate * (1 - gate)."""
+    _, channel_ptr, _, _, logits_ptr = _forward_buffers(work, B, C, H)
+    reduced_ptr, _, _ = _backward_buffers(grad_work, B, C, H)
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(1)
     column_ok = columns < C
@@ -264,14 +321,13 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, channel_ptr, gamma_ptr, beta_pt
 
 
 @triton.jit
-def _squeeze_gradient(stats, offsets, mask, plane, reduced, squeeze_grad_ptr, logits_ptr, mean_bn, inv_std, gamma,
-                      beta, filter_sum, HW, corr_count, std_eps, MODE: tl.constexpr):
+def _squeeze_gradient(stats, offsets, mask, plane, reduced, d_squeeze, logits_ptr, mean_bn, inv_std, gamma, beta,
+                      filter_sum, HW, corr_count, std_eps, MODE: tl.constexpr):
     """dL/dy = gdm*gate + alpha + rho*(y - y_mean) + kappa*[tie] + phi*filter for a (b, c) tile, as
     (alpha, rho, kappa, phi, extreme, count) and the sums over HW of dL/dy and dL/dy * x_hat."""
     scale = gamma * inv_std
     _, y_mean, y_std, extreme, count, all_tied = _squeeze_terms(
         stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, filter_sum, HW, corr_count, std_eps, MODE)
-    d_squeeze = tl.load(squeeze_grad_ptr + offsets, mask=mask, other=0.0)
     zero = d_squeeze * 0.0
     alpha, rho, kappa, phi = zero, zero, zero, zero
     if MODE == 0:
@@ -307,39 +363,91 @@ def _squeeze_gradient(stats, offsets, mask, plane, reduced, squeeze_grad_ptr, lo
 
 
 @triton.jit
-def backward_finalize_kernel(stats, reduced, squeeze_grad_ptr, logits_ptr, channel_ptr, gamma_ptr, beta_ptr,
-                             filter_sum_ptr, coef_ptr, gamma_grad_ptr, beta_grad_ptr, B, C, HW, corr_count, std_eps,
-                             TRAINING: tl.constexpr, MODE: tl.constexpr, BLOCK_B: tl.constexpr,
-                             BLOCK_C: tl.constexpr):
-    """BN's and the squeeze's backward in closed form: dgamma, dbeta, and per (b, c) the coefficients of
-    dz = gdm*a + p + q*(z - mean) + k*[z == extreme] + r*filter."""
+def excite_grad_kernel(work, grad_work, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """The hidden units' gradient for BLOCK_B samples: (dlogits W2) * [hidden > 0], in fp32."""
+    _, _, _, hidden_ptr, _ = _forward_buffers(work, B, C, H)
+    reduced_ptr, hidden_grad_ptr, _ = _backward_buffers(grad_work, B, C, H)
+    logits_grad_ptr = reduced_ptr + 2 * B * C
+    samples = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    sample_ok = samples < B
+    units = tl.arange(0, H_PAD)
+    unit_ok = units < H
+    ks = tl.arange(0, BLOCK_K)
+    total = tl.zeros((BLOCK_B, H_PAD), tl.float32)
+    for start in range(0, C, BLOCK_K):
+        k = start + ks
+        k_ok = k < C
+        logits_grad = tl.load(logits_grad_ptr + samples[:, None] * C + k[None, :],
+                              mask=sample_ok[:, None] & k_ok[None, :], other=0.0)
+        w2 = tl.load(w2_ptr + k[:, None] * H + units[None, :], mask=k_ok[:, None] & unit_ok[None, :],
+                     other=0.0).to(tl.float32)
+        total += tl.dot(logits_grad, w2, input_precision="ieee")
+    tile = samples[:, None] * H + units[None, :]
+    tile_ok = sample_ok[:, None] & unit_ok[None, :]
+    hidden = tl.load(hidden_ptr + tile, mask=tile_ok, other=0.0)
+    tl.store(hidden_grad_ptr + tile, tl.where(hidden > 0.0, total, 0.0), mask=tile_ok)
+
+
+@triton.jit
+def backward_finalize_kernel(work, grad_work, w1_ptr, gamma_ptr, beta_ptr, filter_sum_ptr, gamma_grad_ptr,
+                             beta_grad_ptr, w1_grad_ptr, w2_grad_ptr, B, C, H, HW, corr_count, std_eps,
+                             TRAINING: tl.constexpr, MODE: tl.constexpr, H_PAD: tl.constexpr,
+                             BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """For a block of channels: the excitation's weight gradients (dW1 = dhidden^T s, dW2 = dlogits^T hidden),
+    the squeeze's gradient ds = dhidden W1, then BN's and the squeeze's backward in closed form: dgamma, dbeta,
+    and per (b, c) the coefficients of dz = gdm*a + p + q*(z - mean) + k*[z == extreme] + r*filter."""
+    stats, channel_ptr, squeeze_ptr, hidden_ptr, logits_ptr = _forward_buffers(work, B, C, H)
+    reduced, hidden_grad_ptr, coef_ptr = _backward_buffers(grad_work, B, C, H)
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     column_ok = columns < C
+    units = tl.arange(0, H_PAD)
+    unit_ok = units < H
     plane = B * C
     mean_bn = tl.load(channel_ptr + columns, mask=column_ok, other=0.0)[None, :]
     inv_std = tl.load(channel_ptr + C + columns, mask=column_ok, other=0.0)[None, :]
     gamma = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
     beta = tl.load(beta_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(w1_ptr + units[:, None] * C + columns[None, :], mask=unit_ok[:, None] & column_ok[None, :],
+                 other=0.0).to(tl.float32)
     filter_sum = gamma * 0.0
     if MODE == 5:
         filter_sum = tl.load(filter_sum_ptr + columns, mask=column_ok, other=0.0)[None, :]
     scale = gamma * inv_std
     d_beta = tl.zeros((BLOCK_C,), tl.float32)
     d_gamma = tl.zeros((BLOCK_C,), tl.float32)
+    w1_grad = tl.zeros((H_PAD, BLOCK_C), tl.float32)
+    w2_grad = tl.zeros((BLOCK_C, H_PAD), tl.float32)
     for start in range(0, B, BLOCK_B):
         mask, offsets = _batch_tile(start, B, C, columns, column_ok, BLOCK_B)
+        batch = start + tl.arange(0, BLOCK_B)
+        hidden_tile = batch[:, None] * H + units[None, :]
+        hidden_ok = (batch < B)[:, None] & unit_ok[None, :]
+        hidden_grad = tl.load(hidden_grad_ptr + hidden_tile, mask=hidden_ok, other=0.0)
+        hidden = tl.load(hidden_ptr + hidden_tile, mask=hidden_ok, other=0.0)
+        squeeze = tl.load(squeeze_ptr + offsets, mask=mask, other=0.0)
+        logits_grad = tl.load(reduced + 2 * plane + offsets, mask=mask, other=0.0)
+        w1_grad += tl.dot(tl.trans(hidden_grad), squeeze, input_precision="ieee")
+        w2_grad += tl.dot(tl.trans(logits_grad), hidden, input_precision="ieee")
+        d_squeeze = tl.dot(hidden_grad, w1, input_precision="ieee")
         _, _, _, _, _, _, _, grad_sum, grad_xhat_sum = _squeeze_gradient(
-            stats, offsets, mask, plane, reduced, squeeze_grad_ptr, logits_ptr, mean_bn, inv_std, gamma, beta,
+            stats, offsets, mask, plane, reduced, d_squeeze, logits_ptr, mean_bn, inv_std, gamma, beta,
             filter_sum, HW, corr_count, std_eps, MODE)
         d_beta += tl.sum(grad_sum, axis=0)
         d_gamma += tl.sum(grad_xhat_sum, axis=0)
     tl.store(gamma_grad_ptr + columns, d_gamma, mask=column_ok)
     tl.store(beta_grad_ptr + columns, d_beta, mask=column_ok)
+    tl.store(w1_grad_ptr + units[:, None] * C + columns[None, :], w1_grad, mask=unit_ok[:, None] & column_ok[None, :])
+    tl.store(w2_grad_ptr + columns[:, None] * H + units[None, :], w2_grad, mask=column_ok[:, None] & unit_ok[None, :])
     count_bn = B * HW
     for start in range(0, B, BLOCK_B):
         mask, offsets = _batch_tile(start, B, C, columns, column_ok, BLOCK_B)
+        batch = start + tl.arange(0, BLOCK_B)
+        hidden_grad = tl.load(hidden_grad_ptr + batch[:, None] * H + units[None, :],
+                              mask=(batch < B)[:, None] & unit_ok[None, :], other=0.0)
+        d_squeeze = tl.dot(hidden_grad, w1, input_precision="ieee")  # recomputed: cheaper than a round trip
         alpha, rho, kappa, phi, extreme, mean, gate, _, _ = _squeeze_gradient(
-            stats, offsets, mask, plane, reduced, squeeze_grad_ptr, logits_ptr, mean_bn, inv_std, gamma, beta,
+            stats, offsets, mask, plane, reduced, d_squeeze, logits_ptr, mean_bn, inv_std, gamma, beta,
             filter_sum, HW, corr_count, std_eps, MODE)
         p = scale * alpha
         q = scale * scale * rho
@@ -356,10 +464,12 @@ def backward_finalize_kernel(stats, reduced, squeeze_grad_ptr, logits_ptr, chann
 
 
 @triton.jit
-def grad_apply_kernel(grad_ptr, out_ptr, z_ptr, filter_ptr, stats, coef_ptr, dz_ptr, d_identity_ptr, B, C, HW,
+def grad_apply_kernel(grad_ptr, out_ptr, z_ptr, filter_ptr, work, grad_work, dz_ptr, d_identity_ptr, B, H, C, HW,
                       EXTREMES: tl.constexpr, FILTER: tl.constexpr, BLOCK_HW: tl.constexpr,
                       BLOCK_C: tl.constexpr):
     """dz and d_identity (= dout * [out > 0]) in one pass over (dout, out, z)."""
+    stats, _, _, _, _ = _forward_buffers(work, B, C, H)
+    _, _, coef_ptr = _backward_buffers(grad_work, B, C, H)
     hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2)
