@@ -85,11 +85,13 @@ def build_data(config: Dict[str, Any], world: World, resolution: int, metadata: 
 
 
 def build_network(config: Dict[str, Any], num_classes: int, world: World) -> torch.nn.Module:
-    """The same seed gives every arm the same shared-layer init; the SE layers use their own stream."""
+    """The same seed gives every arm the same shared-layer init; the SE layers use their own stream. `auto` is
+    resolved here, where the compile mode is known (inside a traced graph it is not)."""
     torch.manual_seed(config["training.seed"])
+    used = se_kernel_used(config, world)
     model = build_model(config["model.arch"], config["model.squeeze"], config["model.reduction"], num_classes,
                         config["model.zero_init_last"], config["model.blurpool"], se_seed=config["training.seed"],
-                        se_kernel=config["model.se_kernel"])
+                        se_kernel=config["model.se_kernel"] if used == "none" else used)
     torch.manual_seed(config["training.seed"] * 1009 + world.rank + 1)  # flips and `random` differ per rank
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
@@ -213,7 +215,7 @@ def se_kernel_used(config: Dict[str, Any], world: World) -> str:
         return "none"
     try:
         return resolve_se_kernel(config["model.se_kernel"], world.device, config["training.channels_last"],
-                                 config["training.compile"] != "none")
+                                 config["training.compile"])
     except KernelUnavailableError as error:
         raise ConfigError(f"{error} (from model.se_kernel)") from None
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.kernels import KernelUnavailableError, triton_unavailable_reason
+from pipeline.kernels import KernelUnavailableError, resolve_se_kernel, triton_unavailable_reason
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import SqueezeExcite, build_model, set_se_kernel
 
@@ -255,3 +255,12 @@ def test_auto_uses_torch_ops_on_cpu():
     se.set_kernel("auto")
     se.tail(torch.randn(2, 16, 3, 3), bn, torch.randn(2, 16, 3, 3))
     assert seen == ["bn ran as a module"]
+
+
+@pytest.mark.parametrize("compile_mode,expected", [("none", "triton"), ("reduce-overhead", "triton"),
+                                                   ("default", "torch"), ("max-autotune-no-cudagraphs", "torch")])
+def test_auto_picks_what_was_measured_faster_per_compile_mode(compile_mode, expected):
+    """Kernels in eager mode and with CUDA graphs; inductor's code where the custom ops' host cost shows."""
+    assert resolve_se_kernel("auto", torch.device("cuda"), True, compile_mode) == expected
+    assert resolve_se_kernel("auto", torch.device("cuda"), False, compile_mode) == "torch"  # not channels_last
+    assert resolve_se_kernel("auto", torch.device("cpu"), True, compile_mode) == "torch"

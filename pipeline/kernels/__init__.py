@@ -2,8 +2,8 @@
 
 `model.se_kernel`: `torch` runs the reference ops (any device), `triton` the fused kernels (CUDA tensors, or CPU
 tensors when TRITON_INTERPRET=1 was set before triton was imported: how CI checks them), `auto` whichever was
-measured faster (benchmarks/RESULTS.md): the kernels for CUDA tensors in channels_last in eager mode, inductor's
-own code for the torch ops under torch.compile.
+measured faster (benchmarks/RESULTS.md) for CUDA tensors in channels_last: the kernels in eager mode and under
+torch.compile's reduce-overhead mode (CUDA graphs), inductor's own code for the torch ops in its other modes.
 """
 import importlib.util
 import os
@@ -13,9 +13,11 @@ import torch
 from pipeline.errors import UserError
 
 SE_KERNELS = ("auto", "torch", "triton")
-# what `auto` picks under torch.compile. Measured on an H200 (SE-ResNet-50 gap, 192 px, batch 256, bf16):
-# inductor's code 7,558 img/s, the kernels 6,133 (the custom ops' host cost is not hidden in a compiled step)
-AUTO_KERNELS_WHEN_COMPILED = False
+# torch.compile modes under which `auto` runs the kernels: with CUDA graphs the custom ops' host cost is gone and
+# the kernels' fewer memory passes win. Measured on an H200 (SE-ResNet-50 gap, 192 px, batch 256, bf16, x
+# torchvision resnet50 in the same mode and run): reduce-overhead kernels 0.89, inductor 0.85; default mode
+# inductor 0.85, kernels 0.69 (before the launch cuts; the compile step re-measures it)
+KERNEL_COMPILE_MODES = ("reduce-overhead",)
 
 
 class KernelUnavailableError(UserError, RuntimeError):
@@ -50,22 +52,25 @@ def triton_unavailable_reason(device: torch.device):
     return None
 
 
-def resolve_se_kernel(choice: str, device: torch.device, channels_last: bool, compiling: bool) -> str:
-    """The implementation `choice` runs: 'triton' or 'torch' (raises where triton is asked for but cannot run)."""
+def resolve_se_kernel(choice: str, device: torch.device, channels_last: bool, compile_mode: str = "none") -> str:
+    """The implementation `choice` runs: 'triton' or 'torch' (raises where triton is asked for but cannot run).
+    `compile_mode` is training.compile's value: 'none' (eager) or a torch.compile mode."""
     if choice == "triton":
         reason = triton_unavailable_reason(device)
         if reason:
             raise KernelUnavailableError(reason)
         return "triton"
     if choice == "auto" and device.type == "cuda" and triton_available() and channels_last and (
-            AUTO_KERNELS_WHEN_COMPILED or not compiling):
+            compile_mode == "none" or compile_mode in KERNEL_COMPILE_MODES):
         return "triton"
     return "torch"
 
 
 def use_triton(choice: str, x: torch.Tensor) -> bool:
-    """Whether the SE tail of `x` (the block's conv output) runs the fused kernels under `choice`."""
+    """Whether the SE tail of `x` (the block's conv output) runs the fused kernels under `choice`. Inside a
+    traced graph the mode is not known here: `auto` takes inductor's code there, and the trainer resolves
+    `auto` with its compile mode before compiling (set_se_kernel)."""
     if choice == "torch":
         return False
     return resolve_se_kernel(choice, x.device, x.is_contiguous(memory_format=torch.channels_last),
-                             torch.compiler.is_compiling()) == "triton"
+                             "default" if torch.compiler.is_compiling() else "none") == "triton"

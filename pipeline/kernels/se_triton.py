@@ -24,20 +24,37 @@ def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 
 
+# Buffers in the workspaces, in layout's order. forward: stats (at the start) | channel | squeeze | hidden |
+# logits; backward: reduced (at the start) | hidden_grad | coefficients. One accessor each: a tuple unpacked
+# into `_` would make `_` a pointer, which a later loop's `_` may not re-type.
 @triton.jit
-def _forward_buffers(work, B, C, H):
-    """(stats, channel, squeeze, hidden, logits) in the forward workspace, in layout's order."""
-    channel = work + STAT_ROWS * B * C
-    squeeze = channel + CHANNEL_ROWS * C
-    hidden = squeeze + B * C
-    return work, channel, squeeze, hidden, hidden + B * H
+def _channel_rows(work, B, C):
+    return work + STAT_ROWS * B * C
 
 
 @triton.jit
-def _backward_buffers(grad_work, B, C, H):
-    """(reduced, hidden_grad, coefficients) in the backward workspace, in layout's order."""
-    hidden_grad = grad_work + REDUCED_ROWS * B * C
-    return grad_work, hidden_grad, hidden_grad + B * H
+def _squeeze_row(work, B, C):
+    return _channel_rows(work, B, C) + CHANNEL_ROWS * C
+
+
+@triton.jit
+def _hidden_rows(work, B, C):
+    return _squeeze_row(work, B, C) + B * C
+
+
+@triton.jit
+def _logits_rows(work, B, C, H):
+    return _hidden_rows(work, B, C) + B * H
+
+
+@triton.jit
+def _hidden_grad_rows(grad_work, B, C):
+    return grad_work + REDUCED_ROWS * B * C
+
+
+@triton.jit
+def _coefficient_rows(grad_work, B, C, H):
+    return _hidden_grad_rows(grad_work, B, C) + B * H
 
 
 @triton.jit
@@ -195,7 +212,7 @@ def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches
                             BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     """BN statistics per channel (with UPDATE: BN's running estimates and batch count updated as
     nn.BatchNorm2d does), then the squeeze s (B, C) of y = BN(z) for every sample (`random`: its draw)."""
-    stats, channel_ptr, squeeze_ptr, _, _ = _forward_buffers(work, B, C, H)
+    stats, channel_ptr, squeeze_ptr = work, _channel_rows(work, B, C), _squeeze_row(work, B, C)
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     column_ok = columns < C
     mean_bn, inv_std, unbiased = _bn_stats(stats, columns, column_ok, running_mean, running_var, B, C, HW, eps,
@@ -232,7 +249,8 @@ def excite_kernel(work, w1_ptr, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: t
                   BLOCK_K: tl.constexpr):
     """The excitation for BLOCK_B samples: hidden = relu(s W1^T), logits = hidden W2^T, in fp32 (the gate's
     sigmoid is applied where the logits are read). NaN stays NaN through the relu, as in torch."""
-    _, _, squeeze_ptr, hidden_ptr, logits_ptr = _forward_buffers(work, B, C, H)
+    squeeze_ptr, hidden_ptr = _squeeze_row(work, B, C), _hidden_rows(work, B, C)
+    logits_ptr = _logits_rows(work, B, C, H)
     samples = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     sample_ok = samples < B
     units = tl.arange(0, H_PAD)
@@ -262,7 +280,7 @@ def excite_kernel(work, w1_ptr, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: t
 def apply_kernel(z_ptr, identity_ptr, out_ptr, work, gamma_ptr, beta_ptr, B, H, C, HW,
                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """out = relu(BN(z) * sigmoid(logits) + identity); NaN stays NaN (relu as torch), so divergence is seen."""
-    _, channel_ptr, _, _, logits_ptr = _forward_buffers(work, B, C, H)
+    channel_ptr, logits_ptr = _channel_rows(work, B, C), _logits_rows(work, B, C, H)
     hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2)
@@ -288,8 +306,8 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad
                        BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per (b, c): A = sum gdm, Bh = sum gdm * (z - mean_bn) with gdm = dout * [out > 0], then the gradient
     at the gate's pre-activation: (scale * Bh + beta * A) * gate * (1 - gate)."""
-    _, channel_ptr, _, _, logits_ptr = _forward_buffers(work, B, C, H)
-    reduced_ptr, _, _ = _backward_buffers(grad_work, B, C, H)
+    channel_ptr, logits_ptr = _channel_rows(work, B, C), _logits_rows(work, B, C, H)
+    reduced_ptr = grad_work
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(1)
     column_ok = columns < C
@@ -366,9 +384,8 @@ def _squeeze_gradient(stats, offsets, mask, plane, reduced, d_squeeze, logits_pt
 def excite_grad_kernel(work, grad_work, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """The hidden units' gradient for BLOCK_B samples: (dlogits W2) * [hidden > 0], in fp32."""
-    _, _, _, hidden_ptr, _ = _forward_buffers(work, B, C, H)
-    reduced_ptr, hidden_grad_ptr, _ = _backward_buffers(grad_work, B, C, H)
-    logits_grad_ptr = reduced_ptr + 2 * B * C
+    hidden_ptr, hidden_grad_ptr = _hidden_rows(work, B, C), _hidden_grad_rows(grad_work, B, C)
+    logits_grad_ptr = grad_work + 2 * B * C
     samples = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     sample_ok = samples < B
     units = tl.arange(0, H_PAD)
@@ -397,8 +414,10 @@ def backward_finalize_kernel(work, grad_work, w1_ptr, gamma_ptr, beta_ptr, filte
     """For a block of channels: the excitation's weight gradients (dW1 = dhidden^T s, dW2 = dlogits^T hidden),
     the squeeze's gradient ds = dhidden W1, then BN's and the squeeze's backward in closed form: dgamma, dbeta,
     and per (b, c) the coefficients of dz = gdm*a + p + q*(z - mean) + k*[z == extreme] + r*filter."""
-    stats, channel_ptr, squeeze_ptr, hidden_ptr, logits_ptr = _forward_buffers(work, B, C, H)
-    reduced, hidden_grad_ptr, coef_ptr = _backward_buffers(grad_work, B, C, H)
+    stats, channel_ptr, squeeze_ptr = work, _channel_rows(work, B, C), _squeeze_row(work, B, C)
+    hidden_ptr, logits_ptr = _hidden_rows(work, B, C), _logits_rows(work, B, C, H)
+    reduced, hidden_grad_ptr = grad_work, _hidden_grad_rows(grad_work, B, C)
+    coef_ptr = _coefficient_rows(grad_work, B, C, H)
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     column_ok = columns < C
     units = tl.arange(0, H_PAD)
@@ -468,8 +487,7 @@ def grad_apply_kernel(grad_ptr, out_ptr, z_ptr, filter_ptr, work, grad_work, dz_
                       EXTREMES: tl.constexpr, FILTER: tl.constexpr, BLOCK_HW: tl.constexpr,
                       BLOCK_C: tl.constexpr):
     """dz and d_identity (= dout * [out > 0]) in one pass over (dout, out, z)."""
-    stats, _, _, _, _ = _forward_buffers(work, B, C, H)
-    _, _, coef_ptr = _backward_buffers(grad_work, B, C, H)
+    stats, coef_ptr = work, _coefficient_rows(grad_work, B, C, H)
     hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2)
