@@ -10,7 +10,6 @@ memory is the peak RSS of the measuring process (ffcv: threads in one process; t
 plus its worker processes); each configuration runs in a fresh process.
 """
 import argparse
-import concurrent.futures
 import json
 import multiprocessing
 import os
@@ -18,6 +17,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import psutil
 import torch
@@ -63,11 +63,29 @@ def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int):
     return time_epochs(lambda: iter(loader), epochs, children=False)
 
 
-def in_fresh_process(function, *args):
-    """Each configuration in its own process: clean RSS, no state carried between loaders."""
-    context = multiprocessing.get_context("spawn")  # executor workers may start their own (DataLoader) workers
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
-        return executor.submit(function, *args).result()
+def _report_to(queue, function, args) -> None:
+    queue.put(function(*args))
+
+
+def in_fresh_process(label: str, time_limit: float, function, *args):
+    """Each configuration in its own process (clean RSS, no state carried between loaders), printed as it
+    finishes; one that runs past `time_limit` seconds is killed with its workers and gives None."""
+    context = multiprocessing.get_context("spawn")  # the process may start its own (DataLoader) workers
+    queue = context.Queue()
+    process = context.Process(target=_report_to, args=(queue, function, args))
+    started = time.perf_counter()
+    process.start()
+    try:
+        result = queue.get(timeout=time_limit)
+    except Empty:
+        result = None
+        for child in psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]:
+            child.kill()
+    process.join()
+    seconds = time.perf_counter() - started
+    print(f"  {label}: " + (f"{result[0]:.0f} img/s ({seconds:.0f} s)" if result else
+                            f"did not finish in {time_limit:.0f} s (--time-limit); left out"), flush=True)
+    return result
 
 
 def main() -> None:
@@ -80,6 +98,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
     parser.add_argument("--quick", action="store_true",
                         help="only the default storage and loader settings against torchvision")
+    parser.add_argument("--time-limit", type=float, default=600,
+                        help="seconds one configuration may take (warm-up and timed epochs) before it is left out")
     args = parser.parse_args()
     files = photo_set_files(args.data, args.per_class, seed=7)
     classes = [str(i) for i in range(10)]
@@ -104,19 +124,23 @@ def main() -> None:
         for label, settings in storage.items():
             write_beton(files, classes, betons[label], settings, "bench", 0)
         os.sync()  # the writes' dirty pages would otherwise be flushed during the first measurement
-        speed, memory = in_fresh_process(measure_torchvision, args.data / "train", args.res, args.batch,
-                                         args.workers, args.epochs)
-        rows.append(("torchvision ImageFolder+PIL+DataLoader", speed, memory))
+        name = "torchvision ImageFolder+PIL+DataLoader"
+        measured = in_fresh_process(name, args.time_limit, measure_torchvision, args.data / "train", args.res,
+                                    args.batch, args.workers, args.epochs)
+        if measured is None:
+            raise SystemExit("bench_loader.py: the torchvision reference did not finish; nothing to compare with")
+        rows.append((name, *measured))
         for index, (label, beton) in enumerate(betons.items()):
             size_mb = beton.stat().st_size / 2**20
             variants = {"": {}} | (loader_variants if index == 0 else {})
             for variant, change in variants.items():
                 loader_args = dict(batch_size=args.batch, num_workers=args.workers, os_cache=True,
                                    batches_ahead=3, seed=0) | change
-                speed, memory = in_fresh_process(measure_ffcv, str(beton), LoaderSettings(**loader_args),
-                                                 args.res, args.epochs)
                 name = f"ffcv, {label}" + (f", {variant}" if variant else "") + f" [{size_mb:.0f} MB]"
-                rows.append((name, speed, memory))
+                measured = in_fresh_process(name, args.time_limit, measure_ffcv, str(beton),
+                                            LoaderSettings(**loader_args), args.res, args.epochs)
+                if measured is not None:
+                    rows.append((name, *measured))
 
     reference = rows[0][1]
     print(f"\n{len(files)} photos, RRC {args.res} + flip, batch {args.batch}, {args.workers} workers, "
@@ -124,6 +148,8 @@ def main() -> None:
     print(f"{'loader':78s} {'img/s':>7s} {'x tv':>6s} {'RSS MB':>7s}")
     for name, speed, memory in rows:
         print(f"{name:78s} {speed:7.0f} {speed / reference:6.2f} {memory:7.0f}")
+    if len(rows) < 2 or not rows[1][0].startswith(f"ffcv, {next(iter(storage))}"):
+        raise SystemExit("bench_loader.py: the default ffcv loader did not finish; no speed-up to report")
     default = rows[1][1]
     print(json.dumps({"loader_speedup_vs_torchvision": round(default / reference, 3),
                       "best_speedup_vs_torchvision": round(max(r[1] for r in rows[1:]) / reference, 3),

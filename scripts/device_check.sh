@@ -31,7 +31,7 @@ declare -A command=(
     [compiled50]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gap --se-kernel triton,torch --max-compiled 3"
     [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch --max-compiled 3"
     [e2e]="python3 benchmarks/bench_e2e.py --steps 150"
-    [loader]="python3 benchmarks/bench_loader.py --quick --per-class 1280 --epochs 2"
+    [loader]="python3 benchmarks/bench_loader.py --quick --per-class 1280 --epochs 2 --time-limit 60"
     [gputests]="python3 -m pytest -q tests/test_gpu.py"
     [gputrain]="python3 -m pytest -q tests/test_gpu.py -k training_run"
 )
