@@ -18,6 +18,7 @@ from ffcv.fields import IntField, RGBImageField
 from ffcv.reader import Reader
 from ffcv.writer import DatasetWriter
 
+from dataset_prep.archive import ImageSource
 from dataset_prep.image_folder import RGBFileDataset
 from pipeline.atomic import temporary_path, write_text_atomic
 
@@ -52,9 +53,10 @@ def _versions() -> Dict[str, str]:
             "python": platform.python_version()}
 
 
-def write_beton(files: Sequence[Tuple[str, int]], classes: Sequence[str], out: Path, settings: WriteSettings,
-                source: str, skipped: int) -> Dict:
-    """Write (path, label) pairs to `out` and its metadata; returns the metadata."""
+def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str], out: Path,
+                settings: WriteSettings, source: str, skipped: int, class_names: Sequence[str] = ()) -> Dict:
+    """Write (path or archive member, label) pairs to `out` and its metadata (with the human-readable class
+    names where the source has them); returns the metadata."""
     out = Path(out)
     temporary = temporary_path(out)  # ffcv's writer needs a file name, not a handle
     failure_log = out.with_name(f".{out.name}.failures-{os.getpid()}")
@@ -74,6 +76,7 @@ def write_beton(files: Sequence[Tuple[str, int]], classes: Sequence[str], out: P
         counts = np.bincount([label for _, label in files], minlength=len(classes))
         metadata = {
             "format": METADATA_FORMAT, "num_samples": len(files), "classes": list(classes),
+            **({"class_names": list(class_names)} if class_names else {}),
             "counts": counts.tolist(), "skipped": skipped, "source": source,
             "settings": {"max_res": settings.max_res, "jpeg_quality": settings.jpeg_quality,
                          "compress_prob": settings.compress_prob, "write_mode": settings.write_mode,

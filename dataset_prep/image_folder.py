@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
+from dataset_prep.archive import ImageSource, open_source, source_size
 from pipeline.errors import UserError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode to grey
@@ -24,18 +25,20 @@ class UsageError(UserError):
 
 
 @dataclass(frozen=True)
-class ImageFolderSplit:
-    """The classes (sorted folder names, as torchvision's ImageFolder) and every file with its label."""
+class Split:
+    """The classes (sorted names: WNIDs for ImageNet, as torchvision's ImageFolder and ImageNet order them) and
+    every image with its label, from any layout write_imagenet.py reads (imagenet_layouts.py)."""
     root: Path
     classes: Tuple[str, ...]
-    files: Tuple[Tuple[str, int], ...]  # (path, label)
+    files: Tuple[Tuple[ImageSource, int], ...]  # (path or archive member, label)
     skipped: Tuple[Tuple[str, str], ...] = ()  # (path, reason): what listing could not use
     nested: int = 0  # files in subfolders of a class folder (counted, as torchvision's ImageFolder does)
+    class_names: Tuple[str, ...] = ()  # human-readable, one per class, where the source has them
 
 
-def printable(path: str) -> str:
-    """A path as text that can always be written: undecodable bytes in names become \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def printable(path: ImageSource) -> str:
+    """A path (or archive member) as text that can always be written: undecodable bytes become \\xNN escapes."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def _class_files(folder: Path, seen: set) -> Tuple[List[str], List[Tuple[str, str]]]:
@@ -70,7 +73,7 @@ def _class_files(folder: Path, seen: set) -> Tuple[List[str], List[Tuple[str, st
     return files, skipped
 
 
-def find_split(root: Path, subset: Optional[int] = None) -> ImageFolderSplit:
+def find_split(root: Path, subset: Optional[int] = None) -> Split:
     """List `root/<class>/**/<file>`; `subset` keeps the first N files (in sorted order) of every class."""
     if not root.is_dir():
         raise UsageError(f"split directory {root} does not exist (expected an ImageFolder: {root}/<class>/<image>)")
@@ -86,7 +89,7 @@ def find_split(root: Path, subset: Optional[int] = None) -> ImageFolderSplit:
         kept = found[:subset]
         nested += sum(1 for path in kept if os.path.dirname(path) != str(root / name))
         files.extend((path, label) for path in kept)
-    return ImageFolderSplit(root, tuple(classes), tuple(files), tuple(skipped), nested)
+    return Split(root, tuple(classes), tuple(files), tuple(skipped), nested)
 
 
 def _to_uint8(image: Image.Image) -> Image.Image:
@@ -96,13 +99,13 @@ def _to_uint8(image: Image.Image) -> Image.Image:
     return Image.fromarray((array.astype(np.float64) * (255 / peak)).round().clip(0, 255).astype(np.uint8))
 
 
-def load_rgb(path: str, exif_transpose: bool = False) -> np.ndarray:
+def load_rgb(path: ImageSource, exif_transpose: bool = False) -> np.ndarray:
     """Decode any image PIL reads into an HxWx3 uint8 RGB array (CMYK, L, P, RGBA, 16-bit, PNG-in-.JPEG).
 
     EXIF orientation is ignored unless `exif_transpose` (torchvision's PIL loader ignores it too: a phone
     photo taken upright is stored sideways).
     """
-    with Image.open(path) as image:
+    with Image.open(open_source(path)) as image:
         image.load()
         if exif_transpose:
             image = ImageOps.exif_transpose(image)
@@ -117,18 +120,18 @@ def load_rgb(path: str, exif_transpose: bool = False) -> np.ndarray:
 
 # skip reasons start with one of these words; the summary counts them
 SKIP_KINDS = ("empty", "not an image", "too large", "corrupt", "unreadable", "symlink loop", "duplicate",
-              "unexpected")
+              "unlabelled", "unexpected")
 
 
 def skip_kind(reason: str) -> str:
     return next((kind for kind in SKIP_KINDS if reason.startswith(kind)), "corrupt")
 
 
-def check_image(path: str, exif_transpose: bool = False) -> Optional[str]:
+def check_image(path: ImageSource, exif_transpose: bool = False) -> Optional[str]:
     """None when `path` decodes completely; else the reason it is skipped (one line, starting with its kind).
     Never raises: one bad file must not end a scan of a million."""
     try:
-        if os.path.getsize(path) == 0:
+        if source_size(path) == 0:
             return "empty: zero-byte file"
         image = load_rgb(path, exif_transpose)
         if image.ndim != 3 or min(image.shape[:2]) < 1:
@@ -146,11 +149,11 @@ def check_image(path: str, exif_transpose: bool = False) -> Optional[str]:
         return f"unexpected: {type(error).__name__}: {error}"
 
 
-def _check_entry(entry: Tuple[str, int, bool]) -> Tuple[str, int, Optional[str]]:
+def _check_entry(entry: Tuple[ImageSource, int, bool]) -> Tuple[ImageSource, int, Optional[str]]:
     return entry[0], entry[1], check_image(entry[0], entry[2])
 
 
-def scan(files: Sequence[Tuple[str, int]], workers: int, desc: str = "scan", exif_transpose: bool = False
+def scan(files: Sequence[Tuple[ImageSource, int]], workers: int, desc: str = "scan", exif_transpose: bool = False
          ) -> Tuple[List[Tuple[str, int]], List[Tuple[str, str]]]:
     """Decode every file in parallel: returns (good (path, label) in input order, skipped (path, reason))."""
     good, skipped = [], []
@@ -173,7 +176,7 @@ class RGBFileDataset:
     `failures()` and discard the output when there are any.
     """
 
-    def __init__(self, files: Sequence[Tuple[str, int]], failure_log: Path, exif_transpose: bool = False):
+    def __init__(self, files: Sequence[Tuple[ImageSource, int]], failure_log: Path, exif_transpose: bool = False):
         self.files = list(files)
         self.failure_log = Path(failure_log)
         self.exif_transpose = exif_transpose

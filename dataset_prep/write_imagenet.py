@@ -1,9 +1,11 @@
-"""Turn an ImageNet-style ImageFolder into FFCV .beton files; with no arguments, build the real-photo sample set.
+"""Turn ImageNet into FFCV .beton files; with no arguments, build the real-photo sample set.
 
     python dataset_prep/write_imagenet.py                                   # data/sample/{train,val}.beton
     python dataset_prep/write_imagenet.py --data-dir /imagenet --out-dir /betons --max-res 500
 
-Options follow ffcv-imagenet's writer. Unreadable files are skipped and listed in `<out>/<split>_skipped.txt`.
+--data-dir holds an ImageFolder, the official ILSVRC2012 tars (read in place) or Kaggle's layout
+(dataset_prep/imagenet_layouts.py). Options follow ffcv-imagenet's writer. Unreadable files are skipped and
+listed in `<out>/<split>_skipped.txt`.
 """
 import argparse
 import collections
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import List
 
 from dataset_prep.beton import WRITE_MODES, WriteSettings, verify_beton, write_beton
-from dataset_prep.image_folder import UsageError, find_split, printable, scan, skip_kind
+from dataset_prep.image_folder import UsageError, printable, scan, skip_kind
+from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
 from dataset_prep.sample_set import build_sample_folder
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.errors import UserError, report_user_error
@@ -26,8 +29,9 @@ SAMPLE_MAX_RES = 256
 def parse_args(argv: List[str]) -> argparse.Namespace:
     defaults = WriteSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, help="ImageFolder root holding train/ and val/ "
-                        "(omit to build the sample set from photos bundled with scikit-image)")
+    parser.add_argument("--data-dir", type=Path, help="ImageNet as you have it: an ImageFolder (train/, val/), "
+                        "the folder of the official ILSVRC2012 tars and devkit, or Kaggle's (ILSVRC/, "
+                        "LOC_*.csv/txt); omit to build the sample set from photos bundled with scikit-image")
     parser.add_argument("--out-dir", type=Path, help="where the betons go (default: --data-dir's parent "
                         f"for real data, {SAMPLE_ROOT} for the sample set)")
     parser.add_argument("--split", choices=("train", "val", "both"), default="both")
@@ -72,12 +76,13 @@ def skipped_summary(skipped) -> str:
     return f"{len(skipped)} skipped ({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())})"
 
 
-def write_split(split_name: str, source: Path, out_dir: Path, args: argparse.Namespace, classes=None):
+def write_split(split_name: str, layout: Layout, out_dir: Path, args: argparse.Namespace, classes=None):
     """Scan, write and (optionally) verify one split; returns its class list."""
     out = out_dir / f"{split_name}.beton"
-    split = find_split(source, args.subset)
+    split = list_split(layout, split_name, args.subset)
+    source = split.root
     if classes is not None and tuple(classes) != split.classes:
-        raise UsageError(f"{source} has different class folders than the train split "
+        raise UsageError(f"{source} has different classes than the train split "
                          f"({len(split.classes)} vs {len(classes)}); both splits need the same classes")
     good, skipped = scan(split.files, args.workers, f"{split_name} scan", args.exif_transpose)
     skipped = list(split.skipped) + skipped
@@ -91,7 +96,8 @@ def write_split(split_name: str, source: Path, out_dir: Path, args: argparse.Nam
     settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode,
                              args.chunk_size, args.workers, args.exif_transpose)
     started = time.perf_counter()
-    write_beton(good, split.classes, out, settings, str(source.resolve()), len(skipped))
+    write_beton(good, split.classes, out, settings, f"{layout.kind}: {source.resolve()}", len(skipped),
+                split.class_names)
     seconds = time.perf_counter() - started
     print(f"{split_name}: {len(good)} written, {skipped_summary(skipped)}, {len(split.files)} found"
           + (f" ({split.nested} in subfolders of class folders)" if split.nested else "")
@@ -116,8 +122,8 @@ def main(argv: List[str]) -> int:
         else:
             data_dir = args.data_dir
             out_dir = args.out_dir or data_dir.parent
-            if not data_dir.is_dir():
-                raise UsageError(f"--data-dir {data_dir} does not exist")
+            layout = detect_layout(data_dir)
+            print(f"{data_dir}: found {layout.describe()}")
         splits = ["train", "val"] if args.split == "both" else [args.split]
         existing = [str(out_dir / f"{s}.beton") for s in splits if (out_dir / f"{s}.beton").exists()]
         if existing and not args.overwrite:
@@ -131,9 +137,11 @@ def main(argv: List[str]) -> int:
         if args.data_dir is None and not (data_dir / "train").is_dir():
             counts = build_sample_folder(data_dir, args.sample_train, args.sample_val)
             print(f"sample set: {counts['train']} train and {counts['val']} val photos in {data_dir}")
+        if args.data_dir is None:
+            layout = Layout("imagefolder", data_dir)
         classes = None
         for split_name in splits:
-            classes = write_split(split_name, data_dir / split_name, out_dir, args, classes)
+            classes = write_split(split_name, layout, out_dir, args, classes)
     except UserError as error:
         return report_user_error("write_imagenet.py", error)
     return 0

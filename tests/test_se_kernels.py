@@ -72,8 +72,8 @@ CASES = {  # name: (batch, channels, height, width, dtype, training, input kind)
     "zero-gamma-all-equal": (2, 48, 7, 7, torch.float32, True, "constant"),
     "ties": (2, 48, 4, 4, torch.float32, True, "ties"),
     "large": (2, 48, 7, 7, torch.float32, True, "large"),
-    "B40": (40, 32, 2, 3, torch.float32, True, "normal"),  # several sample blocks in the excitation and finalize
 }
+BATCH_BLOCKS_CASE = (40, 32, 2, 3, torch.float32, True, "normal")  # several sample blocks in excitation, finalize
 
 
 def case_inputs(batch, channels, height, width, dtype, kind):
@@ -90,10 +90,15 @@ def case_inputs(batch, channels, height, width, dtype, kind):
     return as_input(z), as_input(identity), grad.to(DEVICE)
 
 
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("squeeze", SQUEEZES)
+# every case for every squeeze; the batch blocking is common code, covered through the extremes (gmp), filter
+# (fca) and draw (random) paths
+TAIL_CASES = [(squeeze, case) for case in CASES for squeeze in SQUEEZES] + [
+    (squeeze, "batch-blocks") for squeeze in ("gmp", "fca", "random")]
+
+
+@pytest.mark.parametrize("squeeze,case", TAIL_CASES)
 def test_fused_tail_matches_reference(squeeze, case):
-    batch, channels, height, width, dtype, training, kind = CASES[case]
+    batch, channels, height, width, dtype, training, kind = CASES.get(case, BATCH_BLOCKS_CASE)
     se, bn = make_tail(squeeze, channels, zero_gamma=kind == "constant")
     z, identity, grad = case_inputs(batch, channels, height, width, dtype, kind)
     reference = run_tail(se.double().to(DEVICE), bn.double().to(DEVICE), z.double(), identity.double(), grad.double(),
