@@ -53,14 +53,13 @@ def tar_bytes(members) -> bytes:
     return buffer.getvalue()
 
 
-def write_devkit(path: Path, truth: list, extra_ids: int = 0) -> None:
+def write_devkit(path: Path, truth: list) -> None:
     """ILSVRC2012_devkit_t12.tar.gz: meta.mat (1,000 leaf synsets there; here ours plus a non-leaf one, which
     must be ignored) and the val ground truth as ILSVRC2012_IDs."""
     from scipy.io import savemat
     fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
     rows = [(identifier, wnid, NAMES[wnid], 0) for wnid, identifier in CLASSES.values()]
     rows.append((1001, "n00001740", "entity", 4))  # an inner node of the hierarchy
-    rows += [(2000 + k, f"n0900000{k}", "spare", 0) for k in range(extra_ids)]
     synsets = np.array(rows, dtype=fields)
     meta = io.BytesIO()
     savemat(meta, {"synsets": synsets})

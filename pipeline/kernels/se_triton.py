@@ -245,26 +245,36 @@ def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches
 
 
 @triton.jit
-def excite_kernel(work, w1_ptr, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
-    """The excitation for BLOCK_B samples: hidden = relu(s W1^T), logits = hidden W2^T, in fp32 (the gate's
-    sigmoid is applied where the logits are read). NaN stays NaN through the relu, as in torch."""
-    squeeze_ptr, hidden_ptr = _squeeze_row(work, B, C), _hidden_rows(work, B, C)
-    logits_ptr = _logits_rows(work, B, C, H)
+def _rows_times_matrix(rows_ptr, matrix_ptr, stride_k, stride_unit, B, C, H, H_PAD: tl.constexpr,
+                       BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
+    """For this program's BLOCK_B samples: rows[samples, :C] @ matrix[:C, :H] in fp32 (IEEE products, as
+    torch's fp32 matmul), matrix element (k, unit) at k * stride_k + unit * stride_unit; with the tile's
+    (samples, sample_ok, units, unit_ok) for the caller's stores."""
     samples = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     sample_ok = samples < B
     units = tl.arange(0, H_PAD)
     unit_ok = units < H
-    ks = tl.arange(0, BLOCK_K)
     total = tl.zeros((BLOCK_B, H_PAD), tl.float32)
     for start in range(0, C, BLOCK_K):
-        k = start + ks
+        k = start + tl.arange(0, BLOCK_K)
         k_ok = k < C
-        s = tl.load(squeeze_ptr + samples[:, None] * C + k[None, :], mask=sample_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        w1 = tl.load(w1_ptr + units[None, :] * C + k[:, None], mask=k_ok[:, None] & unit_ok[None, :],
-                     other=0.0).to(tl.float32)
-        total += tl.dot(s, w1, input_precision="ieee")
+        rows = tl.load(rows_ptr + samples[:, None] * C + k[None, :], mask=sample_ok[:, None] & k_ok[None, :],
+                       other=0.0)
+        matrix = tl.load(matrix_ptr + k[:, None] * stride_k + units[None, :] * stride_unit,
+                         mask=k_ok[:, None] & unit_ok[None, :], other=0.0).to(tl.float32)
+        total += tl.dot(rows, matrix, input_precision="ieee")
+    return total, samples, sample_ok, units, unit_ok
+
+
+@triton.jit
+def excite_kernel(work, w1_ptr, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    """The excitation for BLOCK_B samples: hidden = relu(s W1^T), logits = hidden W2^T, in fp32 (the gate's
+    sigmoid is applied where the logits are read). NaN stays NaN through the relu, as in torch."""
+    hidden_ptr, logits_ptr = _hidden_rows(work, B, C), _logits_rows(work, B, C, H)
+    total, samples, sample_ok, units, unit_ok = _rows_times_matrix(
+        _squeeze_row(work, B, C), w1_ptr, 1, C, B, C, H, H_PAD, BLOCK_B, BLOCK_K)  # W1 is (H, C)
+    ks = tl.arange(0, BLOCK_K)
     hidden = tl.where(total < 0.0, 0.0, total)
     tl.store(hidden_ptr + samples[:, None] * H + units[None, :], hidden, mask=sample_ok[:, None] & unit_ok[None, :])
     for start in range(0, C, BLOCK_K):
@@ -385,21 +395,8 @@ def excite_grad_kernel(work, grad_work, w2_ptr, B, C, H, H_PAD: tl.constexpr, BL
                        BLOCK_K: tl.constexpr):
     """The hidden units' gradient for BLOCK_B samples: (dlogits W2) * [hidden > 0], in fp32."""
     hidden_ptr, hidden_grad_ptr = _hidden_rows(work, B, C), _hidden_grad_rows(grad_work, B, C)
-    logits_grad_ptr = grad_work + 2 * B * C
-    samples = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    sample_ok = samples < B
-    units = tl.arange(0, H_PAD)
-    unit_ok = units < H
-    ks = tl.arange(0, BLOCK_K)
-    total = tl.zeros((BLOCK_B, H_PAD), tl.float32)
-    for start in range(0, C, BLOCK_K):
-        k = start + ks
-        k_ok = k < C
-        logits_grad = tl.load(logits_grad_ptr + samples[:, None] * C + k[None, :],
-                              mask=sample_ok[:, None] & k_ok[None, :], other=0.0)
-        w2 = tl.load(w2_ptr + k[:, None] * H + units[None, :], mask=k_ok[:, None] & unit_ok[None, :],
-                     other=0.0).to(tl.float32)
-        total += tl.dot(logits_grad, w2, input_precision="ieee")
+    total, samples, sample_ok, units, unit_ok = _rows_times_matrix(
+        grad_work + 2 * B * C, w2_ptr, H, 1, B, C, H, H_PAD, BLOCK_B, BLOCK_K)  # the logits' gradient; W2 is (C, H)
     tile = samples[:, None] * H + units[None, :]
     tile_ok = sample_ok[:, None] & unit_ok[None, :]
     hidden = tl.load(hidden_ptr + tile, mask=tile_ok, other=0.0)
