@@ -66,7 +66,7 @@ def timed_write_imagenet(data_dir: Path, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--rounds", type=int, default=5, help="write_imagenet.py runs per source (median)")
+    parser.add_argument("--rounds", type=int, default=7, help="write_imagenet.py runs per source (median)")
     args = parser.parse_args()
     images = SAMPLE_ROOT / "images"
     if not (images / "train").is_dir():
