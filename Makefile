@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml scripts/install_system_deps.sh
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# tests in parallel (pytest-xdist): most of them wait on a subprocess, so two workers halve the time on 2 cores;
+# at most 4, since each worker holds its own torch and its own tiny betons
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

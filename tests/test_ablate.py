@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO, run_script, tiny_settings
 from pipeline.ablate import Job, Slot, command_for, make_slots, plan_jobs, run_schedule
+from pipeline.ablate import main as ablate_main
 from pipeline.config import ConfigError
 from pipeline.run_dir import RunLock
 
@@ -85,7 +86,7 @@ def test_failed_run_is_retried_once_then_reported(tmp_path):
     assert [job.squeeze for job in outcome["failed"]] == ["std"] and len(outcome["done"]) == 1
 
 
-def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_path):
+def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_path, capsys):
     root = tmp_path / "ablation"
     arguments = ["pipeline/ablate.py", "--squeeze", "baseline,random", "--seeds", "1", "--gpus", "none",
                  "--runs-root", str(root), *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
@@ -102,9 +103,9 @@ def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_pat
     assert f"report: {root / 'report.md'}, {root / 'report.csv'}, {root / 'top1.png'}" in second.stdout
     # the same root with other settings: its finished runs are not the runs asked for
     manifest = (root / "ablation.json").read_text()
-    third = run_script([*arguments, "--lr.lr=0.2"], timeout=60)
-    assert third.returncode == 2 and third.stderr.count("\n") == 1, third.stderr
-    assert "holds a run with lr.lr=0.4, not 0.2; pass another --runs-root" in third.stderr
+    assert ablate_main([*arguments[1:], "--lr.lr=0.2"]) == 2  # refused before any run starts: in this process
+    refusal = capsys.readouterr().err
+    assert refusal.count("\n") == 1 and "holds a run with lr.lr=0.4, not 0.2; pass another --runs-root" in refusal
     assert (root / "ablation.json").read_text() == manifest  # nothing rewritten
 
 

@@ -46,14 +46,14 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     assert "se_kernel: auto" in (run_dir / "config.yaml").read_text()
     assert (summary["se_kernel"], summary["se_kernel_used"]) == ("auto", "torch")  # auto runs torch ops on a CPU
     assert not stale.exists() and f"removed 1 temporary file(s) left by dead processes: {stale.name}" in result.stdout
-    rerun = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=4",
-                                                            "--squeeze", "gmp")])
-    assert rerun.returncode == 0 and "already finished" in rerun.stdout
+    capsys.readouterr()
+    # in this process from here on (a process start costs seconds of the suite's budget)
+    assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=4", "--squeeze", "gmp")) == 0
+    assert "already finished" in capsys.readouterr().out
     # --eval-only takes the model from final.pt (sample.yaml alone would build a 'gap' model) ...
-    evaluated = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only",
-                            "--weights", str(run_dir / "final.pt")])
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert f"val top-1 {summary['top1']:.2f}" in evaluated.stdout
+    assert train_main([*tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only", "--weights",
+                       str(run_dir / "final.pt")]) == 0
+    assert f"val top-1 {summary['top1']:.2f}" in capsys.readouterr().out
     # ... and refuses a command line that names another one
     status = train_main([*tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only", "--weights",
                          str(run_dir / "final.pt"), "--squeeze", "gap"])
