@@ -8,7 +8,7 @@ import io
 import os
 import tarfile
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from tqdm import tqdm
 
@@ -83,29 +83,36 @@ def _pax_records(payload: bytes, label: str) -> Dict[str, bytes]:
     return records
 
 
+def _read_header(file, at: int, position: int, label: str) -> Optional[Tuple[bytes, int, bytes]]:
+    """(type flag, size, name) of the header at byte `at`; None at the end-of-archive marker."""
+    file.seek(at)
+    header = file.read(BLOCK)
+    if len(header) < BLOCK:
+        raise ArchiveError(f"{label} is truncated: it ends inside a header or without tar's end-of-archive "
+                           "marker; download it again")
+    if header == bytes(BLOCK):
+        return None
+    try:
+        valid = _number(header[148:156]) == sum(header[:148]) + 8 * 32 + sum(header[156:])
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ArchiveError(f"{label} is not an uncompressed tar archive or is damaged (bad header at byte "
+                           f"{position:,})")
+    name = header[:100].split(b"\0", 1)[0]
+    prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+    return header[156:157], _number(header[124:136]), prefix + b"/" + name if prefix else name
+
+
 def regular_files(file, start: int, size: int, label: str) -> List[Tuple[str, int, int]]:
     """(name, absolute data offset, size) of each regular file of the uncompressed tar held in
     [start, start + size) of `file`, read from its 512-byte headers only (ustar, GNU and pax: the long names
     and sizes of the last two included). Several times faster than tarfile, which builds a full TarInfo per
     member: ImageNet's train tar has 1.28 million."""
     found, position, pending = [], 0, {}
-    while True:
-        file.seek(start + position)
-        header = file.read(BLOCK)
-        if len(header) < BLOCK:
-            raise ArchiveError(f"{label} is truncated: it ends inside a header or without tar's end-of-archive "
-                               "marker; download it again")
-        if header == bytes(BLOCK):
-            return found
-        try:
-            valid = _number(header[148:156]) == sum(header[:148]) + 8 * 32 + sum(header[156:])
-        except ValueError:
-            valid = False
-        if not valid:
-            raise ArchiveError(f"{label} is not an uncompressed tar archive or is damaged (bad header at byte "
-                               f"{position:,})")
-        kind, length, data = header[156:157], _number(header[124:136]), position + BLOCK
-        extended = kind in (PAX_HEADER, GNU_LONG_NAME)
+    while (fields := _read_header(file, start + position, position, label)) is not None:
+        kind, length, name = fields
+        extended, data = kind in (PAX_HEADER, GNU_LONG_NAME), position + BLOCK
         if not extended and "size" in pending:
             length = int(pending["size"])
         if data + length > size:
@@ -118,12 +125,11 @@ def regular_files(file, start: int, size: int, label: str) -> List[Tuple[str, in
                            else {"path": payload.split(b"\0", 1)[0]})
         else:
             if kind in REGULAR_FILES:
-                name = header[:100].split(b"\0", 1)[0]
-                prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
-                name = pending.get("path") or (prefix + b"/" + name if prefix else name)
+                name = pending.get("path") or name
                 found.append((name.decode("utf-8", "surrogateescape"), start + data, length))
             pending = {}
         position = data + -(-length // BLOCK) * BLOCK
+    return found
 
 
 def index_flat_tar(path: str) -> List[ArchiveMember]:

@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny real-photo beton pair built once per test session."""
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,17 @@ def tiny_settings(betons: Path, run_dir: Path, *extra: str) -> list:
             "--resolution.min_res=32", "--resolution.max_res=32", "--resolution.val_res=32",
             "--training.batch_size=16", "--validation.batch_size=10", "--data.num_workers=1",
             "--logging.progress=false", f"--logging.run_dir={run_dir}", *extra]
+
+
+def tar_bytes(members) -> bytes:
+    """An uncompressed tar of (name, bytes) members, in memory: ImageNet's tars in miniature."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def run_script(arguments: list, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
