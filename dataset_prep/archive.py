@@ -83,9 +83,10 @@ def _pax_records(payload: bytes, label: str) -> Dict[str, bytes]:
     return records
 
 
-def _read_header(file, at: int, position: int, label: str) -> Optional[Tuple[bytes, int, bytes]]:
-    """(type flag, size, name) of the header at byte `at`; None at the end-of-archive marker."""
-    file.seek(at)
+def _read_header(file, start: int, position: int, label: str) -> Optional[Tuple[bytes, int, bytes]]:
+    """(type flag, size, name) of the header `position` bytes into the tar at `start`; None at the
+    end-of-archive marker."""
+    file.seek(start + position)
     header = file.read(BLOCK)
     if len(header) < BLOCK:
         raise ArchiveError(f"{label} is truncated: it ends inside a header or without tar's end-of-archive "
@@ -110,7 +111,7 @@ def regular_files(file, start: int, size: int, label: str) -> List[Tuple[str, in
     and sizes of the last two included). Several times faster than tarfile, which builds a full TarInfo per
     member: ImageNet's train tar has 1.28 million."""
     found, position, pending = [], 0, {}
-    while (fields := _read_header(file, start + position, position, label)) is not None:
+    while (fields := _read_header(file, start, position, label)) is not None:
         kind, length, name = fields
         extended, data = kind in (PAX_HEADER, GNU_LONG_NAME), position + BLOCK
         if not extended and "size" in pending:

@@ -119,6 +119,7 @@ def main(argv: List[str]) -> int:
         if args.data_dir is None:
             out_dir = args.out_dir or SAMPLE_ROOT
             data_dir = out_dir / "images"
+            layout = Layout("imagefolder", data_dir)  # built below if it is not there yet
         else:
             data_dir = args.data_dir
             out_dir = args.out_dir or data_dir.parent
@@ -137,8 +138,6 @@ def main(argv: List[str]) -> int:
         if args.data_dir is None and not (data_dir / "train").is_dir():
             counts = build_sample_folder(data_dir, args.sample_train, args.sample_val)
             print(f"sample set: {counts['train']} train and {counts['val']} val photos in {data_dir}")
-        if args.data_dir is None:
-            layout = Layout("imagefolder", data_dir)
         classes = None
         for split_name in splits:
             classes = write_split(split_name, layout, out_dir, args, classes)

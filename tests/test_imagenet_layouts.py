@@ -5,10 +5,10 @@ Miniature copies in the exact official structures: a train tar of per-class tars
 The photos come from the sample-set generator (the session's tiny set), plus ImageNet's odd files (a CMYK
 JPEG, a PNG named .JPEG) and a truncated JPEG.
 """
+import gzip
 import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +54,10 @@ def write_devkit(path: Path, truth: list) -> None:
     synsets = np.array(rows, dtype=fields)
     meta = io.BytesIO()
     savemat(meta, {"synsets": synsets})
-    members = [("ILSVRC2012_devkit_t12/data/meta.mat", meta.getvalue()),
-               ("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
-                "".join(f"{label}\n" for label in truth).encode())]
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
+    path.write_bytes(gzip.compress(tar_bytes([
+        ("ILSVRC2012_devkit_t12/data/meta.mat", meta.getvalue()),
+        ("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
+         "".join(f"{label}\n" for label in truth).encode())])))
 
 
 @pytest.fixture(scope="module")
