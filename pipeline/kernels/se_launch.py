@@ -158,7 +158,7 @@ def backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor,
     padded = _hidden_padding(hidden)
     with _on_device(z):
         _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, shape_key, grad, out, z, work, weight,
-                      bias, grad_work, batch, hidden, channels, spatial)
+                      bias, grad_work, d_identity, batch, hidden, channels, spatial)
         kernels.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
             BLOCK_K=EXCITE_BLOCK_K)
@@ -167,9 +167,8 @@ def backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor,
             w2_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps, TRAINING=training,
             MODE=mode, H_PAD=padded, BLOCK_B=FINALIZE_BLOCK_B, BLOCK_C=FINALIZE_BLOCK_C, num_warps=8)
         _launch_tiled(kernels.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
-                      (*shape_key, extremes, filtered), grad, out, z,
-                      filters if filtered else work, work, grad_work, dz, d_identity, batch, hidden, channels,
-                      spatial, EXTREMES=extremes, FILTER=filtered)
+                      (*shape_key, extremes, filtered), d_identity, z, filters if filtered else work, work,
+                      grad_work, dz, batch, hidden, channels, spatial, EXTREMES=extremes, FILTER=filtered)
     return (dz, d_identity, _as(weight_grad, weight), _as(bias_grad, bias), _as(w1_grad, w1), _as(w2_grad, w2))
 
 

@@ -5,7 +5,8 @@ from the conv output z, which BN's backward keeps anyway, so the SE arms hold th
 All big tensors are channels_last, read as (B, HW, C) with C contiguous; reductions accumulate in fp32.
 Per-(b, c) statistics of z (mean, M2, max/min with tie counts, DCT-weighted sum) give both the BN batch
 statistics and every squeeze in closed form, so the forward reads z twice and the backward reads
-(dout, out, z) twice, as the plain BN + add + ReLU does. The math is derived in `pipeline/kernels/README.md`.
+(dout, out, z) once, writing gdm = d_identity, then (gdm, z): the traffic of the plain BN + add + ReLU. The
+math is derived in `pipeline/kernels/README.md`.
 """
 import triton
 import triton.language as tl
@@ -312,10 +313,11 @@ def apply_kernel(z_ptr, identity_ptr, out_ptr, work, gamma_ptr, beta_ptr, B, H, 
 
 
 @triton.jit
-def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad_work, B, H, C, HW,
-                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad_work, d_identity_ptr, B, H, C,
+                       HW, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per (b, c): A = sum gdm, Bh = sum gdm * (z - mean_bn) with gdm = dout * [out > 0], then the gradient
-    at the gate's pre-activation: (scale * Bh + beta * A) * gate * (1 - gate)."""
+    at the gate's pre-activation: (scale * Bh + beta * A) * gate * (1 - gate). gdm is d_identity, written on
+    the way: grad_apply then reads (gdm, z) instead of (dout, out, z), one tensor less per element."""
     channel_ptr, logits_ptr = _channel_rows(work, B, C), _logits_rows(work, B, C, H)
     reduced_ptr = grad_work
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -331,7 +333,10 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad
         mask = (hw < HW)[:, None] & column_ok[None, :]
         offsets = base + hw[:, None] * C + columns[None, :]
         out = tl.load(out_ptr + offsets, mask=mask, other=0.0)
-        grad = tl.where(out > 0, tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32), 0.0)
+        gdm = tl.where(out > 0, tl.load(grad_ptr + offsets, mask=mask, other=0.0), 0.0).to(
+            d_identity_ptr.dtype.element_ty)
+        tl.store(d_identity_ptr + offsets, gdm, mask=mask)
+        grad = gdm.to(tl.float32)  # summed as stored: the value grad_apply reads
         z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         total += grad
         centred += grad * (z - mean_bn[None, :])
@@ -480,10 +485,10 @@ def backward_finalize_kernel(work, grad_work, w1_ptr, gamma_ptr, beta_ptr, filte
 
 
 @triton.jit
-def grad_apply_kernel(grad_ptr, out_ptr, z_ptr, filter_ptr, work, grad_work, dz_ptr, d_identity_ptr, B, H, C, HW,
+def grad_apply_kernel(d_identity_ptr, z_ptr, filter_ptr, work, grad_work, dz_ptr, B, H, C, HW,
                       EXTREMES: tl.constexpr, FILTER: tl.constexpr, BLOCK_HW: tl.constexpr,
                       BLOCK_C: tl.constexpr):
-    """dz and d_identity (= dout * [out > 0]) in one pass over (dout, out, z)."""
+    """dz in one pass over (gdm, z); gdm = dout * [out > 0] is d_identity, which grad_reduce wrote."""
     stats, coef_ptr = work, _coefficient_rows(grad_work, B, C, H)
     hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -497,8 +502,7 @@ def grad_apply_kernel(grad_ptr, out_ptr, z_ptr, filter_ptr, work, grad_work, dz_
     mean = tl.load(stats + STAT_MEAN * plane + small, mask=column_ok, other=0.0)[None, :]
     mask = (hw < HW)[:, None] & column_ok[None, :]
     offsets = b.to(tl.int64) * HW * C + hw[:, None] * C + columns[None, :]
-    out = tl.load(out_ptr + offsets, mask=mask, other=0.0)
-    grad = tl.where(out > 0, tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32), 0.0)
+    grad = tl.load(d_identity_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     dz = grad * a + p + q * (z - mean)
     if EXTREMES:
@@ -509,4 +513,3 @@ def grad_apply_kernel(grad_ptr, out_ptr, z_ptr, filter_ptr, work, grad_work, dz_
         r = tl.load(coef_ptr + 5 * plane + small, mask=column_ok, other=0.0)[None, :]
         dz += r * tl.load(filter_ptr + hw[:, None] * C + columns[None, :], mask=mask, other=0.0)
     tl.store(dz_ptr + offsets, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-    tl.store(d_identity_ptr + offsets, grad.to(d_identity_ptr.dtype.element_ty), mask=mask)
