@@ -18,6 +18,7 @@ import json
 import torch
 import torch.nn.functional as F
 import torchvision
+from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times  # a sibling: run as a script
 
 from pipeline.acceleration import Stopwatch
 from pipeline.models import build_model
@@ -53,8 +54,10 @@ def candidates(args, mode: str) -> dict:
     return models
 
 
-def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str):
-    """(images/s, peak memory GB or None, compile+warm-up seconds) of SGD steps on one model."""
+def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str,
+                    profile_steps: int = 0):
+    """(images/s, peak memory GB or None, compile+warm-up seconds, time per kernel per step in us or None) of
+    SGD steps on one model; the kernels are profiled over `profile_steps` more steps after the timed ones."""
     model = make_model().to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     if compile_mode != "eager":
@@ -83,7 +86,26 @@ def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup
         step()
     speed = batch * steps / watch.elapsed()
     memory = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
-    return speed, memory, warmup_seconds
+    kernels = kernel_times(step, profile_steps) if profile_steps else None
+    return speed, memory, warmup_seconds, kernels
+
+
+def print_profiles(profiled: dict, batch: int) -> dict:
+    """Per model: step time against the device's busy time, split by kernel group (kernel_profile.GROUPS); the
+    same as a JSON-able dict. Busy below step time means the device waited on the host."""
+    print(f"\n{'mode':9s} {'res':>4s} {'model':28s} {'step ms':>8s} {'busy ms':>8s} "
+          + " ".join(f"{group:>11s}" for group in GROUPS))
+    table = {}
+    for (mode, res, name), (speed, kernels) in profiled.items():
+        groups = {group: spent / 1000 for group, spent in group_times(kernels).items()}
+        step_ms, busy_ms = 1000 * batch / speed, sum(groups.values())
+        print(f"{mode:9s} {res:4d} {name:28s} {step_ms:8.2f} {busy_ms:8.2f} "
+              + " ".join(f"{groups[group]:11.2f}" for group in GROUPS))
+        table[f"{mode}@{res}/{name}"] = {"step_ms": round(step_ms, 3), "busy_ms": round(busy_ms, 3),
+                                         **{group: round(spent, 3) for group, spent in groups.items()}}
+    for (mode, res, name), (_, kernels) in profiled.items():
+        print_kernel_times(kernels, f"one {mode} {res} {name} step", top=10)
+    return table
 
 
 def main() -> None:
@@ -101,17 +123,22 @@ def main() -> None:
                         help="eager, compiled (default mode) or any torch.compile mode name")
     parser.add_argument("--compiled-arms", default="gap,gmp,fca", help="arms measured compiled, or all")
     parser.add_argument("--max-compiled", type=int, default=4, help="compiled models per resolution, peers first")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="after timing, profile this many steps per model: busy time by kernel group")
     args = parser.parse_args()
     device = torch.device("cuda" if gpu else "cpu")
     reference_name = f"torchvision {args.arch}"
-    rows, ratios = [], {}
+    rows, ratios, profiled = [], {}, {}
     for mode in args.modes.split(","):
         models = candidates(args, mode)
         for res in map(int, args.res.split(",")):
             measured = {}
             for name, make in models.items():
-                measured[name] = step_throughput(make, device, args.batch, res, args.steps, args.warmup, mode)
+                *measured[name], kernels = step_throughput(make, device, args.batch, res, args.steps, args.warmup,
+                                                            mode, args.profile_steps)
                 print(f"  {mode} {res} {name}: {measured[name][0]:.1f} img/s", flush=True)
+                if kernels:
+                    profiled[mode, res, name] = measured[name][0], kernels
                 if gpu:
                     torch.cuda.empty_cache()  # the next model's peak memory starts from a clean allocator
             reference_speed, reference_memory, _ = measured[reference_name]
@@ -132,7 +159,10 @@ def main() -> None:
     for mode, res, name, speed, ratio, memory, memory_ratio, warm in rows:
         memory_text = f"{memory:7.2f} {memory_ratio:6.2f}" if memory else f"{'-':>7s} {'-':>6s}"
         print(f"{mode:9s} {res:4d} {name:28s} {speed:8.1f} {ratio:6.2f} {memory_text} {warm:9.1f}")
-    print(json.dumps({"device": device_name, "arch": args.arch, "batch": args.batch, "results": ratios}))
+    summary = {"device": device_name, "arch": args.arch, "batch": args.batch, "results": ratios}
+    if profiled:
+        summary["profiles"] = print_profiles(profiled, args.batch)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 
 One measurement = forward + backward of relu(SE(BN(z)) + identity) on channels_last bf16 tensors of a stage's
 shape (median of CUDA-event timings after warm-up). The peer is torchvision's tail relu(BN(z) + identity) in
-the same run; `GB/s` counts the fewest bytes the fused tail must move (z read 4 times, identity once, out
-written once and read twice, dout read twice, dz and d_identity written once: 11 passes). `host ms` is the
+the same run; `GB/s` counts the bytes the fused tail moves (z read 4 times, identity once, out written and read
+once, dout read once, d_identity written and read once, dz written once: 11 passes). `host ms` is the
 CPU time of issuing one forward + backward without waiting for the GPU: where it exceeds the GPU time, the
 tail is bound by launches, not by memory.
 """
@@ -18,6 +18,7 @@ import time
 import torch
 from torch import nn
 
+from kernel_profile import kernel_times, print_kernel_times  # a sibling module: benchmarks run as scripts
 from pipeline.models import SqueezeExcite
 from pipeline.squeeze import squeeze_names
 
@@ -67,15 +68,9 @@ def copy_bandwidth(tensor) -> float:
     return 2 * tensor.numel() * tensor.element_size() / milliseconds / 1e6
 
 
-def print_kernel_times(work, label: str) -> None:
-    """GPU time per kernel of one call of `work` (torch.profiler), to see which kernel a tail spends on."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-        work()
-        torch.cuda.synchronize()
-    print(f"-- kernels of one {label} (GPU microseconds)")
-    for event in sorted(profiler.key_averages(), key=lambda e: -e.device_time_total)[:12]:
-        print(f"   {event.device_time_total:9.1f}  {event.key[:90]}")
+def print_tail_kernels(work, label: str) -> None:
+    """GPU time per kernel of one call of `work`, to see which kernel a tail spends on."""
+    print_kernel_times(kernel_times(work), f"one {label}")
 
 
 def main() -> None:
@@ -117,10 +112,10 @@ def main() -> None:
             print(f"{stage:7s} {squeeze:8s} {timings['torch']:9.3f} {timings['triton']:9.3f} {plain:9.3f} "
                   f"{timings['triton'] / plain:11.2f} {bandwidth:10.0f} {fused_host:9.3f}/{plain_host:.3f}")
             if stage == args.profile:
-                print_kernel_times(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
+                print_tail_kernels(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
                                    f"{stage} {squeeze} fused tail")
         if stage == args.profile:
-            print_kernel_times(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), f"{stage} plain tail")
+            print_tail_kernels(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), f"{stage} plain tail")
             print(f"copy ceiling: {copy_bandwidth(z.detach()):.0f} GB/s")
     print(json.dumps({"device": torch.cuda.get_device_name(), "batch": args.batch, "res": args.res,
                       "results": results}))

@@ -5,6 +5,8 @@
 #   scripts/device_check.sh graphs50 e2e loader gputests               # about 8.5 minutes
 #   scripts/device_check.sh kernels tail kernels50 kernels18           # the kernels only (no torch-op rows)
 #   scripts/device_check.sh graphs50a graphs50b                        # every other arm with CUDA graphs (~8 min)
+#   scripts/device_check.sh kernels graphs50 loader                     # after a kernel change (~8 min): tests,
+#       gap with CUDA graphs against torchvision, profiled (busy time per kernel group: where a gap comes from)
 # Needs an NVIDIA GPU with torch, torchvision, numba, pytest, timm, scikit-image, psutil, PyYAML and scipy;
 # ffcv, fastargs, terminaltables and assertpy may come as wheels in .whl/ (README, "Running on GPUs").
 # Logs: ${OUT:-gpu_check}/check.log (everything) and results.jsonl (each benchmark's JSON line).
@@ -21,7 +23,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 # step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, to spare compile time;
 # every tile the autotuner may pick is checked by test_every_autotuned_tile_gives_the_same_result)
 declare -A cap=([kernels]=130 [tail]=70 [model50]=110 [model18]=60 [kernels50]=80 [kernels18]=75 [compiled50]=200
-                [graphs50]=220 [graphs50a]=240 [graphs50b]=240 [e2e]=80 [loader]=150 [gputests]=240 [gputrain]=150)
+                [graphs50]=260 [graphs50a]=240 [graphs50b]=240 [e2e]=80 [loader]=150 [gputests]=240 [gputrain]=150)
 declare -A command=(
     [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q --maxfail=3 tests/test_se_kernels.py"
     [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random"
@@ -30,7 +32,7 @@ declare -A command=(
     [kernels50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager --se-kernel triton"
     [kernels18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40 --se-kernel triton"
     [compiled50]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gap --se-kernel triton,torch --max-compiled 3"
-    [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch --max-compiled 3"
+    [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch --max-compiled 3 --profile-steps 3"
     [graphs50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gmp,std,gapXstd --se-kernel triton --max-compiled 4"
     [graphs50b]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms avgmax,fca,random --se-kernel triton --max-compiled 4"
     [e2e]="python3 benchmarks/bench_e2e.py --steps 150"

@@ -1,0 +1,51 @@
+"""benchmarks/kernel_profile.py: kernels sorted into groups, and bench_model's profiled steps (on the CPU here,
+so that the device check's profiling step cannot fail on a slip that any machine would show)."""
+import importlib.util
+import json
+
+import pytest
+
+from conftest import REPO, run_script
+
+_spec = importlib.util.spec_from_file_location("kernel_profile", REPO / "benchmarks" / "kernel_profile.py")
+kernel_profile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kernel_profile)
+
+
+@pytest.mark.parametrize("kernel, group", [
+    ("triton_poi_fused__native_batch_norm_legit_functional_add_relu_12", "inductor"),
+    ("triton_red_fused_native_batch_norm_backward_7", "inductor"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "conv/matmul"),
+    ("void cutlass::Kernel2<cutlass_80_simt_sgemm_32x128_8x5_tn_align1>(cutlass_80_simt_sgemm_32x128)",
+     "conv/matmul"),
+    ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>", "conv/matmul"),
+    ("Memcpy DtoD (Device -> Device)", "copy/fill"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int>, std::array<char*, 1> >",
+     "copy/fill"),
+    ("void at::native::batch_norm_collect_statistics_channels_last_kernel<at::native::Var, c10::BFloat16>", "other"),
+])
+def test_kernels_fall_in_their_group(kernel, group):
+    assert kernel_profile.group_of(kernel, frozenset({"z_stats_kernel"})) == group
+
+
+def test_the_fused_kernels_are_found_by_name():
+    pytest.importorskip("triton")
+    names = kernel_profile._se_kernel_names()
+    assert {"z_stats_kernel", "apply_kernel", "grad_reduce_kernel", "grad_apply_kernel"} <= names
+    assert kernel_profile.group_of("grad_apply_kernel", names) == "SE kernels"
+    assert "_sigmoid" not in names  # a helper, never launched
+
+
+def test_bench_model_splits_a_profiled_step_into_groups():
+    result = run_script(["benchmarks/bench_model.py", "--arms", "gap", "--res", "32", "--batch", "2", "--steps", "1",
+                         "--warmup", "1", "--profile-steps", "1"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    profiles = summary["profiles"]
+    assert set(profiles) == {"eager@32/torchvision resnet18", "eager@32/gap [torch]"}
+    for row in profiles.values():
+        groups = [row[group] for group in kernel_profile.GROUPS]
+        assert row["busy_ms"] == pytest.approx(sum(groups), abs=0.01)
+        assert row["conv/matmul"] > 0 and row["step_ms"] > 0
+        assert row["SE kernels"] == 0  # the torch ops ran: no fused kernel
+    assert "-- kernels of one eager 32 gap [torch] step" in result.stdout
