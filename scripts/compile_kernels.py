@@ -1,16 +1,22 @@
 """Compile every fused SE-tail kernel variant for an NVIDIA GPU target, on a machine without one.
 
-    python scripts/compile_kernels.py              # sm90 (H100/H200); about 30 s uncached, 2 s cached
+    python scripts/compile_kernels.py              # sm90 (H100/H200); about 65 s on 2 cores
     python scripts/compile_kernels.py --arch 80    # A100
 
 The CPU tests run the kernels interpreted (TRITON_INTERPRET=1), which skips Triton's compiler: a kernel can
 pass them and still fail to compile for a GPU (e.g. a loop-carried variable changing type). Device time is
-scarce, so run this before a GPU check. Exit 1 names the kernels that did not compile.
+scarce, so run this before a GPU check. Each variant is compiled as se_launch launches it (tiles, warps), and
+ptxas's report gives its registers per thread: a variant that spills registers to memory fails too (the small
+kernels' steps in se_launch were chosen by it). Exit 1 names the variants that did not compile or spilled.
 """
 import argparse
+import contextlib
 import inspect
+import io
 import os
+import re
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("compile_kernels.py: unset TRITON_INTERPRET (the interpreter does not compile kernels)")
@@ -19,7 +25,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from pipeline.kernels import layout, se_triton as kernels  # noqa: E402
+from pipeline.kernels import layout, se_launch, se_triton as kernels  # noqa: E402
 
 FLOAT_SCALARS = {"corr_count", "eps", "std_eps", "momentum"}
 FP32_POINTERS = {"work", "grad_work", "stats", "running_mean", "running_var"}
@@ -45,45 +51,83 @@ def signature(kernel, constexprs: dict) -> dict:
     return types
 
 
+# SE-ResNet-18/50 at reduction 16 (16-128 units); 256: the fallback steps of wider excitations (reduction < 16),
+# which must compile but may spill
+PADDED_HIDDEN = (16, 32, 64, 128, 256)
+MAY_SPILL = {"H_PAD": 256}
+
+
 def variants():
-    """(kernel, constexprs) for every squeeze mode and the largest excitation (ResNet-50's layer4: 128 units)."""
+    """(kernel, constexprs, warps) as se_launch launches them: every squeeze mode, every autotuner tile of the big
+    kernels, the small kernels at every excitation width with the steps se_launch takes for it."""
+    small = dict(BLOCK_C=se_launch.FINALIZE_BLOCK_C)
+    warps = se_launch.SMALL_KERNEL_WARPS
     for mode in range(len(layout.SQUEEZE_MODES)):
         switches = dict(EXTREMES=layout.uses_extremes(mode), FILTER=layout.uses_filter(mode))
-        tiles = dict(BLOCK_HW=32, BLOCK_C=64)
-        yield kernels.z_stats_kernel, {**switches, **tiles}
-        yield kernels.grad_apply_kernel, {**switches, **tiles}
+        for kernel, tiles in ((kernels.z_stats_kernel, se_launch.REDUCE_TILES),
+                              (kernels.grad_apply_kernel, se_launch.ELEMENTWISE_TILES)):
+            for block_hw, block_c, tile_warps in tiles:
+                yield kernel, dict(**switches, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
         for training in (True, False):
-            yield kernels.forward_finalize_kernel, dict(TRAINING=training, UPDATE=training, MODE=mode, BLOCK_B=32,
-                                                        BLOCK_C=16)
-            yield kernels.backward_finalize_kernel, dict(TRAINING=training, MODE=mode, H_PAD=128, BLOCK_B=32,
-                                                         BLOCK_C=16)
-    for padded in (16, 128):
-        yield kernels.excite_kernel, dict(H_PAD=padded, BLOCK_B=16, BLOCK_K=64)
-        yield kernels.excite_grad_kernel, dict(H_PAD=padded, BLOCK_B=16, BLOCK_K=64)
-    yield kernels.apply_kernel, dict(BLOCK_HW=32, BLOCK_C=64)
-    yield kernels.grad_reduce_kernel, dict(BLOCK_HW=32, BLOCK_C=64)
+            yield kernels.forward_finalize_kernel, dict(TRAINING=training, UPDATE=training, MODE=mode,
+                                                        BLOCK_B=se_launch.FORWARD_FINALIZE_BLOCK_B, **small), warps
+            for padded in PADDED_HIDDEN:
+                block_b, _, _ = se_launch.small_kernel_steps(padded)
+                yield kernels.backward_finalize_kernel, dict(TRAINING=training, MODE=mode, H_PAD=padded,
+                                                             BLOCK_B=block_b, **small), warps
+    for padded in PADDED_HIDDEN:
+        _, excite_step, excite_grad_step = se_launch.small_kernel_steps(padded)
+        yield kernels.excite_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B, BLOCK_K=excite_step), warps
+        yield kernels.excite_grad_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B,
+                                               BLOCK_K=excite_grad_step), warps
+    for kernel, tiles in ((kernels.apply_kernel, se_launch.ELEMENTWISE_TILES),
+                          (kernels.grad_reduce_kernel, se_launch.REDUCE_TILES)):
+        for block_hw, block_c, tile_warps in tiles:
+            yield kernel, dict(BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
+
+
+def compile_one(index: int, arch: int) -> tuple:
+    """(label, registers per thread, bytes of spill stores, error or None) of variant `index`, freshly compiled
+    (a process of its own: a pool compiles them in parallel)."""
+    triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills per kernel
+    triton.knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
+    kernel, constexprs, warps = list(variants())[index]
+    label = f"{kernel.fn.__name__} {constexprs} warps={warps}"
+    names = list(inspect.signature(kernel.fn).parameters)
+    source = ASTSource(kernel, signature(kernel, constexprs),
+                       constexprs={(names.index(name),): value for name, value in constexprs.items()})
+    report = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(report):  # where Triton prints ptxas's log
+            triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    except Exception as error:  # noqa: BLE001 - every failure is reported, then the exit code says so
+        return label, 0, 0, str(error).strip().splitlines()[-1]
+    log = report.getvalue()
+    registers, spills = re.search(r"Used (\d+) registers", log), re.search(r"(\d+) bytes spill stores", log)
+    may_spill = all(constexprs.get(name) == value for name, value in MAY_SPILL.items())
+    return (label, int(registers.group(1)) if registers else -1,
+            0 if may_spill or not spills else int(spills.group(1)), None)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: Hopper)")
     args = parser.parse_args()
-    target = GPUTarget("cuda", args.arch, 32)
     failed = []
-    for kernel, constexprs in variants():
-        names = list(inspect.signature(kernel.fn).parameters)
-        source = ASTSource(kernel, signature(kernel, constexprs),
-                           constexprs={(names.index(name),): value for name, value in constexprs.items()})
-        label = f"{kernel.fn.__name__} {constexprs}"
-        try:
-            triton.compile(source, target=target)
-        except Exception as error:  # noqa: BLE001 - every failure is reported, then the exit code says so
-            failed.append(label)
-            print(f"FAILED {label}: {str(error).strip().splitlines()[-1]}")
-            continue
-        print(f"ok     {label}")
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        count = len(list(variants()))
+        for label, registers, spills, error in pool.map(compile_one, range(count), [args.arch] * count):
+            if error:
+                failed.append(label)
+                print(f"FAILED {label}: {error}")
+            elif spills:
+                failed.append(label)
+                print(f"SPILLS {label}: {spills} bytes of registers spilled to memory ({registers} registers)")
+            else:
+                print(f"ok     {label}: {registers} registers")
     if failed:
-        print(f"compile_kernels.py: {len(failed)} kernel variant(s) do not compile for sm{args.arch}", file=sys.stderr)
+        print(f"compile_kernels.py: {len(failed)} kernel variant(s) do not compile for sm{args.arch} or spill "
+              "registers", file=sys.stderr)
         return 1
     return 0
 

@@ -16,8 +16,17 @@ import triton
 from pipeline.kernels import interpreting, layout, se_triton as kernels
 
 Tensor = torch.Tensor
-FINALIZE_BLOCK_B, FINALIZE_BLOCK_C = 32, 16
-EXCITE_BLOCK_B, EXCITE_BLOCK_K = 16, 64  # samples per program, channels per step of the excitation's products
+FINALIZE_BLOCK_C = 16  # channels per program of the two finalize kernels
+EXCITE_BLOCK_B = 16  # samples per program of the excitation kernels (tl.dot's smallest tile side)
+# The finalize and excitation kernels are latency-bound: microseconds of work in a chain of dependent loads, one
+# link per step over the batch (finalize) or the channels (excitation). Per excitation width (hidden units padded
+# to a power of two): (samples per step of backward_finalize, channels per step of excite, of excite_grad), the
+# widest steps ptxas compiles for sm90 at 8 warps without spilling registers (`scripts/compile_kernels.py` prints
+# registers and spills and fails on a spill; the earlier fixed 32 samples / 64 channels at 4 warps spilled 536
+# bytes in ResNet-50 layer4's excitation). forward_finalize takes 128 samples per step at every width.
+SMALL_KERNEL_STEPS = {16: (128, 256, 256), 32: (64, 128, 256), 64: (32, 64, 256), 128: (32, 32, 256)}
+FORWARD_FINALIZE_BLOCK_B = 128
+SMALL_KERNEL_WARPS = 8
 # (BLOCK_HW, BLOCK_C, warps) tried by Triton's autotuner at the first call per (C, H*W) on a GPU; the first is
 # used where nothing is tuned (TRITON_INTERPRET, or SSENET_AUTOTUNE=0 for quick GPU tests)
 REDUCE_TILES = ((16, 64, 4), (32, 64, 4), (64, 64, 8), (32, 128, 8))
@@ -106,6 +115,12 @@ def _hidden_padding(hidden: int) -> int:
     return max(16, triton.next_power_of_2(hidden))
 
 
+def small_kernel_steps(padded_hidden: int) -> tuple:
+    """SMALL_KERNEL_STEPS for an excitation padded to `padded_hidden` units; wider than measured (a reduction
+    below 16): the narrowest steps."""
+    return SMALL_KERNEL_STEPS.get(padded_hidden, (16, 16, 16))
+
+
 def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
             w1: Tensor, w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor],
             random_squeeze: Optional[Tensor], mode: int, training: bool, eps: float, std_eps: float,
@@ -123,6 +138,8 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
     work = allocate((layout.forward_workspace_size(batch, channels, hidden),), torch.float32, z.device)
     out = empty_channels_last(z.shape, out_dtype, z.device)
     shape_key = (channels, spatial, z.dtype)
+    padded = _hidden_padding(hidden)
+    _, excite_step, _ = small_kernel_steps(padded)
     with _on_device(z):
         _launch_tiled(kernels.z_stats_kernel, REDUCE_TILES, reduce_grid, (*shape_key, extremes, filtered), z,
                       filters if filtered else work, work, batch, channels, spatial, EXTREMES=extremes,
@@ -131,10 +148,11 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
             work, work if random_squeeze is None else random_squeeze, running_mean, running_var,
             work if batches_tracked is None else batches_tracked, weight, bias, filter_sum if filtered else work,
             batch, channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, TRAINING=training,
-            UPDATE=batches_tracked is not None, MODE=mode, BLOCK_B=FINALIZE_BLOCK_B, BLOCK_C=FINALIZE_BLOCK_C)
+            UPDATE=batches_tracked is not None, MODE=mode, BLOCK_B=FORWARD_FINALIZE_BLOCK_B,
+            BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
         kernels.excite_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
-            work, w1, w2, batch, channels, hidden, H_PAD=_hidden_padding(hidden), BLOCK_B=EXCITE_BLOCK_B,
-            BLOCK_K=EXCITE_BLOCK_K)
+            work, w1, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B, BLOCK_K=excite_step,
+            num_warps=SMALL_KERNEL_WARPS)
         _launch_tiled(kernels.apply_kernel, ELEMENTWISE_TILES, elementwise_grid, (*shape_key, out_dtype), z,
                       identity, out, work, weight, bias, batch, hidden, channels, spatial)
     return out, work
@@ -156,16 +174,17 @@ def backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor,
     d_identity = empty_channels_last(z.shape, out.dtype, z.device)
     shape_key = (channels, spatial, z.dtype, out.dtype, grad.dtype)
     padded = _hidden_padding(hidden)
+    finalize_step, _, excite_grad_step = small_kernel_steps(padded)
     with _on_device(z):
         _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, shape_key, grad, out, z, work, weight,
                       bias, grad_work, d_identity, batch, hidden, channels, spatial)
         kernels.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
-            BLOCK_K=EXCITE_BLOCK_K)
+            BLOCK_K=excite_grad_step, num_warps=SMALL_KERNEL_WARPS)
         kernels.backward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
             work, grad_work, w1, weight, bias, filter_sum if filtered else work, weight_grad, bias_grad, w1_grad,
             w2_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps, TRAINING=training,
-            MODE=mode, H_PAD=padded, BLOCK_B=FINALIZE_BLOCK_B, BLOCK_C=FINALIZE_BLOCK_C, num_warps=8)
+            MODE=mode, H_PAD=padded, BLOCK_B=finalize_step, BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
         _launch_tiled(kernels.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
                       (*shape_key, extremes, filtered), d_identity, z, filters if filtered else work, work,
                       grad_work, dz, batch, hidden, channels, spatial, EXTREMES=extremes, FILTER=filtered)
