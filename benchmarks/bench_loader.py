@@ -33,19 +33,30 @@ def resident_mb(process: psutil.Process, children: bool) -> float:
     return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
 
 
+STARTED = time.perf_counter()  # in a measuring process: its own start
+CLOCK = "s"
+
+
+def progress(message: str) -> None:
+    """A line with the seconds since start: a run cut off by its time cap shows which phase it was in."""
+    print(f"  [{time.perf_counter() - STARTED:6.1f} {CLOCK}] {message}", flush=True)
+
+
 def time_epochs(make_iterator, epochs: int, children: bool):
     """(median images/s over the timed epochs, peak RSS MB) after one untimed warm-up epoch."""
     me = psutil.Process()
+    progress("warm-up epoch (ffcv: JIT compile; torchvision: worker start)")
     for _ in make_iterator():
         pass
     speeds, peak = [], 0.0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         images, started = 0, time.perf_counter()
         for batch_index, (batch, _) in enumerate(make_iterator()):
             images += batch.shape[0]
             if batch_index % 4 == 0:
                 peak = max(peak, resident_mb(me, children))
         speeds.append(images / (time.perf_counter() - started))
+        progress(f"timed epoch {epoch + 1}: {speeds[-1]:.0f} img/s")
     return statistics.median(speeds), peak
 
 
@@ -64,6 +75,8 @@ def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int):
 
 
 def _report_to(queue, function, args) -> None:
+    global CLOCK
+    CLOCK = "s in its process"
     queue.put(function(*args))
 
 
@@ -74,6 +87,7 @@ def in_fresh_process(label: str, time_limit: float, function, *args):
     queue = context.Queue()
     process = context.Process(target=_report_to, args=(queue, function, args))
     started = time.perf_counter()
+    progress(f"{label}: starting")
     process.start()
     try:
         result = queue.get(timeout=time_limit)
@@ -102,6 +116,7 @@ def main() -> None:
                         help="seconds one configuration may take (warm-up and timed epochs) before it is left out")
     args = parser.parse_args()
     files = photo_set_files(args.data, args.per_class, seed=7)
+    progress(f"{len(files)} photos ready")
     classes = [str(i) for i in range(10)]
     rows = []
 
@@ -123,7 +138,9 @@ def main() -> None:
         betons = {label: Path(folder) / f"{index}.beton" for index, label in enumerate(storage)}
         for label, settings in storage.items():
             write_beton(files, classes, betons[label], settings, "bench", 0)
+        progress(f"{len(betons)} beton(s) written; flushing dirty pages to disk")
         os.sync()  # the writes' dirty pages would otherwise be flushed during the first measurement
+        progress("flushed")
         name = "torchvision ImageFolder+PIL+DataLoader"
         measured = in_fresh_process(name, args.time_limit, measure_torchvision, args.data / "train", args.res,
                                     args.batch, args.workers, args.epochs)
