@@ -5,8 +5,8 @@
 #   scripts/device_check.sh graphs50 e2e loader gputests               # about 8.5 minutes
 #   scripts/device_check.sh kernels tail kernels50 kernels18           # the kernels only (no torch-op rows)
 #   scripts/device_check.sh graphs50a graphs50b                        # every other arm with CUDA graphs (~8 min)
-#   scripts/device_check.sh kernels graphs50 loader                     # after a kernel change (~8 min): tests,
-#       gap with CUDA graphs against torchvision, profiled (busy time per kernel group: where a gap comes from)
+#   scripts/device_check.sh kernels tail graphs50 loader                # after a kernel change (~8 min): tests,
+#       kernel times, gap with CUDA graphs against torchvision profiled (busy time per kernel group), loader
 # Needs an NVIDIA GPU with torch, torchvision, numba, pytest, timm, scikit-image, psutil, PyYAML and scipy;
 # ffcv, fastargs, terminaltables and assertpy may come as wheels in .whl/ (README, "Running on GPUs").
 # Logs: ${OUT:-gpu_check}/check.log (everything) and results.jsonl (each benchmark's JSON line).
