@@ -5,8 +5,9 @@
     python benchmarks/bench_model.py --res 160,192,224 --compiled-arms all --max-compiled 99
 
 One step = forward + backward + SGD step on random data in channels_last with bf16 autocast (fp32 on CPU),
-timed after warm-up with the device synchronised. Peers run in the same process: torchvision's resnetNN,
-and timm's seresnetNN where timm is installed. Every SE arm runs once per `--se-kernel` implementation
+timed after warm-up with the device synchronised; in eager mode every model is timed `--rounds` times in turn
+(median), so that the GPU's clocks drifting over the run favour no model. Peers run in the same process:
+torchvision's resnetNN, and timm's seresnetNN where timm is installed. Every SE arm runs once per `--se-kernel` implementation
 (torch ops and/or the fused Triton kernels). A cold torch.compile of a ResNet-50 step takes about a minute,
 so compiled mode measures only `--compiled-arms`, at most `--max-compiled` models per resolution (torchvision
 first). Without a GPU it runs a small CPU configuration.
@@ -14,6 +15,7 @@ first). Without a GPU it runs a small CPU configuration.
 import argparse
 import contextlib
 import json
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -54,40 +56,55 @@ def candidates(args, mode: str) -> dict:
     return models
 
 
-def step_throughput(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str,
-                    profile_steps: int = 0):
-    """(images/s, peak memory GB or None, compile+warm-up seconds, time per kernel per step in us or None) of
-    SGD steps on one model; the kernels are profiled over `profile_steps` more steps after the timed ones."""
-    model = make_model().to(device).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    if compile_mode != "eager":
-        torch._dynamo.reset()  # each model compiles afresh, within dynamo's recompile limit
-        model = torch.compile(model, mode=None if compile_mode == "compiled" else compile_mode)
-    images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 1000, (batch,), device=device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+class Trainee:
+    """One model's SGD step on fixed random data (channels_last; bf16 autocast on a GPU), kept between rounds."""
 
-    def step():
-        with autocast:
-            loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, make_model, device: torch.device, batch: int, res: int, compile_mode: str):
+        self.device, self.batch = device, batch
+        self.model = make_model().to(device).to(memory_format=torch.channels_last).train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        if compile_mode != "eager":
+            torch._dynamo.reset()  # each model compiles afresh, within dynamo's recompile limit
+            self.model = torch.compile(self.model, mode=None if compile_mode == "compiled" else compile_mode)
+        self.images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=torch.channels_last)
+        self.labels = torch.randint(0, 1000, (batch,), device=device)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else contextlib.nullcontext())
+
+    def step(self) -> None:
+        with self.autocast:
+            loss = F.cross_entropy(self.model(self.images), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
 
+    def throughput(self, steps: int) -> float:
+        """Images per second over `steps` steps, the device synchronised at both ends."""
+        watch = Stopwatch(self.device)
+        for _ in range(steps):
+            self.step()
+        return self.batch * steps / watch.elapsed()
+
+
+def first_round(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str,
+                profile_steps: int = 0):
+    """(trainee, images/s, peak memory GB of this model's training or None, compile+warm-up seconds, time per
+    kernel per step in us or None); the kernels are profiled over `profile_steps` more steps after the timed
+    ones. Memory counts from what was allocated before the model was built, so models kept for later rounds
+    do not count."""
+    cuda = device.type == "cuda"
+    before = torch.cuda.memory_allocated() if cuda else 0
+    trainee = Trainee(make_model, device, batch, res, compile_mode)
     watch = Stopwatch(device)
     for _ in range(warmup):
-        step()
+        trainee.step()
     warmup_seconds = watch.elapsed()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    watch = Stopwatch(device)
-    for _ in range(steps):
-        step()
-    speed = batch * steps / watch.elapsed()
-    memory = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
-    kernels = kernel_times(step, profile_steps) if profile_steps else None
-    return speed, memory, warmup_seconds, kernels
+    speed = trainee.throughput(steps)
+    memory = (torch.cuda.max_memory_allocated() - before) / 1e9 if cuda else None
+    kernels = kernel_times(trainee.step, profile_steps) if profile_steps else None
+    return trainee, speed, memory, warmup_seconds, kernels
 
 
 def print_profiles(profiled: dict, batch: int) -> dict:
@@ -123,6 +140,9 @@ def main() -> None:
                         help="eager, compiled (default mode) or any torch.compile mode name")
     parser.add_argument("--compiled-arms", default="gap,gmp,fca", help="arms measured compiled, or all")
     parser.add_argument("--max-compiled", type=int, default=4, help="compiled models per resolution, peers first")
+    parser.add_argument("--rounds", type=int, default=3 if gpu else 1,
+                        help="eager: time every model this many times in turn (median), so that a drift of the "
+                             "GPU's clocks over the run does not favour the models measured first")
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="after timing, profile this many steps per model: busy time by kernel group")
     args = parser.parse_args()
@@ -132,33 +152,50 @@ def main() -> None:
     for mode in args.modes.split(","):
         models = candidates(args, mode)
         for res in map(int, args.res.split(",")):
-            measured = {}
+            measured, speeds, kept = {}, {}, {}
+            rounds = args.rounds if mode == "eager" else 1  # compiled models are not kept: one compile at a time
             for name, make in models.items():
-                *measured[name], kernels = step_throughput(make, device, args.batch, res, args.steps, args.warmup,
-                                                            mode, args.profile_steps)
-                print(f"  {mode} {res} {name}: {measured[name][0]:.1f} img/s", flush=True)
+                trainee, speed, *measured[name], kernels = first_round(make, device, args.batch, res, args.steps,
+                                                                       args.warmup, mode, args.profile_steps)
+                speeds[name] = [speed]
+                print(f"  {mode} {res} {name}: {speed:.1f} img/s", flush=True)
                 if kernels:
-                    profiled[mode, res, name] = measured[name][0], kernels
+                    profiled[mode, res, name] = speed, kernels
+                if rounds > 1:
+                    kept[name] = trainee
+                del trainee
                 if gpu:
-                    torch.cuda.empty_cache()  # the next model's peak memory starts from a clean allocator
-            reference_speed, reference_memory, _ = measured[reference_name]
+                    torch.cuda.empty_cache()
+            for round_index in range(2, rounds + 1):
+                for name, trainee in kept.items():
+                    trainee.step()  # untimed: the model has been idle
+                    speeds[name].append(trainee.throughput(args.steps))
+                print(f"  {mode} {res} round {round_index} of {rounds}: "
+                      + ", ".join(f"{name} {runs[-1]:.0f}" for name, runs in speeds.items()), flush=True)
+            kept.clear()
+            for name, runs in speeds.items():
+                measured[name] = [statistics.median(runs), *measured[name],
+                                  (max(runs) - min(runs)) / statistics.median(runs)]
+            reference_speed, reference_memory, _, _ = measured[reference_name]
             key = f"{mode}@{res}"
             ratios[key] = {}
-            for name, (speed, memory, warm) in measured.items():
+            for name, (speed, memory, warm, spread) in measured.items():
                 ratio = speed / reference_speed
                 memory_ratio = memory / reference_memory if memory else None
                 ratios[key][name] = {"img_s": round(speed, 1), "ratio_vs_torchvision": round(ratio, 3),
                                      "memory_gb": round(memory, 2) if memory else None,
                                      "memory_ratio_vs_torchvision": round(memory_ratio, 3) if memory_ratio else None,
-                                     "warmup_s": round(warm, 1)}
-                rows.append((mode, res, name, speed, ratio, memory, memory_ratio, warm))
+                                     "warmup_s": round(warm, 1), "rounds": len(speeds[name]),
+                                     "round_spread": round(spread, 3)}
+                rows.append((mode, res, name, speed, ratio, memory, memory_ratio, warm, spread))
     device_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n{args.arch}, batch {args.batch}, {device_name}, {'bf16' if gpu else 'fp32'}, channels_last")
-    print(f"{'mode':9s} {'res':>4s} {'model':28s} {'img/s':>8s} {'x tv':>6s} {'mem GB':>7s} {'x tv':>6s} "
-          f"{'warm-up s':>9s}")
-    for mode, res, name, speed, ratio, memory, memory_ratio, warm in rows:
+    print(f"{'mode':9s} {'res':>4s} {'model':28s} {'img/s':>8s} {'spread':>6s} {'x tv':>6s} {'mem GB':>7s} "
+          f"{'x tv':>6s} {'warm-up s':>9s}")
+    for mode, res, name, speed, ratio, memory, memory_ratio, warm, spread in rows:
         memory_text = f"{memory:7.2f} {memory_ratio:6.2f}" if memory else f"{'-':>7s} {'-':>6s}"
-        print(f"{mode:9s} {res:4d} {name:28s} {speed:8.1f} {ratio:6.2f} {memory_text} {warm:9.1f}")
+        print(f"{mode:9s} {res:4d} {name:28s} {speed:8.1f} {spread:6.1%} {ratio:6.2f} {memory_text} {warm:9.1f}")
+    print("img/s: the median of the rounds; spread: (fastest - slowest round) / median")
     summary = {"device": device_name, "arch": args.arch, "batch": args.batch, "results": ratios}
     if profiled:
         summary["profiles"] = print_profiles(profiled, args.batch)

@@ -1,5 +1,5 @@
-"""benchmarks/kernel_profile.py: kernels sorted into groups, and bench_model's profiled steps (on the CPU here,
-so that the device check's profiling step cannot fail on a slip that any machine would show)."""
+"""The benchmarks' own logic, on the CPU: kernel_profile.py's groups, bench_model's rounds and profiled steps
+(so that a device check cannot fail on a slip that any machine would show)."""
 import importlib.util
 import json
 
@@ -36,11 +36,15 @@ def test_the_fused_kernels_are_found_by_name():
     assert "_sigmoid" not in names  # a helper, never launched
 
 
-def test_bench_model_splits_a_profiled_step_into_groups():
+def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups():
     result = run_script(["benchmarks/bench_model.py", "--arms", "gap", "--res", "32", "--batch", "2", "--steps", "1",
-                         "--warmup", "1", "--profile-steps", "1"])
+                         "--warmup", "1", "--rounds", "3", "--profile-steps", "1"])
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = summary["results"]["eager@32"]
+    assert [row["rounds"] for row in rows.values()] == [3, 3]
+    assert "eager 32 round 3 of 3: torchvision resnet18" in result.stdout
+    assert rows["torchvision resnet18"]["ratio_vs_torchvision"] == 1.0 and rows["gap [torch]"]["img_s"] > 0
     profiles = summary["profiles"]
     assert set(profiles) == {"eager@32/torchvision resnet18", "eager@32/gap [torch]"}
     for row in profiles.values():
