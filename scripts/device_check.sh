@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The prepared GPU check, sized for a 15-minute device lease: each step has a time cap and logs as it goes.
-#   scripts/device_check.sh                 # every step: about 22 minutes on one H200 with 16 cores
-#   scripts/device_check.sh kernels tail model50 model18 compiled50    # about 6 minutes: fits one device call
+#   scripts/device_check.sh                 # every step: about 24 minutes on one H200 with 16 cores
+#   scripts/device_check.sh kernels tail model50 model18 compiled50    # about 7.5 minutes: one device call
 #   scripts/device_check.sh graphs50 e2e loader gputests               # about 8.5 minutes
 #   scripts/device_check.sh kernels tail kernels50 kernels18           # the kernels only (no torch-op rows)
 #   scripts/device_check.sh graphs50a graphs50b                        # every other arm with CUDA graphs (~8 min)
-#   scripts/device_check.sh kernels tail graphs50 loader                # after a kernel change (~8 min): tests,
+#   scripts/device_check.sh kernels tail graphs50 loader               # after a kernel change (~8 min): tests,
 #       kernel times, gap with CUDA graphs against torchvision profiled (busy time per kernel group), loader
 # Needs an NVIDIA GPU with torch, torchvision, numba, pytest, timm, scikit-image, psutil, PyYAML and scipy;
 # ffcv, fastargs, terminaltables and assertpy may come as wheels in .whl/ (README, "Running on GPUs").
