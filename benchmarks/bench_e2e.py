@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
-from pipeline.acceleration import Stopwatch, choose_precision, maybe_compile
+from pipeline.acceleration import Stopwatch, choose_precision, compile_mode_used, maybe_compile
 from pipeline.data import DeviceAugment, LoaderSettings, train_loader
 from pipeline.models import build_model
 
@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200 if gpu else 10)
     parser.add_argument("--warmup", type=int, default=20 if gpu else 3)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--compile", default="none", help="torch.compile mode for the model, or none")
+    parser.add_argument("--compile", default="none", help="torch.compile mode for the model, auto (as "
+                        "training.compile) or none")
     parser.add_argument("--per-class", type=int, default=1280 if gpu else 100, help="photos per class (10)")
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
     args = parser.parse_args()
@@ -59,7 +60,7 @@ def main() -> None:
     augment = DeviceAugment(flip=True).to(device)
     precision = choose_precision("auto", device)
     model = build_model(args.arch, args.squeeze, num_classes=10).to(device).to(memory_format=torch.channels_last)
-    network = maybe_compile(model, args.compile)
+    network = maybe_compile(model, compile_mode_used(args.compile, device, distributed=False))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def train_step(images, labels):

@@ -59,6 +59,19 @@ def wrap_ddp(model: nn.Module, device: torch.device, distributed: bool) -> nn.Mo
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
 
+def compile_mode_used(choice: str, device: torch.device, distributed: bool) -> str:
+    """training.compile's `auto`: reduce-overhead on one GPU (torch.compile with CUDA graphs: the fastest
+    configuration measured, benchmarks/RESULTS.md), default under DDP (there the graphs are split at the gradient
+    buckets, and BatchNorm's running statistics, mutated inside the pieces, are reported to keep CUDA graphs off
+    with a large slowdown: pytorch/pytorch#139207), none on the CPU (compiling costs more than it saves in the
+    short runs a CPU does). Any other value as given."""
+    if choice != "auto":
+        return choice
+    if device.type != "cuda":
+        return "none"
+    return "default" if distributed else "reduce-overhead"
+
+
 def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
     """torch.compile with `mode` ('none' = eager). Compilation itself happens lazily at the first step; each
     training resolution gets its own static graph (two in the ffcv recipes' 160 -> 192 ramp) rather than one

@@ -97,7 +97,7 @@ class NumberList(Checker):
 
 SCHEDULES = ("step", "triangular", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("none", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def declare(config: Config) -> Config:
@@ -146,7 +146,8 @@ def declare(config: Config) -> Config:
         precision=Param(Choice(PRECISIONS), "auto = bf16 on GPUs that have it, else fp16 + GradScaler "
                         "on GPUs, fp32 on CPU", default="auto"),
         channels_last=Param(TrueFalse(), "NHWC memory format", default=True),
-        compile=Param(Choice(COMPILE_MODES), "torch.compile mode", default="none"),
+        compile=Param(Choice(COMPILE_MODES), "torch.compile mode; auto = reduce-overhead on one GPU, default "
+                      "under DDP, none on CPU", default="none"),
         seed=Param(Number(int, 0), "seed of init, data order and SE init stream", default=0),
     )
     Section("validation", "evaluation", config_descriptor=config).params(

@@ -17,7 +17,8 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
-from pipeline.acceleration import choose_precision, maybe_compile, to_channels_last, tune_convolutions, wrap_ddp
+from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
+                                   tune_convolutions, wrap_ddp)
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, resolution_at,
                            set_train_resolution, shard_indices, train_loader, val_loader)
@@ -160,7 +161,12 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         if world.is_main:
             print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
     tune_convolutions(world.device)
-    network = maybe_compile(wrap_ddp(model, world.device, world.distributed), config["training.compile"])
+    compile_mode = compile_mode_used(config["training.compile"], world.device, world.distributed)
+    if world.is_main and world.distributed and compile_mode == "reduce-overhead":
+        print("training.compile=reduce-overhead under DDP: CUDA graphs are reported to be skipped there, with a "
+              "large slowdown (BatchNorm's running statistics, pytorch/pytorch#139207); 'auto' picks default under "
+              "DDP", flush=True)
+    network = maybe_compile(wrap_ddp(model, world.device, world.distributed), compile_mode)
     train_augment, val_augment = DeviceAugment(flip=True).to(world.device), DeviceAugment(flip=False).to(world.device)
     lr_at = lr_schedule(config, peak_lr, len(train_data))
     started = time.time() - (history[-1]["wall_time"] if history else 0)
@@ -179,7 +185,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
             ckpt.save_checkpoint(run_dir / CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history)
-            print(epoch_line(epoch, resolution, metrics, started, config["training.compile"] != "none"), flush=True)
+            print(epoch_line(epoch, resolution, metrics, started, compile_mode != "none"), flush=True)
         barrier()
     result = summarize(config, history, parameters, world, global_batch, precision.name)
     if world.is_main:
@@ -204,6 +210,8 @@ def summarize(config, history, parameters, world, global_batch, precision) -> Di
         "best_top1": max(line["val_top1"] for line in evaluated),
         "train_images_per_s": sum(speeds) / len(speeds),  # first epoch excluded: it pays JIT compilation
         "se_kernel": config["model.se_kernel"], "se_kernel_used": se_kernel_used(config, world),
+        "compile": config["training.compile"],
+        "compile_used": compile_mode_used(config["training.compile"], world.device, world.distributed),
         "wall_time": history[-1]["wall_time"], "world_size": world.world_size, "global_batch": global_batch,
         "precision": precision, "device": str(world.device.type), "config": config,
     }
@@ -215,7 +223,7 @@ def se_kernel_used(config: Dict[str, Any], world: World) -> str:
         return "none"
     try:
         return resolve_se_kernel(config["model.se_kernel"], world.device, config["training.channels_last"],
-                                 config["training.compile"])
+                                 compile_mode_used(config["training.compile"], world.device, world.distributed))
     except KernelUnavailableError as error:
         raise ConfigError(f"{error} (from model.se_kernel)") from None
 
