@@ -79,12 +79,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--res", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--profile", default="layer1", help="stage whose kernels are listed (or none)")
+    parser.add_argument("--profile", default="layer1,layer4",
+                        help="stages whose kernels are listed, comma-separated (or none)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_se_tail.py: needs a CUDA GPU (the fused kernels' speed is a GPU figure)", file=sys.stderr)
         sys.exit(2)
-    results = {}
+    results, profiled = {}, args.profile.split(",")
     print(f"{'stage':7s} {'squeeze':8s} {'torch ms':>9s} {'fused ms':>9s} {'plain ms':>9s} {'fused/plain':>11s} "
           f"{'fused GB/s':>10s} {'host fused/plain ms':>19s}")
     for stage, (channels, stride) in STAGES.items():
@@ -111,10 +112,10 @@ def main() -> None:
                                              "plain_host_ms": round(plain_host, 3)}
             print(f"{stage:7s} {squeeze:8s} {timings['torch']:9.3f} {timings['triton']:9.3f} {plain:9.3f} "
                   f"{timings['triton'] / plain:11.2f} {bandwidth:10.0f} {fused_host:9.3f}/{plain_host:.3f}")
-            if stage == args.profile:
+            if stage in profiled:
                 print_tail_kernels(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
                                    f"{stage} {squeeze} fused tail")
-        if stage == args.profile:
+        if stage in profiled:
             print_tail_kernels(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), f"{stage} plain tail")
             print(f"copy ceiling: {copy_bandwidth(z.detach()):.0f} GB/s")
     print(json.dumps({"device": torch.cuda.get_device_name(), "batch": args.batch, "res": args.res,

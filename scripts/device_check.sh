@@ -26,7 +26,7 @@ declare -A cap=([kernels]=130 [tail]=70 [model50]=170 [model18]=80 [kernels50]=1
                 [graphs50]=260 [graphs50a]=240 [graphs50b]=240 [e2e]=80 [loader]=150 [gputests]=240 [gputrain]=150)
 declare -A command=(
     [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q --maxfail=3 tests/test_se_kernels.py"
-    [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random"
+    [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random --profile layer1,layer4"
     [model50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager"
     [model18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40"
     [kernels50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager --se-kernel triton"
