@@ -1,6 +1,7 @@
 """Compile every fused SE-tail kernel variant for an NVIDIA GPU target, on a machine without one.
 
     python scripts/compile_kernels.py              # sm90 (H100/H200); about 65 s on 2 cores
+    python scripts/compile_kernels.py --quick      # the subset CI compiles (every kernel's code, ~10 s)
     python scripts/compile_kernels.py --arch 80    # A100
 
 The CPU tests run the kernels interpreted (TRITON_INTERPRET=1), which skips Triton's compiler: a kernel can
@@ -57,41 +58,50 @@ PADDED_HIDDEN = (16, 32, 64, 128, 256)
 MAY_SPILL = {"H_PAD": 256}
 
 
-def variants():
+def variants(quick: bool = False):
     """(kernel, constexprs, warps) as se_launch launches them: every squeeze mode, every autotuner tile of the big
-    kernels, the small kernels at every excitation width with the steps se_launch takes for it."""
+    kernels, the small kernels at every excitation width with the steps se_launch takes for it. `quick` (the
+    CI's check): the squeezes with the most code (avgmax: extremes; fca: filter; random: neither), the first
+    tile, the narrowest and widest excitation."""
     small = dict(BLOCK_C=se_launch.FINALIZE_BLOCK_C)
     warps = se_launch.SMALL_KERNEL_WARPS
-    for mode in range(len(layout.SQUEEZE_MODES)):
+    modes = (layout.AVGMAX, layout.FCA, layout.RANDOM) if quick else range(len(layout.SQUEEZE_MODES))
+    widths = (PADDED_HIDDEN[0], 128) if quick else PADDED_HIDDEN
+    first = slice(0, 1) if quick else slice(None)
+    for mode in modes:
         switches = dict(EXTREMES=layout.uses_extremes(mode), FILTER=layout.uses_filter(mode))
         for kernel, tiles in ((kernels.z_stats_kernel, se_launch.REDUCE_TILES),
                               (kernels.grad_apply_kernel, se_launch.ELEMENTWISE_TILES)):
-            for block_hw, block_c, tile_warps in tiles:
+            for block_hw, block_c, tile_warps in tiles[first]:
                 yield kernel, dict(**switches, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
         for training in (True, False):
             yield kernels.forward_finalize_kernel, dict(TRAINING=training, UPDATE=training, MODE=mode,
                                                         BLOCK_B=se_launch.FORWARD_FINALIZE_BLOCK_B, **small), warps
-            for padded in PADDED_HIDDEN:
+            for padded in widths:
                 block_b, _, _ = se_launch.small_kernel_steps(padded)
                 yield kernels.backward_finalize_kernel, dict(TRAINING=training, MODE=mode, H_PAD=padded,
                                                              BLOCK_B=block_b, **small), warps
-    for padded in PADDED_HIDDEN:
+    for padded in widths:
         _, excite_step, excite_grad_step = se_launch.small_kernel_steps(padded)
         yield kernels.excite_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B, BLOCK_K=excite_step), warps
         yield kernels.excite_grad_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B,
                                                BLOCK_K=excite_grad_step), warps
     for kernel, tiles in ((kernels.apply_kernel, se_launch.ELEMENTWISE_TILES),
                           (kernels.grad_reduce_kernel, se_launch.REDUCE_TILES)):
-        for block_hw, block_c, tile_warps in tiles:
+        for block_hw, block_c, tile_warps in tiles[first]:
             yield kernel, dict(BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
 
 
-def compile_one(index: int, arch: int) -> tuple:
-    """(label, registers per thread, bytes of spill stores, error or None) of variant `index`, freshly compiled
-    (a process of its own: a pool compiles them in parallel)."""
+def compile_variant(index: int, arch: int, quick: bool) -> tuple:
+    """compile_one of variant `index` (by number: a pool of processes compiles them in parallel)."""
+    return compile_one(*list(variants(quick))[index], arch)
+
+
+def compile_one(kernel, constexprs: dict, warps: int, arch: int) -> tuple:
+    """(label, registers per thread, bytes of spill stores, error or None) of one fresh compilation; spills are
+    reported as 0 where MAY_SPILL allows them."""
     triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills per kernel
     triton.knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
-    kernel, constexprs, warps = list(variants())[index]
     label = f"{kernel.fn.__name__} {constexprs} warps={warps}"
     names = list(inspect.signature(kernel.fn).parameters)
     source = ASTSource(kernel, signature(kernel, constexprs),
@@ -112,11 +122,13 @@ def compile_one(index: int, arch: int) -> tuple:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: Hopper)")
+    parser.add_argument("--quick", action="store_true", help="a subset that covers every kernel's code (~10 s)")
     args = parser.parse_args()
     failed = []
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        count = len(list(variants()))
-        for label, registers, spills, error in pool.map(compile_one, range(count), [args.arch] * count):
+        count = len(list(variants(args.quick)))
+        for label, registers, spills, error in pool.map(compile_variant, range(count), [args.arch] * count,
+                                                        [args.quick] * count):
             if error:
                 failed.append(label)
                 print(f"FAILED {label}: {error}")
