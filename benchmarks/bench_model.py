@@ -107,6 +107,35 @@ def first_round(make_model, device, batch: int, res: int, steps: int, warmup: in
     return trainee, speed, memory, warmup_seconds, kernels
 
 
+def measure_in_rounds(models: dict, args, device, mode: str, res: int, profiled: dict) -> dict:
+    """name -> (median images/s, peak memory GB or None, warm-up s, spread between rounds, rounds). Eager models
+    are kept and timed again in turn, `args.rounds` times in all; compiled ones once (one compile at a time).
+    Profiled kernel times go to `profiled` under (mode, res, name)."""
+    rounds = args.rounds if mode == "eager" else 1
+    firsts, speeds, kept = {}, {}, {}
+    for name, make in models.items():
+        trainee, speed, memory, warm, kernels = first_round(make, device, args.batch, res, args.steps, args.warmup,
+                                                            mode, args.profile_steps)
+        firsts[name], speeds[name] = (memory, warm), [speed]
+        print(f"  {mode} {res} {name}: {speed:.1f} img/s", flush=True)
+        if kernels:
+            profiled[mode, res, name] = speed, kernels
+        if rounds > 1:
+            kept[name] = trainee
+        del trainee
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for round_index in range(2, rounds + 1):
+        for name, trainee in kept.items():
+            trainee.step()  # untimed: the model has been idle
+            speeds[name].append(trainee.throughput(args.steps))
+        print(f"  {mode} {res} round {round_index} of {rounds}: "
+              + ", ".join(f"{name} {runs[-1]:.0f}" for name, runs in speeds.items()), flush=True)
+    kept.clear()
+    return {name: (statistics.median(runs), *firsts[name], (max(runs) - min(runs)) / statistics.median(runs),
+                   len(runs)) for name, runs in speeds.items()}
+
+
 def print_profiles(profiled: dict, batch: int) -> dict:
     """Per model: step time against the device's busy time, split by kernel group (kernel_profile.GROUPS); the
     same as a JSON-able dict. Busy below step time means the device waited on the host."""
@@ -152,40 +181,17 @@ def main() -> None:
     for mode in args.modes.split(","):
         models = candidates(args, mode)
         for res in map(int, args.res.split(",")):
-            measured, speeds, kept = {}, {}, {}
-            rounds = args.rounds if mode == "eager" else 1  # compiled models are not kept: one compile at a time
-            for name, make in models.items():
-                trainee, speed, *measured[name], kernels = first_round(make, device, args.batch, res, args.steps,
-                                                                       args.warmup, mode, args.profile_steps)
-                speeds[name] = [speed]
-                print(f"  {mode} {res} {name}: {speed:.1f} img/s", flush=True)
-                if kernels:
-                    profiled[mode, res, name] = speed, kernels
-                if rounds > 1:
-                    kept[name] = trainee
-                del trainee
-                if gpu:
-                    torch.cuda.empty_cache()
-            for round_index in range(2, rounds + 1):
-                for name, trainee in kept.items():
-                    trainee.step()  # untimed: the model has been idle
-                    speeds[name].append(trainee.throughput(args.steps))
-                print(f"  {mode} {res} round {round_index} of {rounds}: "
-                      + ", ".join(f"{name} {runs[-1]:.0f}" for name, runs in speeds.items()), flush=True)
-            kept.clear()
-            for name, runs in speeds.items():
-                measured[name] = [statistics.median(runs), *measured[name],
-                                  (max(runs) - min(runs)) / statistics.median(runs)]
-            reference_speed, reference_memory, _, _ = measured[reference_name]
+            measured = measure_in_rounds(models, args, device, mode, res, profiled)
+            reference_speed, reference_memory, *_ = measured[reference_name]
             key = f"{mode}@{res}"
             ratios[key] = {}
-            for name, (speed, memory, warm, spread) in measured.items():
+            for name, (speed, memory, warm, spread, rounds) in measured.items():
                 ratio = speed / reference_speed
                 memory_ratio = memory / reference_memory if memory else None
                 ratios[key][name] = {"img_s": round(speed, 1), "ratio_vs_torchvision": round(ratio, 3),
                                      "memory_gb": round(memory, 2) if memory else None,
                                      "memory_ratio_vs_torchvision": round(memory_ratio, 3) if memory_ratio else None,
-                                     "warmup_s": round(warm, 1), "rounds": len(speeds[name]),
+                                     "warmup_s": round(warm, 1), "rounds": rounds,
                                      "round_spread": round(spread, 3)}
                 rows.append((mode, res, name, speed, ratio, memory, memory_ratio, warm, spread))
     device_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
