@@ -161,7 +161,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         if world.is_main:
             print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
     tune_convolutions(world.device)
-    compile_mode = compile_mode_used(config["training.compile"], world.device, world.distributed)
+    compile_mode = compile_used(config, world)
     if world.is_main and world.distributed and compile_mode == "reduce-overhead":
         print("training.compile=reduce-overhead under DDP: CUDA graphs are reported to be skipped there, with a "
               "large slowdown (BatchNorm's running statistics, pytorch/pytorch#139207); 'auto' picks default under "
@@ -211,10 +211,15 @@ def summarize(config, history, parameters, world, global_batch, precision) -> Di
         "train_images_per_s": sum(speeds) / len(speeds),  # first epoch excluded: it pays JIT compilation
         "se_kernel": config["model.se_kernel"], "se_kernel_used": se_kernel_used(config, world),
         "compile": config["training.compile"],
-        "compile_used": compile_mode_used(config["training.compile"], world.device, world.distributed),
+        "compile_used": compile_used(config, world),
         "wall_time": history[-1]["wall_time"], "world_size": world.world_size, "global_batch": global_batch,
         "precision": precision, "device": str(world.device.type), "config": config,
     }
+
+
+def compile_used(config: Dict[str, Any], world: World) -> str:
+    """The torch.compile mode training runs in ('none': eager), training.compile's `auto` resolved."""
+    return compile_mode_used(config["training.compile"], world.device, world.distributed)
 
 
 def se_kernel_used(config: Dict[str, Any], world: World) -> str:
@@ -223,7 +228,7 @@ def se_kernel_used(config: Dict[str, Any], world: World) -> str:
         return "none"
     try:
         return resolve_se_kernel(config["model.se_kernel"], world.device, config["training.channels_last"],
-                                 compile_mode_used(config["training.compile"], world.device, world.distributed))
+                                 compile_used(config, world))
     except KernelUnavailableError as error:
         raise ConfigError(f"{error} (from model.se_kernel)") from None
 
