@@ -4,7 +4,7 @@ SE sits after the block's last BN and before the residual add (as SENet and the 
 Linear(C, C//r) -> ReLU -> Linear(C//r, C) -> sigmoid without biases (SENet removes them on ResNets).
 Model depths are data; `se_resnet18/34/50/101` are one-line wrappers over `build_model`.
 """
-from typing import Dict, Tuple, Type
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -51,12 +51,17 @@ class SqueezeExcite(nn.Module):
         gate = self.excite(self.squeeze(x))  # (B, C)
         return x * gate[:, :, None, None].to(x.dtype)
 
-    def tail(self, z: torch.Tensor, bn: nn.Module, identity: torch.Tensor) -> torch.Tensor:
-        """relu(self(bn(z)) + identity), z being the block's last conv output."""
+    def tail(self, z: torch.Tensor, bn: nn.Module, identity: torch.Tensor,
+             identity_bn: Optional[nn.Module] = None) -> torch.Tensor:
+        """relu(self(bn(z)) + identity), z being the block's last conv output; with `identity_bn` (the
+        downsample's BN, `identity` its input) relu(self(bn(z)) + identity_bn(identity)), which the kernels
+        fold in as well."""
         fusable = self.squeeze_name in SQUEEZE_MODES and supports_batch_norm(bn)
         if not (fusable and use_triton(self.kernel, z)):
             if self.kernel == "triton" and not fusable:
                 raise KernelUnavailableError(f"se_kernel=triton folds a plain BatchNorm2d, not {bn}")
+            if identity_bn is not None:
+                identity = identity_bn(identity)
             return torch.relu(self(bn(z)) + identity)
         filters = filter_sum = random_squeeze = None
         if isinstance(self.squeeze, MultiSpectralSqueeze):
@@ -64,7 +69,7 @@ class SqueezeExcite(nn.Module):
         if self.squeeze_name == "random":
             random_squeeze = self.squeeze(z)  # drawn as the reference draws it: shape, dtype and RNG stream
         return fused_se_tail(z, identity, bn, self.excite[0].weight, self.excite[2].weight,
-                             SQUEEZE_MODES[self.squeeze_name], filters, filter_sum, random_squeeze)
+                             SQUEEZE_MODES[self.squeeze_name], filters, filter_sum, random_squeeze, identity_bn)
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}"
@@ -78,10 +83,24 @@ class _SESlot:
         super().__init__(*args, **kwargs)
         self.se: nn.Module = nn.Identity()
 
-    def _tail(self, z: torch.Tensor, bn: nn.Module, identity: torch.Tensor) -> torch.Tensor:
+    def _identity(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[nn.Module]]:
+        """(identity, None), or with an SE slot and a downsample ending in a plain BN (torchvision's) that BN's
+        input and the BN: the SE tail applies it, so the fused kernels fold it in (one activation pass less
+        each way) and the torch ops compute exactly what torchvision's block does."""
+        if self.downsample is None:
+            return x, None
+        layers = list(self.downsample) if isinstance(self.downsample, nn.Sequential) else [self.downsample]
+        if not (isinstance(self.se, SqueezeExcite) and supports_batch_norm(layers[-1])):
+            return self.downsample(x), None
+        for layer in layers[:-1]:
+            x = layer(x)
+        return x, layers[-1]
+
+    def _tail(self, z: torch.Tensor, bn: nn.Module, identity: torch.Tensor,
+              identity_bn: Optional[nn.Module]) -> torch.Tensor:
         """relu(SE(bn(z)) + identity), or torchvision's relu(bn(z) + identity) with an empty slot."""
         if isinstance(self.se, SqueezeExcite):
-            return self.se.tail(z, bn, identity)
+            return self.se.tail(z, bn, identity, identity_bn)
         return self.relu(bn(z) + identity)
 
 
@@ -89,19 +108,19 @@ class SEBasicBlock(_SESlot, BasicBlock):
     """torchvision's BasicBlock with an `se` slot after bn2."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity, identity_bn = self._identity(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self._tail(self.conv2(out), self.bn2, identity)
+        return self._tail(self.conv2(out), self.bn2, identity, identity_bn)
 
 
 class SEBottleneck(_SESlot, Bottleneck):
     """torchvision's Bottleneck (stride on the 3x3 conv, as torchvision) with an `se` slot after bn3."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity, identity_bn = self._identity(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self._tail(self.conv3(out), self.bn3, identity)
+        return self._tail(self.conv3(out), self.bn3, identity, identity_bn)
 
 
 # arch name -> (block, blocks per stage), as torchvision's resnetNN

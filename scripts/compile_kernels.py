@@ -7,8 +7,8 @@
 The CPU tests run the kernels interpreted (TRITON_INTERPRET=1), which skips Triton's compiler: a kernel can
 pass them and still fail to compile for a GPU (e.g. a loop-carried variable changing type). Device time is
 scarce, so run this before a GPU check. Each variant is compiled as se_launch launches it (tiles, warps), and
-ptxas's report gives its registers per thread: a variant that spills registers to memory fails too (the small
-kernels' steps in se_launch were chosen by it). Exit 1 names the variants that did not compile or spilled.
+ptxas's report gives its registers per thread: a variant a training step runs that spills registers to memory
+fails too (the small kernels' steps in se_launch were chosen by it; `spill_allowance` says which others may). Exit 1 names the variants that did not compile or spilled.
 """
 import argparse
 import contextlib
@@ -28,9 +28,11 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from pipeline.kernels import layout, se_launch, se_triton as kernels  # noqa: E402
 
-FLOAT_SCALARS = {"corr_count", "eps", "std_eps", "momentum"}
-FP32_POINTERS = {"work", "grad_work", "stats", "running_mean", "running_var"}
-BIG_TENSORS = {"z_ptr", "identity_ptr", "out_ptr", "grad_ptr", "dz_ptr", "d_identity_ptr", "random_ptr"}
+FLOAT_SCALARS = {"corr_count", "eps", "std_eps", "momentum", "identity_eps", "identity_momentum"}
+FP32_POINTERS = {"work", "grad_work", "stats", "running_mean", "running_var", "identity_work", "identity_grad_work",
+                 "identity_running_mean", "identity_running_var"}
+BIG_TENSORS = {"z_ptr", "identity_ptr", "out_ptr", "grad_ptr", "dz_ptr", "d_identity_ptr", "random_ptr",
+               "d_norm_input_ptr"}
 
 
 def signature(kernel, constexprs: dict) -> dict:
@@ -41,7 +43,7 @@ def signature(kernel, constexprs: dict) -> dict:
             types[name] = "constexpr"
         elif name in BIG_TENSORS:
             types[name] = "*bf16"
-        elif name == "batches_tracked":
+        elif name.endswith("batches_tracked"):
             types[name] = "*i64"
         elif name.endswith("_ptr") or name in FP32_POINTERS:
             types[name] = "*fp32"
@@ -60,9 +62,10 @@ PADDED_HIDDEN = (*MEASURED_WIDTHS, 2 * MEASURED_WIDTHS[-1])
 
 def variants(quick: bool = False):
     """(kernel, constexprs, warps) as se_launch launches them: every squeeze mode, every autotuner tile of the big
-    kernels, the small kernels at every excitation width with the steps se_launch takes for it. `quick` (the
-    CI's check): the squeezes with the most code (avgmax: extremes; fca: filter; random: neither), the first
-    tile, the narrowest and widest excitation."""
+    kernels, the small kernels at every excitation width with the steps se_launch takes for it, each kernel with
+    and without a folded downsample BN. `quick` (the CI's check): the squeezes with the most code (avgmax:
+    extremes; fca: filter; random: neither), the first tile, the narrowest and widest excitation, the fold in
+    training only."""
     small = dict(BLOCK_C=se_launch.FINALIZE_BLOCK_C)
     warps = se_launch.SMALL_KERNEL_WARPS
     modes = (layout.AVGMAX, layout.FCA, layout.RANDOM) if quick else range(len(layout.SQUEEZE_MODES))
@@ -73,14 +76,17 @@ def variants(quick: bool = False):
         for kernel, tiles in ((kernels.z_stats_kernel, se_launch.REDUCE_TILES),
                               (kernels.grad_apply_kernel, se_launch.ELEMENTWISE_TILES)):
             for block_hw, block_c, tile_warps in tiles[first]:
-                yield kernel, dict(**switches, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
+                for fold in (False, True) if kernel is kernels.grad_apply_kernel else (None,):
+                    yield kernel, dict(**switches, **_fold(fold), BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
         for training in (True, False):
-            yield kernels.forward_finalize_kernel, dict(TRAINING=training, UPDATE=training, MODE=mode,
-                                                        BLOCK_B=se_launch.FORWARD_FINALIZE_BLOCK_B, **small), warps
-            for padded in widths:
-                block_b, _, _ = se_launch.small_kernel_steps(padded)
-                yield kernels.backward_finalize_kernel, dict(TRAINING=training, MODE=mode, H_PAD=padded,
-                                                             BLOCK_B=block_b, **small), warps
+            for fold in (False, True) if training or not quick else (False,):
+                yield kernels.forward_finalize_kernel, dict(
+                    TRAINING=training, UPDATE=training, MODE=mode, IDENTITY_NORM=fold,
+                    BLOCK_B=se_launch.FORWARD_FINALIZE_BLOCK_B, **small), warps
+                for padded in widths:
+                    block_b, _, _ = se_launch.small_kernel_steps(padded)
+                    yield kernels.backward_finalize_kernel, dict(TRAINING=training, MODE=mode, IDENTITY_NORM=fold,
+                                                                 H_PAD=padded, BLOCK_B=block_b, **small), warps
     for padded in widths:
         _, excite_step, excite_grad_step = se_launch.small_kernel_steps(padded)
         yield kernels.excite_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B, BLOCK_K=excite_step), warps
@@ -89,17 +95,36 @@ def variants(quick: bool = False):
     for kernel, tiles in ((kernels.apply_kernel, se_launch.ELEMENTWISE_TILES),
                           (kernels.grad_reduce_kernel, se_launch.REDUCE_TILES)):
         for block_hw, block_c, tile_warps in tiles[first]:
-            yield kernel, dict(BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
+            for fold in (False, True):
+                yield kernel, dict(IDENTITY_NORM=fold, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
+
+
+def _fold(fold) -> dict:
+    """The IDENTITY_NORM switch of a kernel that has one (None: it has none)."""
+    return {} if fold is None else {"IDENTITY_NORM": fold}
 
 
 def compile_variant(index: int, arch: int, quick: bool) -> tuple:
-    """compile_one of variant `index` (by number: a pool of processes compiles them in parallel)."""
-    return compile_one(*list(variants(quick))[index], arch)
+    """compile_one of variant `index` and its spill_allowance (by number: a pool of processes compiles them in
+    parallel)."""
+    kernel, constexprs, warps = list(variants(quick))[index]
+    return (*compile_one(kernel, constexprs, warps, arch), spill_allowance(kernel, constexprs))
+
+
+def spill_allowance(kernel, constexprs: dict):
+    """Why a spill in this variant does not fail the check (None: it does). A training step never runs these:
+    an excitation wider than se_launch has steps for (reduction < 16) takes fallback steps, and the backward
+    in eval mode (gradients through a BN's running estimates) is a few bytes over at layer1's width (ptxas
+    caps it at 128 registers and spills 20 bytes; capped at 255 it spills more)."""
+    if constexprs.get("H_PAD", MEASURED_WIDTHS[0]) not in MEASURED_WIDTHS:
+        return "an excitation wider than se_launch has steps for"
+    if kernel is kernels.backward_finalize_kernel and not constexprs["TRAINING"]:
+        return "eval-mode backward, which no training step runs"
+    return None
 
 
 def compile_one(kernel, constexprs: dict, warps: int, arch: int) -> tuple:
-    """(label, registers per thread, bytes of spill stores, error or None) of one fresh compilation; spills are
-    reported as 0 for an excitation wider than se_launch has steps for."""
+    """(label, registers per thread, bytes of spill stores, error or None) of one fresh compilation."""
     triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills per kernel
     triton.knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
     label = f"{kernel.fn.__name__} {constexprs} warps={warps}"
@@ -114,9 +139,7 @@ def compile_one(kernel, constexprs: dict, warps: int, arch: int) -> tuple:
         return label, 0, 0, str(error).strip().splitlines()[-1]
     log = report.getvalue()
     registers, spills = re.search(r"Used (\d+) registers", log), re.search(r"(\d+) bytes spill stores", log)
-    may_spill = constexprs.get("H_PAD", MEASURED_WIDTHS[0]) not in MEASURED_WIDTHS
-    return (label, int(registers.group(1)) if registers else -1,
-            0 if may_spill or not spills else int(spills.group(1)), None)
+    return label, int(registers.group(1)) if registers else -1, int(spills.group(1)) if spills else 0, None
 
 
 def main() -> int:
@@ -127,11 +150,13 @@ def main() -> int:
     failed = []
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         count = len(list(variants(args.quick)))
-        for label, registers, spills, error in pool.map(compile_variant, range(count), [args.arch] * count,
-                                                        [args.quick] * count):
+        for label, registers, spills, error, allowance in pool.map(compile_variant, range(count),
+                                                                   [args.arch] * count, [args.quick] * count):
             if error:
                 failed.append(label)
                 print(f"FAILED {label}: {error}")
+            elif spills and allowance:
+                print(f"ok     {label}: {registers} registers, {spills} bytes spilled (allowed: {allowance})")
             elif spills:
                 failed.append(label)
                 print(f"SPILLS {label}: {spills} bytes of registers spilled to memory ({registers} registers)")

@@ -1,4 +1,6 @@
 """SE-ResNets: structure, parameter counts, the baseline's equality with torchvision, numerics."""
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -56,6 +58,27 @@ def test_se_sits_after_last_bn_before_residual_add():
     assert [s[0] for s in seen] == ["bn2", "se"]
     torch.testing.assert_close(seen[1][1], seen[0][1])  # SE input is bn2's output
     torch.testing.assert_close(out, torch.relu(seen[1][2] + x))  # then residual add, then ReLU
+
+
+@pytest.mark.parametrize("arch,stage", [("resnet18", "layer2"), ("resnet50", "layer1")])
+def test_a_downsample_block_computes_torchvisions_formula(arch, stage):
+    """The SE arms hand the downsample's BN to the tail (so that the kernels can fold it in); the torch path
+    must still compute relu(SE(bn(z)) + downsample(x)) exactly, running estimates included."""
+    block = getattr(build_model(arch, "gmp", num_classes=10, zero_init_last=False), stage)[0]
+    assert isinstance(block.downsample, torch.nn.Sequential)
+    twin = copy.deepcopy(block)
+    last_conv, last_bn = ("conv3", "bn3") if hasattr(block, "conv3") else ("conv2", "bn2")
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    for training in (True, False):
+        block.train(training), twin.train(training)
+        out = twin.relu(twin.bn1(twin.conv1(x)))
+        if last_conv == "conv3":
+            out = twin.relu(twin.bn2(twin.conv2(out)))
+        z = getattr(twin, last_bn)(getattr(twin, last_conv)(out))
+        expected = torch.relu(twin.se(z) + twin.downsample(x))
+        assert torch.equal(block(x), expected)
+    for (name, mine), theirs in zip(block.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(mine, theirs), name
 
 
 def test_shared_layers_start_identical_across_arms():

@@ -32,35 +32,52 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value - reference).norm() / reference.norm().clamp_min(1e-6)).item()
 
 
-def make_tail(squeeze: str, channels: int, zero_gamma: bool):
-    """An SE module and a BN whose weights make every path carry gradient (reduction 4: 12+ hidden units)."""
-    generator = torch.Generator().manual_seed(7)
-    se = SqueezeExcite(channels, squeeze, reduction=4, kernel="torch")
+def random_batch_norm(channels: int, generator: torch.Generator, zero_gamma: bool = False) -> nn.BatchNorm2d:
+    """A BN with random affine parameters and running estimates (gamma zero where asked)."""
     bn = nn.BatchNorm2d(channels)
     with torch.no_grad():
-        for linear in (se.excite[0], se.excite[2]):
-            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.5)
         bn.weight.copy_(torch.zeros(channels) if zero_gamma else torch.randn(channels, generator=generator))
         bn.bias.copy_(torch.randn(channels, generator=generator))
         bn.running_mean.copy_(torch.randn(channels, generator=generator))
         bn.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-    return se, bn
+    return bn
 
 
-def run_tail(se, bn, z, identity, grad, kernel: str, training: bool):
-    """Output, every gradient and the running statistics of one forward + backward of the tail."""
-    se, bn = copy.deepcopy(se), copy.deepcopy(bn)
+def make_tail(squeeze: str, channels: int, zero_gamma: bool):
+    """An SE module and a BN whose weights make every path carry gradient (reduction 4: 12+ hidden units)."""
+    generator = torch.Generator().manual_seed(7)
+    se = SqueezeExcite(channels, squeeze, reduction=4, kernel="torch")
+    with torch.no_grad():
+        for linear in (se.excite[0], se.excite[2]):
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.5)
+    return se, random_batch_norm(channels, generator, zero_gamma)
+
+
+def run_tail(se, bn, z, identity, grad, kernel: str, training: bool, identity_bn=None):
+    """Output, every gradient and the running statistics of one forward + backward of the tail (with
+    `identity_bn`: a downsample's BN applied to `identity` inside the tail, and its gradients and estimates)."""
+    se, bn, identity_bn = copy.deepcopy(se), copy.deepcopy(bn), copy.deepcopy(identity_bn)
     se.set_kernel(kernel)
     se.train(training), bn.train(training)
     if se.squeeze_name == "random":  # the same draw on both paths, whatever their dtype
         draw = torch.rand(z.shape[:2], generator=torch.Generator().manual_seed(3)).to(z.device)
         se.squeeze.forward = lambda x: draw.to(x.dtype)
     z, identity = z.clone().requires_grad_(), identity.clone().requires_grad_()
-    out = se.tail(z, bn, identity)
+    if identity_bn is None:
+        out = se.tail(z, bn, identity)
+    else:
+        identity_bn.train(training)
+        out = se.tail(z, bn, identity, identity_bn)
     (out * grad.to(out.dtype)).sum().backward()
-    return {"out": out, "dz": z.grad, "d_identity": identity.grad, "w1": se.excite[0].weight.grad,
-            "w2": se.excite[2].weight.grad, "bn_weight": bn.weight.grad, "bn_bias": bn.bias.grad,
-            "running_mean": bn.running_mean, "running_var": bn.running_var}
+    results = {"out": out, "dz": z.grad, "d_identity": identity.grad, "w1": se.excite[0].weight.grad,
+               "w2": se.excite[2].weight.grad, "bn_weight": bn.weight.grad, "bn_bias": bn.bias.grad,
+               "running_mean": bn.running_mean, "running_var": bn.running_var}
+    if identity_bn is not None:
+        results.update({"identity_bn_weight": identity_bn.weight.grad, "identity_bn_bias": identity_bn.bias.grad,
+                        "identity_running_mean": identity_bn.running_mean,
+                        "identity_running_var": identity_bn.running_var,
+                        "identity_batches": identity_bn.num_batches_tracked})
+    return results
 
 
 CASES = {  # name: (batch, channels, height, width, dtype, training, input kind)
@@ -98,26 +115,49 @@ TAIL_CASES = [(squeeze, case) for case in CASES for squeeze in SQUEEZES] + [
     (squeeze, "batch-blocks") for squeeze in ("gmp", "fca", "random")]
 
 
-@pytest.mark.parametrize("squeeze,case", TAIL_CASES)
-def test_fused_tail_matches_reference(squeeze, case, monkeypatch):
+def check_tail_against_reference(squeeze: str, case: str, monkeypatch, fold_identity_bn: bool = False) -> None:
     batch, channels, height, width, dtype, training, kind = CASES.get(case, BATCH_BLOCKS_CASE)
     if case == "batch-blocks":
         monkeypatch.setattr(se_launch, "SMALL_KERNEL_STEPS", {16: (16, 16, 16)})
         monkeypatch.setattr(se_launch, "FORWARD_FINALIZE_BLOCK_B", 16)
     se, bn = make_tail(squeeze, channels, zero_gamma=kind == "constant")
+    identity_bn = random_batch_norm(channels, torch.Generator().manual_seed(5)) if fold_identity_bn else None
     z, identity, grad = case_inputs(batch, channels, height, width, dtype, kind)
+    as_double = None if identity_bn is None else copy.deepcopy(identity_bn).double().to(DEVICE)
     reference = run_tail(se.double().to(DEVICE), bn.double().to(DEVICE), z.double(), identity.double(), grad.double(),
-                         "torch", training)
-    fused = run_tail(se.float().to(DEVICE), bn.float().to(DEVICE), z, identity, grad, "triton", training)
+                         "torch", training, as_double)
+    fused = run_tail(se.float().to(DEVICE), bn.float().to(DEVICE), z, identity, grad, "triton", training,
+                     None if identity_bn is None else identity_bn.float().to(DEVICE))
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    assert fused["out"].dtype == dtype and fused["dz"].dtype == dtype
+    assert fused["out"].dtype == dtype and fused["dz"].dtype == dtype and fused["d_identity"].dtype == dtype
     assert fused["out"].is_contiguous(memory_format=torch.channels_last)
     for name, value in fused.items():
-        if reference[name].abs().max() == 0:  # e.g. no gradient reaches the excitation through a 0 gamma
+        if value.dtype == torch.long:  # the batch count
+            assert torch.equal(value, reference[name]), name
+        elif reference[name].abs().max() == 0:  # e.g. no gradient reaches the excitation through a 0 gamma
             assert value.abs().max() == 0, name
         else:
             assert relative_error(value, reference[name]) < tolerance, name
     assert reference["w1"].abs().max() > 0 or squeeze == "random" or kind == "constant"  # the test is not vacuous
+
+
+@pytest.mark.parametrize("squeeze,case", TAIL_CASES)
+def test_fused_tail_matches_reference(squeeze, case, monkeypatch):
+    check_tail_against_reference(squeeze, case, monkeypatch)
+
+
+# the downsample BN's fold is the same code for every squeeze: each squeeze once, then the other dtypes, modes and
+# shapes through gmp (extremes) and fca (filter)
+FOLDED_CASES = [(squeeze, "fp32") for squeeze in SQUEEZES] + [
+    (squeeze, case) for case in ("bf16", "eval", "1x1", "B1-C80-bf16", "large", "batch-blocks")
+    for squeeze in ("gmp", "fca")]
+
+
+@pytest.mark.parametrize("squeeze,case", FOLDED_CASES)
+def test_fused_tail_with_the_downsample_bn_folded_in_matches_reference(squeeze, case, monkeypatch):
+    """relu(SE(bn(z)) + identity_bn(identity)): out, dz, the identity's gradient through its BN, both BNs'
+    parameter gradients, running estimates and batch counts."""
+    check_tail_against_reference(squeeze, case, monkeypatch, fold_identity_bn=True)
 
 
 @pytest.mark.parametrize("tile", range(len(se_launch.REDUCE_TILES)))
@@ -221,7 +261,8 @@ def test_se_resnet18_training_step_matches_reference(squeeze, zero_init_last, ex
 
 def test_compiles_without_graph_breaks():
     """Under torch.compile(fullgraph=True) the custom ops trace and give eager's values, gradients and BN
-    running statistics (updated outside the ops there, inside the kernel in eager)."""
+    running statistics (updated outside the ops there, inside the kernel in eager), the folded downsample BN's
+    included (layer2's first block has one)."""
     model = build_model("resnet18", "gmp", num_classes=10, zero_init_last=False, se_kernel="triton").to(DEVICE)
     blocks = {mode: copy.deepcopy(model.layer2[0]) for mode in ("eager", "compiled")}
     x = torch.randn(2, 64, 8, 8, device=DEVICE)
@@ -231,10 +272,14 @@ def test_compiles_without_graph_breaks():
         inputs = x.clone().requires_grad_()
         out = run(inputs)
         out.square().sum().backward()
-        results[mode] = (out, inputs.grad, block.bn2.running_mean, block.bn2.running_var)
+        identity_bn = block.downsample[1]
+        results[mode] = (out, inputs.grad, block.bn2.running_mean, block.bn2.running_var, identity_bn.running_mean,
+                         identity_bn.running_var, identity_bn.weight.grad, block.downsample[0].weight.grad)
     for compiled, eager in zip(results["compiled"], results["eager"]):
         assert relative_error(compiled, eager) < 1e-5
-    assert blocks["compiled"].bn2.num_batches_tracked.item() == blocks["eager"].bn2.num_batches_tracked.item() == 1
+    for bn in ("bn2", "downsample.1"):
+        counts = [block.get_submodule(bn).num_batches_tracked.item() for block in blocks.values()]
+        assert counts == [1, 1], bn
 
 
 def test_custom_op_registration_passes_torch_opcheck():
@@ -245,9 +290,13 @@ def test_custom_op_registration_passes_torch_opcheck():
     w1 = torch.randn(8, channels, device=DEVICE, requires_grad=True)
     w2 = torch.randn(channels, 8, device=DEVICE, requires_grad=True)
     running = (torch.zeros(channels, device=DEVICE), torch.ones(channels, device=DEVICE))
+    identity_norm = (*(torch.randn(channels, device=DEVICE, requires_grad=True) for _ in range(2)),
+                     torch.zeros(channels, device=DEVICE), torch.ones(channels, device=DEVICE))
     for mode in (SQUEEZE_MODES["gmp"], SQUEEZE_MODES["std"]):
-        torch.library.opcheck(torch.ops.ssenet.se_tail_forward.default,
-                              (z, identity, weight, bias, *running, w1, w2, None, None, None, mode, True, 1e-5))
+        for folded in (None, None, None, None), identity_norm:  # without and with the downsample's BN folded in
+            torch.library.opcheck(torch.ops.ssenet.se_tail_forward.default,
+                                  (z, identity, weight, bias, *running, w1, w2, None, None, None, *folded, mode, True,
+                                   1e-5, 1e-5))
 
 
 def test_triton_choice_refused_where_it_cannot_run(monkeypatch):

@@ -18,18 +18,34 @@ REDUCED_ROWS = 3
 # _channel_rows to _coefficient_rows, follow the same order).
 # forward: stats (STAT_ROWS, B, C) | channel (CHANNEL_ROWS, C) | squeeze (B, C) | hidden (B, H) | logits (B, C)
 # backward: reduced (REDUCED_ROWS, B, C) | hidden_grad (B, H) | coefficients (COEF_ROWS, B, C)
+# A block whose downsample BN is folded in (its identity is the downsample conv's output) appends its own area:
+# forward: stats (STAT_ROWS, B, C) | channel (CHANNEL_ROWS, C); backward: sum of gdm * (identity - mean) (B, C) |
+# the per-channel coefficients of d_identity = gdm * scale + p + q * (identity - mean) (IDENTITY_COEF_ROWS, C)
+IDENTITY_COEF_ROWS = 2
 
 
-def forward_workspace_size(batch: int, channels: int, hidden: int) -> int:
+def forward_workspace_size(batch: int, channels: int, hidden: int, identity_norm: bool = False) -> int:
+    size = identity_area_offset(batch, channels, hidden)
+    return size + (STAT_ROWS * batch * channels + CHANNEL_ROWS * channels if identity_norm else 0)
+
+
+def identity_area_offset(batch: int, channels: int, hidden: int) -> int:
+    """Where the folded downsample BN's area starts in the forward workspace (its end without one)."""
     return (STAT_ROWS + 2) * batch * channels + CHANNEL_ROWS * channels + batch * hidden
 
 
 def channel_row_offset(batch: int, channels: int) -> int:
-    """Where the per-channel rows start in the forward workspace."""
+    """Where the per-channel rows start in the forward workspace (or in the folded downsample BN's area)."""
     return STAT_ROWS * batch * channels
 
 
-def backward_workspace_size(batch: int, channels: int, hidden: int) -> int:
+def backward_workspace_size(batch: int, channels: int, hidden: int, identity_norm: bool = False) -> int:
+    size = identity_grad_area_offset(batch, channels, hidden)
+    return size + (batch * channels + IDENTITY_COEF_ROWS * channels if identity_norm else 0)
+
+
+def identity_grad_area_offset(batch: int, channels: int, hidden: int) -> int:
+    """Where the folded downsample BN's area starts in the backward workspace."""
     return (REDUCED_ROWS + COEF_ROWS) * batch * channels + batch * hidden
 
 

@@ -8,7 +8,7 @@ too, in fp32 (sigmoid applied where its logits are read).
 """
 import contextlib
 import os
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import triton
@@ -23,8 +23,10 @@ EXCITE_BLOCK_B = 16  # samples per program of the excitation kernels (tl.dot's s
 # to a power of two): (samples per step of backward_finalize, channels per step of excite, of excite_grad), the
 # widest steps ptxas compiles for sm90 at 8 warps without spilling registers (`scripts/compile_kernels.py` prints
 # registers and spills and fails on a spill; the earlier fixed 32 samples / 64 channels at 4 warps spilled 536
-# bytes in ResNet-50 layer4's excitation). forward_finalize takes 128 samples per step at every width.
-SMALL_KERNEL_STEPS = {16: (128, 256, 256), 32: (64, 128, 256), 64: (32, 64, 256), 128: (32, 32, 256)}
+# bytes in ResNet-50 layer4's excitation). backward_finalize at 16 units takes 64 samples, not the 128 that
+# compile: with a downsample BN folded in, avgmax's 128 spilled (255 registers, at the edge without the fold too).
+# forward_finalize takes 128 samples per step at every width.
+SMALL_KERNEL_STEPS = {16: (64, 256, 256), 32: (64, 128, 256), 64: (32, 64, 256), 128: (32, 32, 256)}
 FORWARD_FINALIZE_BLOCK_B = 128
 SMALL_KERNEL_WARPS = 8
 # (BLOCK_HW, BLOCK_C, warps) tried by Triton's autotuner at the first call per (C, H*W) on a GPU; the first is
@@ -41,9 +43,10 @@ def _tuned(kernel, tiles, mode_flags=()):
 
 
 _TUNED = {kernel: _tuned(kernel, tiles, flags) for kernel, tiles, flags in (
-    (kernels.z_stats_kernel, REDUCE_TILES, ("EXTREMES", "FILTER")), (kernels.grad_reduce_kernel, REDUCE_TILES, ()),
-    (kernels.apply_kernel, ELEMENTWISE_TILES, ()),
-    (kernels.grad_apply_kernel, ELEMENTWISE_TILES, ("EXTREMES", "FILTER")))}
+    (kernels.z_stats_kernel, REDUCE_TILES, ("EXTREMES", "FILTER")),
+    (kernels.grad_reduce_kernel, REDUCE_TILES, ("IDENTITY_NORM",)),
+    (kernels.apply_kernel, ELEMENTWISE_TILES, ("IDENTITY_NORM",)),
+    (kernels.grad_apply_kernel, ELEMENTWISE_TILES, ("EXTREMES", "FILTER", "IDENTITY_NORM")))}
 
 
 # (kernel, C, HW, dtypes) -> the launch options the autotuner chose (tile sizes, warps, stages): later calls
@@ -121,21 +124,39 @@ def small_kernel_steps(padded_hidden: int) -> tuple:
     return SMALL_KERNEL_STEPS.get(padded_hidden, (16, 16, 16))
 
 
+class IdentityNorm(NamedTuple):
+    """A downsample BN folded into the tail: the identity passed is its input (the downsample conv's output).
+    `batches_tracked` is given where the kernels update its running estimates (eager training)."""
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+    eps: float
+    batches_tracked: Optional[Tensor] = None
+    momentum: float = 0.0
+
+
 def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
             w1: Tensor, w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor],
             random_squeeze: Optional[Tensor], mode: int, training: bool, eps: float, std_eps: float,
-            batches_tracked: Optional[Tensor] = None, momentum: float = 0.0):
+            batches_tracked: Optional[Tensor] = None, momentum: float = 0.0,
+            identity_norm: Optional[IdentityNorm] = None):
     """(out, workspace); layout says what the fp32 workspace holds. With `batches_tracked` (training only) BN's
-    running estimates and batch count are updated in place, as nn.BatchNorm2d does."""
+    running estimates and batch count are updated in place, as nn.BatchNorm2d does (the identity's BN's too
+    with its own `batches_tracked`)."""
     batch, channels, height, width = z.shape
     spatial, hidden = height * width, w1.shape[0]
     if training and batch * spatial <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(z.shape)}")
+    folded = identity_norm is not None
     out_dtype = torch.promote_types(z.dtype, identity.dtype)
-    z, identity = channels_last(z), channels_last(identity.to(out_dtype))
+    z, identity = channels_last(z), channels_last(identity if folded else identity.to(out_dtype))
     reduce_grid, elementwise_grid = _grids(batch, channels, spatial)
     extremes, filtered = layout.uses_extremes(mode), layout.uses_filter(mode)
-    work = allocate((layout.forward_workspace_size(batch, channels, hidden),), torch.float32, z.device)
+    work = allocate((layout.forward_workspace_size(batch, channels, hidden, folded),), torch.float32, z.device)
+    identity_work = work[layout.identity_area_offset(batch, channels, hidden):] if folded else work
+    norm = identity_norm or IdentityNorm(weight, bias, running_mean, running_var, eps)  # placeholders when not folded
+    update = batches_tracked is not None
     out = empty_channels_last(z.shape, out_dtype, z.device)
     shape_key = (channels, spatial, z.dtype)
     padded = _hidden_padding(hidden)
@@ -144,51 +165,75 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
         _launch_tiled(kernels.z_stats_kernel, REDUCE_TILES, reduce_grid, (*shape_key, extremes, filtered), z,
                       filters if filtered else work, work, batch, channels, spatial, EXTREMES=extremes,
                       FILTER=filtered)
+        if folded:  # the identity's BN statistics: mean and M2 per (b, c), as z's
+            _launch_tiled(kernels.z_stats_kernel, REDUCE_TILES, reduce_grid, (channels, spatial, identity.dtype,
+                          False, False), identity, work, identity_work, batch, channels, spatial, EXTREMES=False,
+                          FILTER=False)
         kernels.forward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
             work, work if random_squeeze is None else random_squeeze, running_mean, running_var,
-            work if batches_tracked is None else batches_tracked, weight, bias, filter_sum if filtered else work,
-            batch, channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, TRAINING=training,
-            UPDATE=batches_tracked is not None, MODE=mode, BLOCK_B=FORWARD_FINALIZE_BLOCK_B,
+            batches_tracked if update else work, weight, bias, filter_sum if filtered else work, identity_work,
+            norm.running_mean, norm.running_var, norm.batches_tracked if update and folded else work, batch,
+            channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, norm.eps, norm.momentum,
+            TRAINING=training, UPDATE=update, MODE=mode, IDENTITY_NORM=folded, BLOCK_B=FORWARD_FINALIZE_BLOCK_B,
             BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
         kernels.excite_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, w1, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B, BLOCK_K=excite_step,
             num_warps=SMALL_KERNEL_WARPS)
-        _launch_tiled(kernels.apply_kernel, ELEMENTWISE_TILES, elementwise_grid, (*shape_key, out_dtype), z,
-                      identity, out, work, weight, bias, batch, hidden, channels, spatial)
+        _launch_tiled(kernels.apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
+                      (*shape_key, out_dtype, identity.dtype, folded), z, identity, out, work, weight, bias,
+                      identity_work, norm.weight, norm.bias, batch, hidden, channels, spatial, IDENTITY_NORM=folded)
     return out, work
 
 
 def backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor,
-             w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], mode: int, training: bool,
-             std_eps: float):
-    """(dz, d_identity, d_weight, d_bias, d_w1, d_w2) of the tail's output gradient `grad`."""
+             w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], identity: Optional[Tensor],
+             identity_weight: Optional[Tensor], mode: int, training: bool, std_eps: float):
+    """(dz, d_identity, d_weight, d_bias, d_w1, d_w2, d_identity_weight, d_identity_bias) of the tail's output
+    gradient `grad`. With a folded downsample BN (`identity`: its input, `identity_weight`: its gamma)
+    d_identity is its input's gradient; without, the last two are None."""
     batch, channels, height, width = z.shape
     spatial, hidden = height * width, w1.shape[0]
+    folded = identity_weight is not None
     grad, out, z = channels_last(grad), channels_last(out), channels_last(z)
+    identity = channels_last(identity) if folded else z  # z: a placeholder the kernels do not read
     reduce_grid, elementwise_grid = _grids(batch, channels, spatial)
     extremes, filtered = layout.uses_extremes(mode), layout.uses_filter(mode)
-    grad_work = allocate((layout.backward_workspace_size(batch, channels, hidden),), torch.float32, z.device)
+    grad_work = allocate((layout.backward_workspace_size(batch, channels, hidden, folded),), torch.float32,
+                         z.device)
+    identity_work = work[layout.identity_area_offset(batch, channels, hidden):] if folded else work
+    identity_grad_work = grad_work[layout.identity_grad_area_offset(batch, channels, hidden):] if folded \
+        else grad_work
     weight_grad, bias_grad = (allocate((channels,), torch.float32, z.device) for _ in range(2))
+    identity_weight_grad, identity_bias_grad = (allocate((channels,), torch.float32, z.device) if folded
+                                                else weight_grad for _ in range(2))
     w1_grad, w2_grad = allocate(w1.shape, torch.float32, z.device), allocate(w2.shape, torch.float32, z.device)
     dz = empty_channels_last(z.shape, z.dtype, z.device)
-    d_identity = empty_channels_last(z.shape, out.dtype, z.device)
-    shape_key = (channels, spatial, z.dtype, out.dtype, grad.dtype)
+    gdm = empty_channels_last(z.shape, out.dtype, z.device)  # d_identity, or the folded BN's output gradient
+    d_input = empty_channels_last(z.shape, identity.dtype, z.device) if folded else dz
+    shape_key = (channels, spatial, z.dtype, out.dtype, grad.dtype, identity.dtype, folded)
     padded = _hidden_padding(hidden)
     finalize_step, _, excite_grad_step = small_kernel_steps(padded)
     with _on_device(z):
-        _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, shape_key, grad, out, z, work, weight,
-                      bias, grad_work, d_identity, batch, hidden, channels, spatial)
+        _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, shape_key, grad, out, z, identity, work,
+                      weight, bias, grad_work, gdm, identity_work, identity_grad_work, batch, hidden, channels,
+                      spatial, IDENTITY_NORM=folded)
         kernels.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
             BLOCK_K=excite_grad_step, num_warps=SMALL_KERNEL_WARPS)
         kernels.backward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
             work, grad_work, w1, weight, bias, filter_sum if filtered else work, weight_grad, bias_grad, w1_grad,
-            w2_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps, TRAINING=training,
-            MODE=mode, H_PAD=padded, BLOCK_B=finalize_step, BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
+            w2_grad, identity_work, identity_grad_work, identity_weight if folded else weight, identity_weight_grad,
+            identity_bias_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps,
+            TRAINING=training, MODE=mode, IDENTITY_NORM=folded, H_PAD=padded, BLOCK_B=finalize_step,
+            BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
         _launch_tiled(kernels.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
-                      (*shape_key, extremes, filtered), d_identity, z, filters if filtered else work, work,
-                      grad_work, dz, batch, hidden, channels, spatial, EXTREMES=extremes, FILTER=filtered)
-    return (dz, d_identity, _as(weight_grad, weight), _as(bias_grad, bias), _as(w1_grad, w1), _as(w2_grad, w2))
+                      (*shape_key, extremes, filtered), gdm, z, filters if filtered else work, work, grad_work, dz,
+                      identity, identity_work, identity_grad_work, identity_weight if folded else weight, d_input,
+                      batch, hidden, channels, spatial, EXTREMES=extremes, FILTER=filtered, IDENTITY_NORM=folded)
+    folded_grads = (_as(identity_weight_grad, identity_weight), _as(identity_bias_grad, identity_weight)) if folded \
+        else (None, None)
+    return (dz, d_input if folded else gdm, _as(weight_grad, weight), _as(bias_grad, bias), _as(w1_grad, w1),
+            _as(w2_grad, w2), *folded_grads)
 
 
 def _as(grad: Tensor, parameter: Tensor) -> Tensor:

@@ -29,41 +29,69 @@ def _like_channels_last(z: Tensor, dtype: torch.dtype) -> Tensor:
 @torch.library.custom_op("ssenet::se_tail_forward", mutates_args=())
 def se_tail_forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
                     running_var: Tensor, w1: Tensor, w2: Tensor, filters: Optional[Tensor],
-                    filter_sum: Optional[Tensor], random_squeeze: Optional[Tensor], mode: int, training: bool,
-                    eps: float) -> Tuple[Tensor, Tensor]:
-    """(out, the fp32 workspace the backward reads: statistics, BN's per-channel rows, squeeze, hidden, logits)."""
+                    filter_sum: Optional[Tensor], random_squeeze: Optional[Tensor], identity_weight: Optional[Tensor],
+                    identity_bias: Optional[Tensor], identity_running_mean: Optional[Tensor],
+                    identity_running_var: Optional[Tensor], mode: int, training: bool, eps: float,
+                    identity_eps: float) -> Tuple[Tensor, Tensor]:
+    """(out, the fp32 workspace the backward reads: statistics, BN's per-channel rows, squeeze, hidden, logits).
+    With `identity_weight` the identity is a downsample conv's output whose BN (the identity_* tensors) is
+    folded in."""
+    norm = None if identity_weight is None else se_launch_norm(
+        identity_weight, identity_bias, identity_running_mean, identity_running_var, identity_eps)
     return _launch().forward(z, identity, weight, bias, running_mean, running_var, w1, w2, filters, filter_sum,
-                             random_squeeze, mode, training, eps, STD_EPS)
+                             random_squeeze, mode, training, eps, STD_EPS, identity_norm=norm)
 
 
 @se_tail_forward.register_fake
 def _se_tail_forward_shapes(z, identity, weight, bias, running_mean, running_var, w1, w2, filters, filter_sum,
-                            random_squeeze, mode, training, eps):
+                            random_squeeze, identity_weight, identity_bias, identity_running_mean,
+                            identity_running_var, mode, training, eps, identity_eps):
     batch, channels = z.shape[:2]
-    size = layout.forward_workspace_size(batch, channels, w1.shape[0])
+    size = layout.forward_workspace_size(batch, channels, w1.shape[0], identity_weight is not None)
     return (_like_channels_last(z, torch.promote_types(z.dtype, identity.dtype)),
             torch.empty((size,), dtype=torch.float32, device=z.device))
 
 
 @torch.library.custom_op("ssenet::se_tail_backward", mutates_args=())
 def se_tail_backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor,
-                     w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], mode: int,
-                     training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dz, d_identity, d_bn_weight, d_bn_bias, d_w1, d_w2)."""
-    return _launch().backward(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, mode, training,
-                              STD_EPS)
+                     w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], identity: Optional[Tensor],
+                     identity_weight: Optional[Tensor], mode: int,
+                     training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dz, d_identity, d_bn_weight, d_bn_bias, d_w1, d_w2, d_identity_bn_weight, d_identity_bn_bias); the last
+    two are empty without a folded downsample BN (a custom op returns tensors)."""
+    grads = _launch().backward(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, identity,
+                               identity_weight, mode, training, STD_EPS)
+    return (*grads[:6], *(_no_grad_like(weight) if g is None else g for g in grads[6:]))
+
+
+def _no_grad_like(weight: Tensor) -> Tensor:
+    """The empty stand-in for the folded BN's gradients of a block without one."""
+    return weight.new_empty((0,))
 
 
 @se_tail_backward.register_fake
-def _se_tail_backward_shapes(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, mode, training):
-    return (_like_channels_last(z, z.dtype), _like_channels_last(z, out.dtype),
-            torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(w1), torch.empty_like(w2))
+def _se_tail_backward_shapes(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, identity,
+                             identity_weight, mode, training):
+    folded = identity_weight is not None
+    norm_grads = (torch.empty_like(identity_weight), torch.empty_like(identity_weight)) if folded else \
+        (_no_grad_like(weight), _no_grad_like(weight))
+    return (_like_channels_last(z, z.dtype), _like_channels_last(z, identity.dtype if folded else out.dtype),
+            torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(w1), torch.empty_like(w2), *norm_grads)
 
 
-def _remember(ctx, z, outputs, weight, bias, w1, w2, filters, filter_sum, mode, training) -> None:
-    """What the backward needs, saved the same way by the custom op and the eager Function."""
+def se_launch_norm(weight, bias, running_mean, running_var, eps, batches_tracked=None, momentum=0.0):
+    """se_launch.IdentityNorm, built here so that importing this module does not import triton."""
+    return _launch().IdentityNorm(weight, bias, running_mean, running_var, eps, batches_tracked, momentum)
+
+
+def _remember(ctx, z, identity, outputs, weight, bias, w1, w2, filters, filter_sum, identity_weight, mode,
+              training) -> None:
+    """What the backward needs, saved the same way by the custom op and the eager Function (the identity only
+    where its BN is folded in: its backward reads it, as BN's would)."""
     out, work = outputs
-    ctx.save_for_backward(out, z, work, weight, bias, w1, w2, filters, filter_sum)
+    folded = identity_weight is not None
+    ctx.save_for_backward(out, z, work, weight, bias, w1, w2, filters, filter_sum, identity if folded else None,
+                          identity_weight)
     ctx.mode, ctx.training = mode, training
 
 
@@ -73,13 +101,18 @@ def _backward_arguments(ctx, grad) -> tuple:
 
 
 def _save_for_backward(ctx, inputs, output):
-    z, _, weight, bias, _, _, w1, w2, filters, filter_sum, _, mode, training, _ = inputs
-    _remember(ctx, z, output, weight, bias, w1, w2, filters, filter_sum, mode, training)
+    z, identity, weight, bias, _, _, w1, w2, filters, filter_sum, _, identity_weight, _, _, _, mode, training, _, _ \
+        = inputs
+    _remember(ctx, z, identity, output, weight, bias, w1, w2, filters, filter_sum, identity_weight, mode, training)
 
 
 def _backward(ctx, grad, *unused_grads):
-    dz, d_identity, d_weight, d_bias, d_w1, d_w2 = se_tail_backward(*_backward_arguments(ctx, grad))
-    return dz, d_identity, d_weight, d_bias, None, None, d_w1, d_w2, None, None, None, None, None, None
+    dz, d_identity, d_weight, d_bias, d_w1, d_w2, d_identity_weight, d_identity_bias = se_tail_backward(
+        *_backward_arguments(ctx, grad))
+    folded = ctx.saved_tensors[-1] is not None
+    return (dz, d_identity, d_weight, d_bias, None, None, d_w1, d_w2, None, None, None,
+            d_identity_weight if folded else None, d_identity_bias if folded else None, None, None, None, None, None,
+            None)
 
 
 se_tail_forward.register_autograd(_backward, setup_context=_save_for_backward)
@@ -90,41 +123,61 @@ class _EagerTail(torch.autograd.Function):
     running estimates are updated inside the statistics kernel."""
 
     @staticmethod
-    def forward(ctx, z, identity, weight, bias, w1, w2, bn, filters, filter_sum, random_squeeze, mode):
+    def forward(ctx, z, identity, weight, bias, w1, w2, bn, filters, filter_sum, random_squeeze, mode,
+                identity_weight, identity_bias, identity_bn):
         update = bn.training  # batch statistics, and the running estimates follow them
+        norm = None if identity_bn is None else se_launch_norm(
+            identity_weight, identity_bias, identity_bn.running_mean, identity_bn.running_var, identity_bn.eps,
+            identity_bn.num_batches_tracked if update else None, identity_bn.momentum)
         outputs = _launch().forward(
             z, identity, weight, bias, bn.running_mean, bn.running_var, w1, w2, filters, filter_sum, random_squeeze,
-            mode, update, bn.eps, STD_EPS, bn.num_batches_tracked if update else None, bn.momentum)
-        _remember(ctx, z, outputs, weight, bias, w1, w2, filters, filter_sum, mode, update)
+            mode, update, bn.eps, STD_EPS, bn.num_batches_tracked if update else None, bn.momentum, norm)
+        _remember(ctx, z, identity, outputs, weight, bias, w1, w2, filters, filter_sum, identity_weight, mode, update)
         return outputs[0]
 
     @staticmethod
     def backward(ctx, grad):
-        dz, d_identity, d_weight, d_bias, d_w1, d_w2 = _launch().backward(*_backward_arguments(ctx, grad), STD_EPS)
-        return dz, d_identity, d_weight, d_bias, d_w1, d_w2, None, None, None, None, None
+        dz, d_identity, d_weight, d_bias, d_w1, d_w2, d_identity_weight, d_identity_bias = _launch().backward(
+            *_backward_arguments(ctx, grad), STD_EPS)
+        return (dz, d_identity, d_weight, d_bias, d_w1, d_w2, None, None, None, None, None, d_identity_weight,
+                d_identity_bias, None)
 
 
 def fused_se_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, w1: Tensor, w2: Tensor, mode: int,
                   filters: Optional[Tensor] = None, filter_sum: Optional[Tensor] = None,
-                  random_squeeze: Optional[Tensor] = None) -> Tensor:
-    """relu(SE(bn(z)) + identity) in the fused kernels, with bn's running statistics updated as bn would.
+                  random_squeeze: Optional[Tensor] = None, identity_bn: Optional[nn.BatchNorm2d] = None) -> Tensor:
+    """relu(SE(bn(z)) + identity) in the fused kernels, with bn's running statistics updated as bn would;
+    with `identity_bn` (a downsample's BN, `identity` its input) relu(SE(bn(z)) + identity_bn(identity)).
 
     Eager calls go through a plain autograd.Function; under torch.compile the custom ops are traced instead
     and the running statistics are updated here, where inductor fuses the update.
     """
+    identity_weight = None if identity_bn is None else identity_bn.weight
+    identity_bias = None if identity_bn is None else identity_bn.bias
     if not torch.compiler.is_compiling():
         return _EagerTail.apply(z, identity, bn.weight, bn.bias, w1, w2, bn, filters, filter_sum, random_squeeze,
-                                mode)
-    out, work = se_tail_forward(z, identity, bn.weight, bn.bias, bn.running_mean, bn.running_var, w1, w2, filters,
-                                filter_sum, random_squeeze, mode, bn.training, bn.eps)
+                                mode, identity_weight, identity_bias, identity_bn)
+    folded = identity_bn is not None
+    out, work = se_tail_forward(
+        z, identity, bn.weight, bn.bias, bn.running_mean, bn.running_var, w1, w2, filters, filter_sum,
+        random_squeeze, identity_weight, identity_bias, identity_bn.running_mean if folded else None,
+        identity_bn.running_var if folded else None, mode, bn.training, bn.eps, identity_bn.eps if folded else 0.0)
     if bn.training:
-        channels = z.shape[1]
-        rows = layout.channel_row_offset(z.shape[0], channels)
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            bn.running_mean.lerp_(work[rows:rows + channels], bn.momentum)
-            bn.running_var.lerp_(work[rows + 2 * channels:rows + 3 * channels], bn.momentum)
+        batch, channels = z.shape[:2]
+        _follow_batch_statistics(bn, work[layout.channel_row_offset(batch, channels):])
+        if folded:
+            area = layout.identity_area_offset(batch, channels, w1.shape[0])
+            _follow_batch_statistics(identity_bn, work[area + layout.channel_row_offset(batch, channels):])
     return out
+
+
+def _follow_batch_statistics(bn: nn.BatchNorm2d, channel_rows: Tensor) -> None:
+    """bn's running estimates and batch count after a training step, from its per-channel rows (layout.py)."""
+    channels = bn.num_features
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        bn.running_mean.lerp_(channel_rows[:channels], bn.momentum)
+        bn.running_var.lerp_(channel_rows[2 * channels:3 * channels], bn.momentum)
 
 
 def supports_batch_norm(bn: nn.Module) -> bool:

@@ -207,15 +207,11 @@ def _bn_stats(stats, columns, column_ok, running_mean, running_var, B, C, HW, ep
 
 
 @triton.jit
-def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches_tracked, gamma_ptr, beta_ptr,
-                            filter_sum_ptr, B, C, H, HW, corr_count, eps, std_eps, momentum,
-                            TRAINING: tl.constexpr, UPDATE: tl.constexpr, MODE: tl.constexpr,
-                            BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    """BN statistics per channel (with UPDATE: BN's running estimates and batch count updated as
-    nn.BatchNorm2d does), then the squeeze s (B, C) of y = BN(z) for every sample (`random`: its draw)."""
-    stats, channel_ptr, squeeze_ptr = work, _channel_rows(work, B, C), _squeeze_row(work, B, C)
-    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    column_ok = columns < C
+def _finalize_norm(stats, channel_ptr, columns, column_ok, running_mean, running_var, batches_tracked, B, C, HW,
+                   eps, momentum, TRAINING: tl.constexpr, UPDATE: tl.constexpr, BLOCK_B: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """One BN's per-channel rows (mean, 1/sqrt(var + eps), unbiased var) from its per-(b, c) statistics; with
+    UPDATE its running estimates and batch count follow, as nn.BatchNorm2d's. Returns (mean, inv_std)."""
     mean_bn, inv_std, unbiased = _bn_stats(stats, columns, column_ok, running_mean, running_var, B, C, HW, eps,
                                            TRAINING, BLOCK_B, BLOCK_C)
     tl.store(channel_ptr + columns, mean_bn, mask=column_ok)
@@ -230,6 +226,27 @@ def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches
             running_var.dtype.element_ty), mask=column_ok)
         if tl.program_id(0) == 0:
             tl.store(batches_tracked, tl.load(batches_tracked) + 1)
+    return mean_bn, inv_std
+
+
+@triton.jit
+def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches_tracked, gamma_ptr, beta_ptr,
+                            filter_sum_ptr, identity_work, identity_running_mean, identity_running_var,
+                            identity_batches_tracked, B, C, H, HW, corr_count, eps, std_eps, momentum, identity_eps,
+                            identity_momentum, TRAINING: tl.constexpr, UPDATE: tl.constexpr, MODE: tl.constexpr,
+                            IDENTITY_NORM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """BN statistics per channel (with UPDATE: BN's running estimates and batch count updated as
+    nn.BatchNorm2d does), then the squeeze s (B, C) of y = BN(z) for every sample (`random`: its draw).
+    With IDENTITY_NORM the folded downsample BN's rows too, from its statistics in `identity_work`."""
+    stats, channel_ptr, squeeze_ptr = work, _channel_rows(work, B, C), _squeeze_row(work, B, C)
+    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    column_ok = columns < C
+    mean_bn, inv_std = _finalize_norm(stats, channel_ptr, columns, column_ok, running_mean, running_var,
+                                      batches_tracked, B, C, HW, eps, momentum, TRAINING, UPDATE, BLOCK_B, BLOCK_C)
+    if IDENTITY_NORM:
+        _finalize_norm(identity_work, _channel_rows(identity_work, B, C), columns, column_ok, identity_running_mean,
+                       identity_running_var, identity_batches_tracked, B, C, HW, identity_eps, identity_momentum,
+                       TRAINING, UPDATE, BLOCK_B, BLOCK_C)
     gamma = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
     beta = tl.load(beta_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)[None, :]
     filter_sum = gamma * 0.0
@@ -288,36 +305,50 @@ def excite_kernel(work, w1_ptr, w2_ptr, B, C, H, H_PAD: tl.constexpr, BLOCK_B: t
 
 
 @triton.jit
-def apply_kernel(z_ptr, identity_ptr, out_ptr, work, gamma_ptr, beta_ptr, B, H, C, HW,
-                 BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out = relu(BN(z) * sigmoid(logits) + identity); NaN stays NaN (relu as torch), so divergence is seen."""
-    channel_ptr, logits_ptr = _channel_rows(work, B, C), _logits_rows(work, B, C, H)
+def _norm_affine(channel_ptr, gamma_ptr, beta_ptr, columns, column_ok, C):
+    """(scale, shift) of BN(x) = x * scale + shift per channel, from its rows (mean, 1/sqrt(var + eps))."""
+    mean_bn = tl.load(channel_ptr + columns, mask=column_ok, other=0.0)
+    scale = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) * \
+        tl.load(channel_ptr + C + columns, mask=column_ok, other=0.0)
+    return scale, tl.load(beta_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) - mean_bn * scale
+
+
+@triton.jit
+def apply_kernel(z_ptr, identity_ptr, out_ptr, work, gamma_ptr, beta_ptr, identity_work, identity_gamma_ptr,
+                 identity_beta_ptr, B, H, C, HW, IDENTITY_NORM: tl.constexpr, BLOCK_HW: tl.constexpr,
+                 BLOCK_C: tl.constexpr):
+    """out = relu(BN(z) * sigmoid(logits) + identity); NaN stays NaN (relu as torch), so divergence is seen.
+    With IDENTITY_NORM the identity is the downsample conv's output and its BN is applied here."""
+    logits_ptr = _logits_rows(work, B, C, H)
     hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2)
     column_ok = columns < C
     gate = _sigmoid(tl.load(logits_ptr + b * C + columns, mask=column_ok, other=0.0))
-    mean_bn = tl.load(channel_ptr + columns, mask=column_ok, other=0.0)
-    scale = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) * \
-        tl.load(channel_ptr + C + columns, mask=column_ok, other=0.0)
-    shift = tl.load(beta_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) - mean_bn * scale
+    scale, shift = _norm_affine(_channel_rows(work, B, C), gamma_ptr, beta_ptr, columns, column_ok, C)
     multiplier = (scale * gate)[None, :]
     offset = (shift * gate)[None, :]
     mask = (hw < HW)[:, None] & column_ok[None, :]
     offsets = b.to(tl.int64) * HW * C + hw[:, None] * C + columns[None, :]
     z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     identity = tl.load(identity_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if IDENTITY_NORM:
+        identity_scale, identity_shift = _norm_affine(_channel_rows(identity_work, B, C), identity_gamma_ptr,
+                                                      identity_beta_ptr, columns, column_ok, C)
+        identity = identity * identity_scale[None, :] + identity_shift[None, :]
     value = z * multiplier + offset + identity
     value = tl.where(value < 0.0, 0.0, value)
     tl.store(out_ptr + offsets, value.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad_work, d_identity_ptr, B, H, C,
-                       HW, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, identity_ptr, work, gamma_ptr, beta_ptr, grad_work,
+                       d_identity_ptr, identity_work, identity_grad_work, B, H, C, HW, IDENTITY_NORM: tl.constexpr,
+                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per (b, c): A = sum gdm, Bh = sum gdm * (z - mean_bn) with gdm = dout * [out > 0], then the gradient
     at the gate's pre-activation: (scale * Bh + beta * A) * gate * (1 - gate). gdm is d_identity, written on
-    the way: grad_apply then reads (gdm, z) instead of (dout, out, z), one tensor less per element."""
+    the way: grad_apply then reads (gdm, z) instead of (dout, out, z), one tensor less per element. With
+    IDENTITY_NORM also sum gdm * (identity - its BN mean), for the folded downsample BN's backward."""
     channel_ptr, logits_ptr = _channel_rows(work, B, C), _logits_rows(work, B, C, H)
     reduced_ptr = grad_work
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -325,9 +356,13 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad
     column_ok = columns < C
     rows = tl.arange(0, BLOCK_HW)
     mean_bn = tl.load(channel_ptr + columns, mask=column_ok, other=0.0)
+    identity_mean = mean_bn
+    if IDENTITY_NORM:
+        identity_mean = tl.load(_channel_rows(identity_work, B, C) + columns, mask=column_ok, other=0.0)
     base = b.to(tl.int64) * HW * C
     total = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     centred = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
+    identity_centred = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     for start in range(0, HW, BLOCK_HW):
         hw = start + rows
         mask = (hw < HW)[:, None] & column_ok[None, :]
@@ -340,6 +375,9 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad
         z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         total += grad
         centred += grad * (z - mean_bn[None, :])
+        if IDENTITY_NORM:
+            identity = tl.load(identity_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            identity_centred += grad * (identity - identity_mean[None, :])
     a_sum = tl.sum(total, axis=0)
     b_sum = tl.sum(centred, axis=0)
     scale = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) * \
@@ -351,6 +389,8 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, work, gamma_ptr, beta_ptr, grad
     tl.store(out_row, a_sum, mask=column_ok)
     tl.store(out_row + plane, b_sum, mask=column_ok)
     tl.store(out_row + 2 * plane, (scale * b_sum + beta * a_sum) * gate * (1.0 - gate), mask=column_ok)
+    if IDENTITY_NORM:
+        tl.store(identity_grad_work + b * C + columns, tl.sum(identity_centred, axis=0), mask=column_ok)
 
 
 @triton.jit
@@ -409,13 +449,46 @@ def excite_grad_kernel(work, grad_work, w2_ptr, B, C, H, H_PAD: tl.constexpr, BL
 
 
 @triton.jit
+def _identity_norm_backward(grad_work, identity_work, identity_grad_work, gamma_ptr, gamma_grad_ptr, beta_grad_ptr,
+                            B, C, HW, TRAINING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The folded downsample BN's backward for a block of channels: its input x gets gdm through the BN,
+    dx = gdm * scale + p + q * (x - mean) (batch statistics: p = -scale * dbeta / N, q = -scale * inv_std *
+    dgamma / N), from the per-(b, c) sums of gdm (grad_reduce's A) and of gdm * (x - mean)."""
+    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    column_ok = columns < C
+    d_beta = tl.zeros((BLOCK_C,), tl.float32)
+    centred = tl.zeros((BLOCK_C,), tl.float32)
+    for start in range(0, B, BLOCK_B):
+        mask, offsets = _batch_tile(start, B, C, columns, column_ok, BLOCK_B)
+        d_beta += tl.sum(tl.load(grad_work + offsets, mask=mask, other=0.0), axis=0)
+        centred += tl.sum(tl.load(identity_grad_work + offsets, mask=mask, other=0.0), axis=0)
+    inv_std = tl.load(_channel_rows(identity_work, B, C) + C + columns, mask=column_ok, other=0.0)
+    d_gamma = centred * inv_std
+    tl.store(gamma_grad_ptr + columns, d_gamma, mask=column_ok)
+    tl.store(beta_grad_ptr + columns, d_beta, mask=column_ok)
+    scale = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) * inv_std
+    p = d_beta * 0.0
+    q = p
+    if TRAINING:
+        count = B * HW
+        p = -scale * d_beta / count
+        q = -scale * inv_std * d_gamma / count
+    coefficients = identity_grad_work + B * C
+    tl.store(coefficients + columns, p, mask=column_ok)
+    tl.store(coefficients + C + columns, q, mask=column_ok)
+
+
+@triton.jit
 def backward_finalize_kernel(work, grad_work, w1_ptr, gamma_ptr, beta_ptr, filter_sum_ptr, gamma_grad_ptr,
-                             beta_grad_ptr, w1_grad_ptr, w2_grad_ptr, B, C, H, HW, corr_count, std_eps,
-                             TRAINING: tl.constexpr, MODE: tl.constexpr, H_PAD: tl.constexpr,
-                             BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+                             beta_grad_ptr, w1_grad_ptr, w2_grad_ptr, identity_work, identity_grad_work,
+                             identity_gamma_ptr, identity_gamma_grad_ptr, identity_beta_grad_ptr, B, C, H, HW,
+                             corr_count, std_eps, TRAINING: tl.constexpr, MODE: tl.constexpr,
+                             IDENTITY_NORM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_B: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
     """For a block of channels: the excitation's weight gradients (dW1 = dhidden^T s, dW2 = dlogits^T hidden),
     the squeeze's gradient ds = dhidden W1, then BN's and the squeeze's backward in closed form: dgamma, dbeta,
-    and per (b, c) the coefficients of dz = gdm*a + p + q*(z - mean) + k*[z == extreme] + r*filter."""
+    and per (b, c) the coefficients of dz = gdm*a + p + q*(z - mean) + k*[z == extreme] + r*filter. With
+    IDENTITY_NORM the folded downsample BN's backward too (its input's gradient is gdm through that BN)."""
     stats, channel_ptr, squeeze_ptr = work, _channel_rows(work, B, C), _squeeze_row(work, B, C)
     hidden_ptr, logits_ptr = _hidden_rows(work, B, C), _logits_rows(work, B, C, H)
     reduced, hidden_grad_ptr = grad_work, _hidden_grad_rows(grad_work, B, C)
@@ -482,13 +555,18 @@ def backward_finalize_kernel(work, grad_work, w1_ptr, gamma_ptr, beta_ptr, filte
         tl.store(row + 3 * plane, extreme, mask=mask)
         tl.store(row + 4 * plane, scale * kappa, mask=mask)
         tl.store(row + 5 * plane, scale * phi, mask=mask)
+    if IDENTITY_NORM:  # last: its loop then adds nothing to the live registers of the loops above
+        _identity_norm_backward(grad_work, identity_work, identity_grad_work, identity_gamma_ptr,
+                                identity_gamma_grad_ptr, identity_beta_grad_ptr, B, C, HW, TRAINING, BLOCK_B, BLOCK_C)
 
 
 @triton.jit
-def grad_apply_kernel(d_identity_ptr, z_ptr, filter_ptr, work, grad_work, dz_ptr, B, H, C, HW,
-                      EXTREMES: tl.constexpr, FILTER: tl.constexpr, BLOCK_HW: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
-    """dz in one pass over (gdm, z); gdm = dout * [out > 0] is d_identity, which grad_reduce wrote."""
+def grad_apply_kernel(d_identity_ptr, z_ptr, filter_ptr, work, grad_work, dz_ptr, identity_ptr, identity_work,
+                      identity_grad_work, identity_gamma_ptr, d_norm_input_ptr, B, H, C, HW,
+                      EXTREMES: tl.constexpr, FILTER: tl.constexpr, IDENTITY_NORM: tl.constexpr,
+                      BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dz in one pass over (gdm, z); gdm = dout * [out > 0] is d_identity, which grad_reduce wrote. With
+    IDENTITY_NORM also the gradient of the downsample conv's output through its folded BN."""
     stats, coef_ptr = work, _coefficient_rows(grad_work, B, C, H)
     hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -513,3 +591,14 @@ def grad_apply_kernel(d_identity_ptr, z_ptr, filter_ptr, work, grad_work, dz_ptr
         r = tl.load(coef_ptr + 5 * plane + small, mask=column_ok, other=0.0)[None, :]
         dz += r * tl.load(filter_ptr + hw[:, None] * C + columns[None, :], mask=mask, other=0.0)
     tl.store(dz_ptr + offsets, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+    if IDENTITY_NORM:
+        identity_channel = _channel_rows(identity_work, B, C)
+        identity_mean = tl.load(identity_channel + columns, mask=column_ok, other=0.0)[None, :]
+        identity_scale = tl.load(identity_gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) * \
+            tl.load(identity_channel + C + columns, mask=column_ok, other=0.0)
+        coefficients = identity_grad_work + B * C
+        identity_p = tl.load(coefficients + columns, mask=column_ok, other=0.0)[None, :]
+        identity_q = tl.load(coefficients + C + columns, mask=column_ok, other=0.0)[None, :]
+        identity = tl.load(identity_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        d_input = grad * identity_scale[None, :] + identity_p + identity_q * (identity - identity_mean)
+        tl.store(d_norm_input_ptr + offsets, d_input.to(d_norm_input_ptr.dtype.element_ty), mask=mask)
