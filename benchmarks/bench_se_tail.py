@@ -8,7 +8,8 @@ shape (median of CUDA-event timings after warm-up). The peer is torchvision's ta
 the same run; `GB/s` counts the bytes the fused tail moves (z read 4 times, identity once, out written and read
 once, dout read once, d_identity written and read once, dz written once: 11 passes). `host ms` is the
 CPU time of issuing one forward + backward without waiting for the GPU: where it exceeds the GPU time, the
-tail is bound by launches, not by memory.
+tail is bound by launches, not by memory. Per stage, the first block's tail (identity = the downsample conv's
+output) with that BN folded into the kernels against the BN in torch before them.
 """
 import argparse
 import json
@@ -73,6 +74,18 @@ def print_tail_kernels(work, label: str) -> None:
     print_kernel_times(kernel_times(work), f"one {label}")
 
 
+def time_downsample_fold(se, bn, z, identity, grad, repeats: int, stage: str) -> dict:
+    """A stage's first block, whose identity is the downsample conv's output: the fused tail with that BN
+    folded in against the BN in torch feeding the fused tail (what a model without the fold runs)."""
+    identity_bn = nn.BatchNorm2d(z.shape[1]).cuda()
+    se.set_kernel("triton")
+    folded = median_ms(tail_step(lambda a, b: se.tail(a, bn, b, identity_bn), z, identity, grad), repeats)
+    separate = median_ms(tail_step(lambda a, b: se.tail(a, bn, identity_bn(b)), z, identity, grad), repeats)
+    print(f"{stage:7s} downsample block, {se.squeeze_name}: BN folded {folded:.3f} ms, BN in torch {separate:.3f} ms "
+          f"(folded {separate / folded:.2f}x faster)")
+    return {"squeeze": se.squeeze_name, "folded_ms": folded, "separate_ms": separate}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--squeezes", default=",".join(squeeze_names(include_baseline=False)))
@@ -115,6 +128,7 @@ def main() -> None:
             if stage in profiled:
                 print_tail_kernels(tail_step(lambda a, b: se.tail(a, bn, b), z, identity, grad),
                                    f"{stage} {squeeze} fused tail")
+        results[f"{stage}/downsample"] = time_downsample_fold(se, bn, z, identity, grad, args.repeats, stage)
         if stage in profiled:
             print_tail_kernels(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), f"{stage} plain tail")
             print(f"copy ceiling: {copy_bandwidth(z.detach()):.0f} GB/s")
