@@ -63,6 +63,8 @@ class SqueezeExcite(nn.Module):
             if identity_bn is not None:
                 identity = identity_bn(identity)
             return torch.relu(self(bn(z)) + identity)
+        if identity_bn is not None and identity_bn.training != bn.training:  # one mode for both BNs in the kernels
+            identity, identity_bn = identity_bn(identity), None
         filters = filter_sum = random_squeeze = None
         if isinstance(self.squeeze, MultiSpectralSqueeze):
             filters, filter_sum = self.squeeze.kernel_filters(z)
