@@ -3,7 +3,8 @@
 Registered with torch.library so that torch.compile traces a model through them without graph breaks (the
 fake implementations give shapes and strides) and autograd runs `se_tail_backward`. The block's BN is folded
 in, so y = BN(z) is recomputed from z rather than stored: the SE arms keep the plain network's activations.
-The caller updates BN's running statistics from the returned batch statistics, as nn.BatchNorm2d would.
+A downsample's BN on the identity may be folded in too (the `identity_*` arguments). The caller updates the
+BNs' running statistics from the returned batch statistics, as nn.BatchNorm2d would.
 """
 from typing import Optional, Tuple
 
@@ -36,7 +37,7 @@ def se_tail_forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, r
     """(out, the fp32 workspace the backward reads: statistics, BN's per-channel rows, squeeze, hidden, logits).
     With `identity_weight` the identity is a downsample conv's output whose BN (the identity_* tensors) is
     folded in."""
-    norm = None if identity_weight is None else se_launch_norm(
+    norm = None if identity_weight is None else _identity_norm(
         identity_weight, identity_bias, identity_running_mean, identity_running_var, identity_eps)
     return _launch().forward(z, identity, weight, bias, running_mean, running_var, w1, w2, filters, filter_sum,
                              random_squeeze, mode, training, eps, STD_EPS, identity_norm=norm)
@@ -79,7 +80,7 @@ def _se_tail_backward_shapes(grad, out, z, work, weight, bias, w1, w2, filters, 
             torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(w1), torch.empty_like(w2), *norm_grads)
 
 
-def se_launch_norm(weight, bias, running_mean, running_var, eps, batches_tracked=None, momentum=0.0):
+def _identity_norm(weight, bias, running_mean, running_var, eps, batches_tracked=None, momentum=0.0):
     """se_launch.IdentityNorm, built here so that importing this module does not import triton."""
     return _launch().IdentityNorm(weight, bias, running_mean, running_var, eps, batches_tracked, momentum)
 
@@ -126,7 +127,7 @@ class _EagerTail(torch.autograd.Function):
     def forward(ctx, z, identity, weight, bias, w1, w2, bn, filters, filter_sum, random_squeeze, mode,
                 identity_weight, identity_bias, identity_bn):
         update = bn.training  # batch statistics, and the running estimates follow them
-        norm = None if identity_bn is None else se_launch_norm(
+        norm = None if identity_bn is None else _identity_norm(
             identity_weight, identity_bias, identity_bn.running_mean, identity_bn.running_var, identity_bn.eps,
             identity_bn.num_batches_tracked if update else None, identity_bn.momentum)
         outputs = _launch().forward(
