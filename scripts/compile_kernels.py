@@ -1,6 +1,6 @@
 """Compile every fused SE-tail kernel variant for an NVIDIA GPU target, on a machine without one.
 
-    python scripts/compile_kernels.py              # sm90 (H100/H200); about 65 s on 2 cores
+    python scripts/compile_kernels.py              # sm90 (H100/H200); about 100 s on 2 cores
     python scripts/compile_kernels.py --quick      # the subset CI compiles (every kernel's code, ~10 s)
     python scripts/compile_kernels.py --arch 80    # A100
 
@@ -94,9 +94,12 @@ def variants(quick: bool = False):
                                                BLOCK_K=excite_grad_step), warps
     for kernel, tiles in ((kernels.apply_kernel, se_launch.ELEMENTWISE_TILES),
                           (kernels.grad_reduce_kernel, se_launch.REDUCE_TILES)):
+        masks = (False, True) if kernel is kernels.grad_reduce_kernel else (None,)  # the custom op's and eager's
         for block_hw, block_c, tile_warps in tiles[first]:
             for fold in (False, True):
-                yield kernel, dict(IDENTITY_NORM=fold, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
+                for premasked in masks:
+                    switches = {} if premasked is None else {"PREMASKED": premasked}
+                    yield kernel, dict(IDENTITY_NORM=fold, **switches, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
 
 
 def _fold(fold) -> dict:

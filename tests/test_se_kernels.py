@@ -14,7 +14,7 @@ from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import SqueezeExcite, build_model, set_se_kernel
 
 pytest.importorskip("triton")
-from pipeline.kernels import se_launch  # noqa: E402  (imports triton)
+from pipeline.kernels import se_launch, se_ops  # noqa: E402  (imports triton)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SQUEEZES = sorted(SQUEEZE_MODES)
@@ -302,6 +302,39 @@ def test_compiles_without_graph_breaks():
     for bn in ("bn2", "downsample.1"):
         counts = [block.get_submodule(bn).num_batches_tracked.item() for block in blocks.values()]
         assert counts == [1, 1], bn
+
+
+@pytest.mark.parametrize("squeeze,folded", [(squeeze, False) for squeeze in SQUEEZES] + [("gmp", True), ("fca", True)])
+def test_the_custom_ops_give_the_eager_functions_values_and_gradients(squeeze, folded):
+    """The custom ops (what torch.compile traces) against the eager autograd.Function: the ops' backward takes
+    the output's gradient already masked by the ReLU, the Function's kernels mask it themselves."""
+    se, bn = make_tail(squeeze, 32, zero_gamma=False)
+    identity_bn = random_batch_norm(32, torch.Generator().manual_seed(5)) if folded else None
+    z, identity, grad = case_inputs(3, 32, 5, 3, torch.float32, "normal")
+    w1, w2 = se.excite[0].weight.to(DEVICE), se.excite[2].weight.to(DEVICE)
+    filters = filter_sum = random_squeeze = None
+    if squeeze == "fca":
+        filters, filter_sum = se.squeeze.to(DEVICE).kernel_filters(z)
+    if squeeze == "random":
+        random_squeeze = torch.rand(3, 32, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    results = {}
+    for path in ("function", "ops"):
+        leaves = [t.detach().clone().requires_grad_() for t in (z, identity, w1, w2)]
+        norms = [copy.deepcopy(m).to(DEVICE) for m in (bn, identity_bn) if m is not None]
+        mode = SQUEEZE_MODES[squeeze]
+        if path == "function":
+            out = se_ops.fused_se_tail(*leaves[:2], norms[0], *leaves[2:], mode, filters, filter_sum, random_squeeze,
+                                       norms[1] if folded else None)
+        else:
+            norm_args = (norms[1].weight, norms[1].bias, norms[1].running_mean, norms[1].running_var) if folded \
+                else (None,) * 4
+            out, _ = se_ops.se_tail_forward(*leaves[:2], norms[0].weight, norms[0].bias, norms[0].running_mean,
+                                            norms[0].running_var, *leaves[2:], filters, filter_sum, random_squeeze,
+                                            *norm_args, mode, True, norms[0].eps, 1e-5)
+        (out * grad).sum().backward()
+        results[path] = [out] + [t.grad for t in leaves] + [p.grad for m in norms for p in (m.weight, m.bias)]
+    for index, (ops, function) in enumerate(zip(results["ops"], results["function"])):
+        assert relative_error(ops, function) < 1e-5, index
 
 
 def test_custom_op_registration_passes_torch_opcheck():

@@ -44,7 +44,7 @@ def _tuned(kernel, tiles, mode_flags=()):
 
 _TUNED = {kernel: _tuned(kernel, tiles, flags) for kernel, tiles, flags in (
     (kernels.z_stats_kernel, REDUCE_TILES, ("EXTREMES", "FILTER")),
-    (kernels.grad_reduce_kernel, REDUCE_TILES, ("IDENTITY_NORM",)),
+    (kernels.grad_reduce_kernel, REDUCE_TILES, ("IDENTITY_NORM", "PREMASKED")),
     (kernels.apply_kernel, ELEMENTWISE_TILES, ("IDENTITY_NORM",)),
     (kernels.grad_apply_kernel, ELEMENTWISE_TILES, ("EXTREMES", "FILTER", "IDENTITY_NORM")))}
 
@@ -185,16 +185,18 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
     return out, work
 
 
-def backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor,
+def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor,
              w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], identity: Optional[Tensor],
              identity_weight: Optional[Tensor], mode: int, training: bool, std_eps: float):
     """(dz, d_identity, d_weight, d_bias, d_w1, d_w2, d_identity_weight, d_identity_bias) of the tail's output
-    gradient `grad`. With a folded downsample BN (`identity`: its input, `identity_weight`: its gamma)
+    gradient `grad`. With `out` None, `grad` is already masked by the ReLU (gdm = dout * [out > 0], which is
+    then d_identity itself). With a folded downsample BN (`identity`: its input, `identity_weight`: its gamma)
     d_identity is its input's gradient; without, the last two are None."""
     batch, channels, height, width = z.shape
     spatial, hidden = height * width, w1.shape[0]
-    folded = identity_weight is not None
-    grad, out, z = channels_last(grad), channels_last(out), channels_last(z)
+    folded, premasked = identity_weight is not None, out is None
+    grad, z = channels_last(grad), channels_last(z)
+    out = grad if premasked else channels_last(out)  # premasked: a placeholder the kernels do not read
     identity = channels_last(identity) if folded else z  # z: a placeholder the kernels do not read
     reduce_grid, elementwise_grid = _grids(batch, channels, spatial)
     extremes, filtered = layout.uses_extremes(mode), layout.uses_filter(mode)
@@ -208,15 +210,16 @@ def backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor,
                                                 else weight_grad for _ in range(2))
     w1_grad, w2_grad = allocate(w1.shape, torch.float32, z.device), allocate(w2.shape, torch.float32, z.device)
     dz = empty_channels_last(z.shape, z.dtype, z.device)
-    gdm = empty_channels_last(z.shape, out.dtype, z.device)  # d_identity, or the folded BN's output gradient
+    # d_identity, or the folded BN's output gradient
+    gdm = grad if premasked else empty_channels_last(z.shape, out.dtype, z.device)
     d_input = empty_channels_last(z.shape, identity.dtype, z.device) if folded else dz
-    shape_key = (channels, spatial, z.dtype, out.dtype, grad.dtype, identity.dtype, folded)
+    shape_key = (channels, spatial, z.dtype, gdm.dtype, grad.dtype, identity.dtype, folded)
     padded = _hidden_padding(hidden)
     finalize_step, _, excite_grad_step = small_kernel_steps(padded)
     with _on_device(z):
-        _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, shape_key, grad, out, z, identity, work,
-                      weight, bias, grad_work, gdm, identity_work, identity_grad_work, batch, hidden, channels,
-                      spatial, IDENTITY_NORM=folded)
+        _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, (*shape_key, premasked), grad, out, z,
+                      identity, work, weight, bias, grad_work, gdm, identity_work, identity_grad_work, batch, hidden,
+                      channels, spatial, IDENTITY_NORM=folded, PREMASKED=premasked)
         kernels.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
             BLOCK_K=excite_grad_step, num_warps=SMALL_KERNEL_WARPS)

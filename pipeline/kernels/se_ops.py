@@ -54,15 +54,18 @@ def _se_tail_forward_shapes(z, identity, weight, bias, running_mean, running_var
 
 
 @torch.library.custom_op("ssenet::se_tail_backward", mutates_args=())
-def se_tail_backward(grad: Tensor, out: Tensor, z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor,
-                     w2: Tensor, filters: Optional[Tensor], filter_sum: Optional[Tensor], identity: Optional[Tensor],
+def se_tail_backward(gdm: Tensor, z: Tensor, work: Tensor, weight: Tensor, bias: Tensor, w1: Tensor, w2: Tensor,
+                     filters: Optional[Tensor], filter_sum: Optional[Tensor], identity: Optional[Tensor],
                      identity_weight: Optional[Tensor], mode: int,
                      training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dz, d_identity, d_bn_weight, d_bn_bias, d_w1, d_w2, d_identity_bn_weight, d_identity_bn_bias); the last
-    two are empty without a folded downsample BN (a custom op returns tensors)."""
-    grads = _launch().backward(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, identity,
+    """(dz, d_identity_input, d_bn_weight, d_bn_bias, d_w1, d_w2, d_identity_bn_weight, d_identity_bn_bias) from
+    gdm, the output's gradient masked by the ReLU (which is d_identity). The folded downsample BN's three are
+    empty without one (a custom op returns tensors, none an alias of its input)."""
+    grads = _launch().backward(gdm, None, z, work, weight, bias, w1, w2, filters, filter_sum, identity,
                                identity_weight, mode, training, STD_EPS)
-    return (*grads[:6], *(_no_grad_like(weight) if g is None else g for g in grads[6:]))
+    folded = identity_weight is not None
+    return (grads[0], grads[1] if folded else _no_grad_like(weight), *grads[2:6],
+            *(grads[6:] if folded else (_no_grad_like(weight), _no_grad_like(weight))))
 
 
 def _no_grad_like(weight: Tensor) -> Tensor:
@@ -71,13 +74,15 @@ def _no_grad_like(weight: Tensor) -> Tensor:
 
 
 @se_tail_backward.register_fake
-def _se_tail_backward_shapes(grad, out, z, work, weight, bias, w1, w2, filters, filter_sum, identity,
-                             identity_weight, mode, training):
-    folded = identity_weight is not None
-    norm_grads = (torch.empty_like(identity_weight), torch.empty_like(identity_weight)) if folded else \
-        (_no_grad_like(weight), _no_grad_like(weight))
-    return (_like_channels_last(z, z.dtype), _like_channels_last(z, identity.dtype if folded else out.dtype),
-            torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(w1), torch.empty_like(w2), *norm_grads)
+def _se_tail_backward_shapes(gdm, z, work, weight, bias, w1, w2, filters, filter_sum, identity, identity_weight, mode,
+                             training):
+    if identity_weight is None:
+        folded = (_no_grad_like(weight),) * 3
+    else:
+        folded = (_like_channels_last(z, identity.dtype), torch.empty_like(identity_weight),
+                  torch.empty_like(identity_weight))
+    return (_like_channels_last(z, z.dtype), folded[0], torch.empty_like(weight), torch.empty_like(bias),
+            torch.empty_like(w1), torch.empty_like(w2), *folded[1:])
 
 
 def _identity_norm(weight, bias, running_mean, running_var, eps, batches_tracked=None, momentum=0.0):
@@ -97,7 +102,7 @@ def _remember(ctx, z, identity, outputs, weight, bias, w1, w2, filters, filter_s
 
 
 def _backward_arguments(ctx, grad) -> tuple:
-    """se_tail_backward's arguments (without std_eps) from what `_remember` saved."""
+    """se_launch.backward's arguments (without std_eps) from what `_remember` saved."""
     return (grad, *ctx.saved_tensors, ctx.mode, ctx.training)
 
 
@@ -108,10 +113,15 @@ def _save_for_backward(ctx, inputs, output):
 
 
 def _backward(ctx, grad, *unused_grads):
-    dz, d_identity, d_weight, d_bias, d_w1, d_w2, d_identity_weight, d_identity_bias = se_tail_backward(
-        *_backward_arguments(ctx, grad))
-    folded = ctx.saved_tensors[-1] is not None
-    return (dz, d_identity, d_weight, d_bias, None, None, d_w1, d_w2, None, None, None,
+    """The ReLU's mask is applied here in torch ops, so that inductor fuses it with the sum that makes `grad`
+    (the next block's d_identity plus its conv's input gradient) and writes gdm once; the kernels then read
+    gdm instead of (grad, out) and do not write it again."""
+    out, *saved = ctx.saved_tensors
+    gdm = torch.where(out > 0, grad, 0.0)
+    dz, d_input, d_weight, d_bias, d_w1, d_w2, d_identity_weight, d_identity_bias = se_tail_backward(
+        gdm, *saved, ctx.mode, ctx.training)
+    folded = saved[-1] is not None
+    return (dz, d_input if folded else gdm, d_weight, d_bias, None, None, d_w1, d_w2, None, None, None,
             d_identity_weight if folded else None, d_identity_bias if folded else None, None, None, None, None, None,
             None)
 

@@ -344,11 +344,13 @@ def apply_kernel(z_ptr, identity_ptr, out_ptr, work, gamma_ptr, beta_ptr, identi
 @triton.jit
 def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, identity_ptr, work, gamma_ptr, beta_ptr, grad_work,
                        d_identity_ptr, identity_work, identity_grad_work, B, H, C, HW, IDENTITY_NORM: tl.constexpr,
-                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+                       PREMASKED: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per (b, c): A = sum gdm, Bh = sum gdm * (z - mean_bn) with gdm = dout * [out > 0], then the gradient
     at the gate's pre-activation: (scale * Bh + beta * A) * gate * (1 - gate). gdm is d_identity, written on
-    the way: grad_apply then reads (gdm, z) instead of (dout, out, z), one tensor less per element. With
-    IDENTITY_NORM also sum gdm * (identity - its BN mean), for the folded downsample BN's backward."""
+    the way: grad_apply then reads (gdm, z) instead of (dout, out, z), one tensor less per element. PREMASKED:
+    grad_ptr holds gdm already (computed by inductor where it sums the output's gradient), so neither out nor
+    d_identity is touched. With IDENTITY_NORM also sum gdm * (identity - its BN mean), for the folded
+    downsample BN's backward."""
     channel_ptr, logits_ptr = _channel_rows(work, B, C), _logits_rows(work, B, C, H)
     reduced_ptr = grad_work
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -367,10 +369,13 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, identity_ptr, work, gamma_ptr, 
         hw = start + rows
         mask = (hw < HW)[:, None] & column_ok[None, :]
         offsets = base + hw[:, None] * C + columns[None, :]
-        out = tl.load(out_ptr + offsets, mask=mask, other=0.0)
-        gdm = tl.where(out > 0, tl.load(grad_ptr + offsets, mask=mask, other=0.0), 0.0).to(
-            d_identity_ptr.dtype.element_ty)
-        tl.store(d_identity_ptr + offsets, gdm, mask=mask)
+        if PREMASKED:
+            gdm = tl.load(grad_ptr + offsets, mask=mask, other=0.0)
+        else:
+            out = tl.load(out_ptr + offsets, mask=mask, other=0.0)
+            gdm = tl.where(out > 0, tl.load(grad_ptr + offsets, mask=mask, other=0.0), 0.0).to(
+                d_identity_ptr.dtype.element_ty)
+            tl.store(d_identity_ptr + offsets, gdm, mask=mask)
         grad = gdm.to(tl.float32)  # summed as stored: the value grad_apply reads
         z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         total += grad
