@@ -24,12 +24,13 @@ if compgen -G ".whl/*.whl" >/dev/null; then  # installed once per machine, found
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 
-# step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, to spare compile time;
-# every tile the autotuner may pick is checked by test_every_autotuned_tile_gives_the_same_result)
+# step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, and 4 pytest workers that
+# compile in parallel, to spare compile time; every tile the autotuner may pick is checked by
+# test_every_autotuned_tile_gives_the_same_result)
 declare -A cap=([kernels]=160 [tail]=100 [model50]=170 [model18]=80 [kernels50]=110 [kernels18]=95 [compiled50]=200 [compiled50a]=200
                 [graphs50]=260 [graphs50a]=240 [graphs50b]=240 [e2e]=80 [loader]=150 [gputests]=240 [gputrain]=150)
 declare -A command=(
-    [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q --maxfail=3 tests/test_se_kernels.py"
+    [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q -n 4 --maxfail=3 tests/test_se_kernels.py"
     [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random --profile layer1,layer4"
     [model50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager"
     [model18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40"
