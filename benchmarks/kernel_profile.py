@@ -18,10 +18,10 @@ _COPY = re.compile(r"memcpy|memset|copy|fill", re.IGNORECASE)
 
 def _se_kernel_names() -> frozenset:
     try:
-        from pipeline.kernels import se_triton
+        from pipeline.kernels import se_backward, se_forward
     except ImportError:  # no triton: no fused kernel can have run
         return frozenset()
-    return frozenset(name for name in vars(se_triton) if name.endswith("_kernel"))
+    return frozenset(name for module in (se_forward, se_backward) for name in vars(module) if name.endswith("_kernel"))
 
 
 def group_of(kernel: str, se_kernels: frozenset) -> str:

@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from pipeline.kernels import layout, se_launch, se_triton as kernels  # noqa: E402
+from pipeline.kernels import layout, se_backward, se_forward, se_launch  # noqa: E402
 
 FLOAT_SCALARS = {"corr_count", "eps", "std_eps", "momentum", "identity_eps", "identity_momentum"}
 FP32_POINTERS = {"work", "grad_work", "stats", "running_mean", "running_var", "identity_work", "identity_grad_work",
@@ -73,28 +73,28 @@ def variants(quick: bool = False):
     first = slice(0, 1) if quick else slice(None)
     for mode in modes:
         switches = dict(EXTREMES=layout.uses_extremes(mode), FILTER=layout.uses_filter(mode))
-        for kernel, tiles in ((kernels.z_stats_kernel, se_launch.REDUCE_TILES),
-                              (kernels.grad_apply_kernel, se_launch.ELEMENTWISE_TILES)):
+        for kernel, tiles in ((se_forward.z_stats_kernel, se_launch.REDUCE_TILES),
+                              (se_backward.grad_apply_kernel, se_launch.ELEMENTWISE_TILES)):
             for block_hw, block_c, tile_warps in tiles[first]:
-                for fold in (False, True) if kernel is kernels.grad_apply_kernel else (None,):
+                for fold in (False, True) if kernel is se_backward.grad_apply_kernel else (None,):
                     yield kernel, dict(**switches, **_fold(fold), BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
         for training in (True, False):
             for fold in (False, True) if training or not quick else (False,):
-                yield kernels.forward_finalize_kernel, dict(
+                yield se_forward.forward_finalize_kernel, dict(
                     TRAINING=training, UPDATE=training, MODE=mode, IDENTITY_NORM=fold,
                     BLOCK_B=se_launch.FORWARD_FINALIZE_BLOCK_B, **small), warps
                 for padded in widths:
                     block_b, _, _ = se_launch.small_kernel_steps(padded)
-                    yield kernels.backward_finalize_kernel, dict(TRAINING=training, MODE=mode, IDENTITY_NORM=fold,
+                    yield se_backward.backward_finalize_kernel, dict(TRAINING=training, MODE=mode, IDENTITY_NORM=fold,
                                                                  H_PAD=padded, BLOCK_B=block_b, **small), warps
     for padded in widths:
         _, excite_step, excite_grad_step = se_launch.small_kernel_steps(padded)
-        yield kernels.excite_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B, BLOCK_K=excite_step), warps
-        yield kernels.excite_grad_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B,
+        yield se_forward.excite_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B, BLOCK_K=excite_step), warps
+        yield se_backward.excite_grad_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B,
                                                BLOCK_K=excite_grad_step), warps
-    for kernel, tiles in ((kernels.apply_kernel, se_launch.ELEMENTWISE_TILES),
-                          (kernels.grad_reduce_kernel, se_launch.REDUCE_TILES)):
-        masks = (False, True) if kernel is kernels.grad_reduce_kernel else (None,)  # the custom op's and eager's
+    for kernel, tiles in ((se_forward.apply_kernel, se_launch.ELEMENTWISE_TILES),
+                          (se_backward.grad_reduce_kernel, se_launch.REDUCE_TILES)):
+        masks = (False, True) if kernel is se_backward.grad_reduce_kernel else (None,)  # the custom op's and eager's
         for block_hw, block_c, tile_warps in tiles[first]:
             for fold in (False, True):
                 for premasked in masks:
@@ -121,7 +121,7 @@ def spill_allowance(kernel, constexprs: dict):
     caps it at 128 registers and spills 20 bytes; capped at 255 it spills more)."""
     if constexprs.get("H_PAD", MEASURED_WIDTHS[0]) not in MEASURED_WIDTHS:
         return "an excitation wider than se_launch has steps for"
-    if kernel is kernels.backward_finalize_kernel and not constexprs["TRAINING"]:
+    if kernel is se_backward.backward_finalize_kernel and not constexprs["TRAINING"]:
         return "eval-mode backward, which no training step runs"
     return None
 

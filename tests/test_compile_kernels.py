@@ -23,7 +23,7 @@ def test_every_kernel_compiles_for_hopper_without_spilling():
 def test_a_register_spill_is_reported():
     # the excitation at 128 hidden units in steps of 256 channels on 4 warps: far more than 255 registers
     probe = ("import sys; sys.path.insert(0, 'scripts'); import compile_kernels as c; "
-             "print(c.compile_one(c.kernels.excite_kernel, dict(H_PAD=128, BLOCK_B=16, BLOCK_K=256), 4, 90))")
+             "print(c.compile_one(c.se_forward.excite_kernel, dict(H_PAD=128, BLOCK_B=16, BLOCK_K=256), 4, 90))")
     result = run_script(["-c", probe], env=COMPILING, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     label, registers, spills, error = ast.literal_eval(result.stdout.strip().splitlines()[-1])

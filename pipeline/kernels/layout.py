@@ -14,8 +14,8 @@ CHANNEL_ROWS = 3
 REDUCED_ROWS = 3
 
 # One fp32 workspace per call and direction, so that a tail allocates twice instead of a dozen times (host time
-# is what the fused tail pays for). The kernels find their buffers at these offsets (se_triton's accessors,
-# _channel_rows to _coefficient_rows, follow the same order).
+# is what the fused tail pays for). The kernels find their buffers at these offsets (se_common's accessors,
+# channel_rows to coefficient_rows, follow the same order).
 # forward: stats (STAT_ROWS, B, C) | channel (CHANNEL_ROWS, C) | squeeze (B, C) | hidden (B, H) | logits (B, C)
 # backward: reduced (REDUCED_ROWS, B, C) | hidden_grad (B, H) | coefficients (COEF_ROWS, B, C)
 # A block whose downsample BN is folded in (its identity is the downsample conv's output) appends its own area:

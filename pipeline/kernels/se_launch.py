@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import triton
 
-from pipeline.kernels import interpreting, layout, se_triton as kernels
+from pipeline.kernels import interpreting, layout, se_backward, se_forward
 
 Tensor = torch.Tensor
 FINALIZE_BLOCK_C = 16  # channels per program of the two finalize kernels
@@ -43,10 +43,10 @@ def _tuned(kernel, tiles, mode_flags=()):
 
 
 _TUNED = {kernel: _tuned(kernel, tiles, flags) for kernel, tiles, flags in (
-    (kernels.z_stats_kernel, REDUCE_TILES, ("EXTREMES", "FILTER")),
-    (kernels.grad_reduce_kernel, REDUCE_TILES, ("IDENTITY_NORM", "PREMASKED")),
-    (kernels.apply_kernel, ELEMENTWISE_TILES, ("IDENTITY_NORM",)),
-    (kernels.grad_apply_kernel, ELEMENTWISE_TILES, ("EXTREMES", "FILTER", "IDENTITY_NORM")))}
+    (se_forward.z_stats_kernel, REDUCE_TILES, ("EXTREMES", "FILTER")),
+    (se_backward.grad_reduce_kernel, REDUCE_TILES, ("IDENTITY_NORM", "PREMASKED")),
+    (se_forward.apply_kernel, ELEMENTWISE_TILES, ("IDENTITY_NORM",)),
+    (se_backward.grad_apply_kernel, ELEMENTWISE_TILES, ("EXTREMES", "FILTER", "IDENTITY_NORM")))}
 
 
 # (kernel, C, HW, dtypes) -> the launch options the autotuner chose (tile sizes, warps, stages): later calls
@@ -162,24 +162,24 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
     padded = _hidden_padding(hidden)
     _, excite_step, _ = small_kernel_steps(padded)
     with _on_device(z):
-        _launch_tiled(kernels.z_stats_kernel, REDUCE_TILES, reduce_grid, (*shape_key, extremes, filtered), z,
+        _launch_tiled(se_forward.z_stats_kernel, REDUCE_TILES, reduce_grid, (*shape_key, extremes, filtered), z,
                       filters if filtered else work, work, batch, channels, spatial, EXTREMES=extremes,
                       FILTER=filtered)
         if folded:  # the identity's BN statistics: mean and M2 per (b, c), as z's
-            _launch_tiled(kernels.z_stats_kernel, REDUCE_TILES, reduce_grid, (channels, spatial, identity.dtype,
+            _launch_tiled(se_forward.z_stats_kernel, REDUCE_TILES, reduce_grid, (channels, spatial, identity.dtype,
                           False, False), identity, work, identity_work, batch, channels, spatial, EXTREMES=False,
                           FILTER=False)
-        kernels.forward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
+        se_forward.forward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
             work, work if random_squeeze is None else random_squeeze, running_mean, running_var,
             batches_tracked if update else work, weight, bias, filter_sum if filtered else work, identity_work,
             norm.running_mean, norm.running_var, norm.batches_tracked if update and folded else work, batch,
             channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, norm.eps, norm.momentum,
             TRAINING=training, UPDATE=update, MODE=mode, IDENTITY_NORM=folded, BLOCK_B=FORWARD_FINALIZE_BLOCK_B,
             BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
-        kernels.excite_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
+        se_forward.excite_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, w1, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B, BLOCK_K=excite_step,
             num_warps=SMALL_KERNEL_WARPS)
-        _launch_tiled(kernels.apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
+        _launch_tiled(se_forward.apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
                       (*shape_key, out_dtype, identity.dtype, folded), z, identity, out, work, weight, bias,
                       identity_work, norm.weight, norm.bias, batch, hidden, channels, spatial, IDENTITY_NORM=folded)
     return out, work
@@ -217,19 +217,19 @@ def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weigh
     padded = _hidden_padding(hidden)
     finalize_step, _, excite_grad_step = small_kernel_steps(padded)
     with _on_device(z):
-        _launch_tiled(kernels.grad_reduce_kernel, REDUCE_TILES, reduce_grid, (*shape_key, premasked), grad, out, z,
+        _launch_tiled(se_backward.grad_reduce_kernel, REDUCE_TILES, reduce_grid, (*shape_key, premasked), grad, out, z,
                       identity, work, weight, bias, grad_work, gdm, identity_work, identity_grad_work, batch, hidden,
                       channels, spatial, IDENTITY_NORM=folded, PREMASKED=premasked)
-        kernels.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
+        se_backward.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
             BLOCK_K=excite_grad_step, num_warps=SMALL_KERNEL_WARPS)
-        kernels.backward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
+        se_backward.backward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
             work, grad_work, w1, weight, bias, filter_sum if filtered else work, weight_grad, bias_grad, w1_grad,
             w2_grad, identity_work, identity_grad_work, identity_weight if folded else weight, identity_weight_grad,
             identity_bias_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps,
             TRAINING=training, MODE=mode, IDENTITY_NORM=folded, H_PAD=padded, BLOCK_B=finalize_step,
             BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
-        _launch_tiled(kernels.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
+        _launch_tiled(se_backward.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
                       (*shape_key, extremes, filtered), gdm, z, filters if filtered else work, work, grad_work, dz,
                       identity, identity_work, identity_grad_work, identity_weight if folded else weight, d_input,
                       batch, hidden, channels, spatial, EXTREMES=extremes, FILTER=filtered, IDENTITY_NORM=folded)
