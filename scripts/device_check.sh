@@ -5,6 +5,8 @@
 #   scripts/device_check.sh graphs50 e2e loader gputests               # about 8.5 minutes
 #   scripts/device_check.sh kernels tail kernels50 kernels18           # the kernels only (no torch-op rows)
 #   scripts/device_check.sh graphs50a graphs50b                        # every other arm with CUDA graphs (~8 min)
+#   scripts/device_check.sh graphs50all                                # the same in one process, torchvision
+#       compiled once (~7 min, one device call; each model's graphs are freed before the next is compiled)
 #   scripts/device_check.sh compiled50 compiled50a                     # default-mode compile (what DDP runs): kernels
 #       vs inductor for gap, kernels for gmp and std (inductor's 0.66x there is the figure to beat) (~6.5 min)
 #   scripts/device_check.sh kernels tail graphs50 loader               # after a kernel change (~8 min): tests,
@@ -28,7 +30,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 # compile in parallel, to spare compile time; every tile the autotuner may pick is checked by
 # test_every_autotuned_tile_gives_the_same_result)
 declare -A cap=([kernels]=160 [tail]=100 [model50]=170 [model18]=80 [kernels50]=110 [kernels18]=95 [compiled50]=200 [compiled50a]=200
-                [graphs50]=260 [graphs50a]=240 [graphs50b]=240 [e2e]=80 [loader]=150 [gputests]=240 [gputrain]=150)
+                [graphs50]=260 [graphs50a]=240 [graphs50b]=240 [graphs50all]=540 [e2e]=80 [loader]=150 [gputests]=240 [gputrain]=150)
 declare -A command=(
     [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q -n 4 --maxfail=3 tests/test_se_kernels.py"
     [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random --profile layer1,layer4"
@@ -40,6 +42,7 @@ declare -A command=(
     [compiled50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gmp,std --se-kernel triton --max-compiled 3"
     [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch --max-compiled 3 --profile-steps 3"
     [graphs50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gmp,std,gapXstd --se-kernel triton --max-compiled 4"
+    [graphs50all]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gmp,std,gapXstd,avgmax,fca,random --se-kernel triton --max-compiled 7"
     [graphs50b]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms avgmax,fca,random --se-kernel triton --max-compiled 4"
     [e2e]="python3 benchmarks/bench_e2e.py --steps 150"
     [loader]="python3 benchmarks/bench_loader.py --quick --per-class 1280 --epochs 2 --time-limit 60"
