@@ -64,8 +64,10 @@ def measure_torchvision(folder: Path, res: int, batch: int, workers: int, epochs
     transform = transforms.Compose([transforms.RandomResizedCrop(res), transforms.RandomHorizontalFlip(),
                                     transforms.PILToTensor()])
     dataset = datasets.ImageFolder(str(folder), transform=transform)
+    # fork, as a plain script on Linux gets: this process was spawned, and spawned workers would each import
+    # torch again (seconds of start-up on 16 cores, untimed but inside the step's time cap)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                         drop_last=True, persistent_workers=True)
+                                         drop_last=True, persistent_workers=True, multiprocessing_context="fork")
     return time_epochs(lambda: iter(loader), epochs, children=True)
 
 
@@ -77,7 +79,9 @@ def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int):
 def _report_to(queue, function, args) -> None:
     global CLOCK
     CLOCK = "s in its process"
-    queue.put(function(*args))
+    result = function(*args)
+    queue.put(result)
+    progress("reported; tearing down")
 
 
 def in_fresh_process(label: str, time_limit: float, function, *args):
@@ -93,9 +97,11 @@ def in_fresh_process(label: str, time_limit: float, function, *args):
         result = queue.get(timeout=time_limit)
     except Empty:
         result = None
+    process.join(timeout=5)  # measured (or out of time): its workers' teardown is not waited for
+    if process.is_alive():
         for child in psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]:
             child.kill()
-    process.join()
+        process.join()
     seconds = time.perf_counter() - started
     print(f"  {label}: " + (f"{result[0]:.0f} img/s ({seconds:.0f} s)" if result else
                             f"did not finish in {time_limit:.0f} s (--time-limit); left out"), flush=True)
