@@ -87,7 +87,7 @@ class _SESlot:
 
     def _identity(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[nn.Module]]:
         """(identity, None), or with an SE slot and a downsample ending in a plain BN (torchvision's) that BN's
-        input and the BN: the SE tail applies it, so the fused kernels fold it in (one activation pass less
+        input and the BN: the SE tail applies it, so the fused kernels fold it in (two activation passes less
         each way) and the torch ops compute exactly what torchvision's block does."""
         if self.downsample is None:
             return x, None
