@@ -8,7 +8,8 @@ The CPU tests run the kernels interpreted (TRITON_INTERPRET=1), which skips Trit
 pass them and still fail to compile for a GPU (e.g. a loop-carried variable changing type). Device time is
 scarce, so run this before a GPU check. Each variant is compiled as se_launch launches it (tiles, warps), and
 ptxas's report gives its registers per thread: a variant a training step runs that spills registers to memory
-fails too (the small kernels' steps in se_launch were chosen by it; `spill_allowance` says which others may). Exit 1 names the variants that did not compile or spilled.
+fails too (the small kernels' steps in se_launch were chosen by it; `spill_allowance` says which others may).
+Exit 1 names the variants that did not compile or spilled.
 """
 import argparse
 import contextlib
