@@ -1,8 +1,9 @@
 """Where a step's device time goes: time per kernel from torch.profiler, and kernels grouped by who wrote them.
 
 A model that is slower than its peer either keeps the GPU busy longer (then the groups say whose kernels
-cost more: convolutions and matmuls, inductor's generated code, the fused SE kernels, copies) or leaves it
-idle between kernels (host-bound: busy time below step time). On a machine without a GPU the same tables
+cost more: convolutions and matmuls, inductor's generated code, the fused SE kernels' activation passes or
+their small latency-bound kernels, copies) or leaves it idle between kernels (host-bound: busy time below
+step time). On a machine without a GPU the same tables
 list CPU time per aten op, so the code path is checked where device time is not spent.
 """
 import re
@@ -10,7 +11,10 @@ from collections import defaultdict
 
 import torch
 
-GROUPS = ("conv/matmul", "inductor", "SE kernels", "copy/fill", "other")
+GROUPS = ("conv/matmul", "inductor", "SE passes", "SE small", "copy/fill", "other")
+# the fused SE kernels that stream activations (memory-bound); the others (finalize, excitation) do microseconds
+# of work on (B, C) rows, bound by their latency: a step losing time there needs fewer or shorter chains
+SE_PASS_KERNELS = frozenset({"z_stats_kernel", "apply_kernel", "grad_reduce_kernel", "grad_apply_kernel"})
 _CONV_OR_MATMUL = re.compile(r"conv|gemm|xmma|cutlass|cudnn|cublas|dgrad|wgrad|fprop|implicit|winograd|"
                              r"addmm|aten::mm|aten::bmm", re.IGNORECASE)
 _COPY = re.compile(r"memcpy|memset|copy|fill", re.IGNORECASE)
@@ -25,10 +29,11 @@ def _se_kernel_names() -> frozenset:
 
 
 def group_of(kernel: str, se_kernels: frozenset) -> str:
-    """The group of a kernel name (GROUPS): the fused SE kernels by their Triton names, inductor's by its
-    `triton_` prefix, vendor convolutions and matmuls by their library's naming."""
+    """The group of a kernel name (GROUPS): the fused SE kernels by their Triton names (activation passes
+    apart from the small kernels), inductor's by its `triton_` prefix, vendor convolutions and matmuls by
+    their library's naming."""
     if kernel in se_kernels:
-        return "SE kernels"
+        return "SE passes" if kernel in SE_PASS_KERNELS else "SE small"
     if kernel.startswith("triton_"):
         return "inductor"
     if _CONV_OR_MATMUL.search(kernel):

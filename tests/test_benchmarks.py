@@ -33,7 +33,9 @@ def test_the_fused_kernels_are_found_by_name():
     names = kernel_profile._se_kernel_names()
     assert {"z_stats_kernel", "forward_finalize_kernel", "excite_kernel", "apply_kernel", "grad_reduce_kernel",
             "excite_grad_kernel", "backward_finalize_kernel", "grad_apply_kernel"} == names  # both directions
-    assert kernel_profile.group_of("grad_apply_kernel", names) == "SE kernels"
+    assert kernel_profile.group_of("grad_apply_kernel", names) == "SE passes"
+    assert kernel_profile.group_of("backward_finalize_kernel", names) == "SE small"
+    assert kernel_profile.SE_PASS_KERNELS < names
 
 
 def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups():
@@ -51,5 +53,5 @@ def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups():
         groups = [row[group] for group in kernel_profile.GROUPS]
         assert row["busy_ms"] == pytest.approx(sum(groups), abs=0.01)
         assert row["conv/matmul"] > 0 and row["step_ms"] > 0
-        assert row["SE kernels"] == 0  # the torch ops ran: no fused kernel
+        assert row["SE passes"] == row["SE small"] == 0  # the torch ops ran: no fused kernel
     assert "-- kernels of one eager 32 gap [torch] step" in result.stdout
