@@ -3,8 +3,8 @@
 A model that is slower than its peer either keeps the GPU busy longer (then the groups say whose kernels
 cost more: convolutions and matmuls, inductor's generated code, the fused SE kernels' activation passes or
 their small latency-bound kernels, copies) or leaves it idle between kernels (host-bound: busy time below
-step time). On a machine without a GPU the same tables
-list CPU time per aten op, so the code path is checked where device time is not spent.
+step time). On a machine without a GPU the same tables list CPU time per aten op, so the code path is
+checked where device time is not spent.
 """
 import re
 from collections import defaultdict
