@@ -57,14 +57,14 @@ class SqueezeExcite(nn.Module):
         downsample's BN, `identity` its input) relu(self(bn(z)) + identity_bn(identity)), which the kernels
         fold in as well."""
         fusable = self.squeeze_name in SQUEEZE_MODES and supports_batch_norm(bn)
-        if not (fusable and use_triton(self.kernel, z)):
-            if self.kernel == "triton" and not fusable:
-                raise KernelUnavailableError(f"se_kernel=triton folds a plain BatchNorm2d, not {bn}")
-            if identity_bn is not None:
-                identity = identity_bn(identity)
-            return torch.relu(self(bn(z)) + identity)
-        if identity_bn is not None and identity_bn.training != bn.training:  # one mode for both BNs in the kernels
+        fused = fusable and use_triton(self.kernel, z)
+        if self.kernel == "triton" and not fusable:
+            raise KernelUnavailableError(f"se_kernel=triton folds a plain BatchNorm2d, not {bn}")
+        # the identity's BN runs as a module unless the kernels fold it: they run one mode for both BNs
+        if identity_bn is not None and not (fused and identity_bn.training == bn.training):
             identity, identity_bn = identity_bn(identity), None
+        if not fused:
+            return torch.relu(self(bn(z)) + identity)
         filters = filter_sum = random_squeeze = None
         if isinstance(self.squeeze, MultiSpectralSqueeze):
             filters, filter_sum = self.squeeze.kernel_filters(z)

@@ -163,12 +163,11 @@ def fused_se_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, w1: Tensor, w
     Eager calls go through a plain autograd.Function; under torch.compile the custom ops are traced instead
     and the running statistics are updated here, where inductor fuses the update.
     """
-    identity_weight = None if identity_bn is None else identity_bn.weight
-    identity_bias = None if identity_bn is None else identity_bn.bias
+    folded = identity_bn is not None
+    identity_weight, identity_bias = (identity_bn.weight, identity_bn.bias) if folded else (None, None)
     if not torch.compiler.is_compiling():
         return _EagerTail.apply(z, identity, bn.weight, bn.bias, w1, w2, bn, filters, filter_sum, random_squeeze,
                                 mode, identity_weight, identity_bias, identity_bn)
-    folded = identity_bn is not None
     out, work = se_tail_forward(
         z, identity, bn.weight, bn.bias, bn.running_mean, bn.running_var, w1, w2, filters, filter_sum,
         random_squeeze, identity_weight, identity_bias, identity_bn.running_mean if folded else None,
