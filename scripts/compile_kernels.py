@@ -1,14 +1,17 @@
 """Compile every fused SE-tail kernel variant for an NVIDIA GPU target, on a machine without one.
 
-    python scripts/compile_kernels.py              # sm90 (H100/H200); about 100 s on 2 cores
-    python scripts/compile_kernels.py --quick      # the subset CI compiles (every kernel's code, ~10 s)
+    python scripts/compile_kernels.py              # sm90 (H100/H200); about 200 s on 2 cores
+    python scripts/compile_kernels.py --quick      # the subset CI compiles (every kernel's code, ~20 s)
     python scripts/compile_kernels.py --arch 80    # A100
 
 The CPU tests run the kernels interpreted (TRITON_INTERPRET=1), which skips Triton's compiler: a kernel can
 pass them and still fail to compile for a GPU (e.g. a loop-carried variable changing type). Device time is
 scarce, so run this before a GPU check. Each variant is compiled as se_launch launches it (tiles, warps), and
 ptxas's report gives its registers per thread: a variant a training step runs that spills registers to memory
-fails too (the small kernels' steps in se_launch were chosen by it; `spill_allowance` says which others may).
+fails too, beyond a few bytes (the small kernels' steps in se_launch were chosen by it; `spill_allowance` says
+which others may).
+A launch also specialises the kernel on its arguments (SPECIALIZATIONS), which changes the code ptxas gets;
+each variant is compiled as launched at SE-ResNet's shapes and without hints (--quick: the first only).
 Exit 1 names the variants that did not compile or spilled.
 """
 import argparse
@@ -34,6 +37,24 @@ FP32_POINTERS = {"work", "grad_work", "stats", "running_mean", "running_var", "i
                  "identity_running_mean", "identity_running_var"}
 BIG_TENSORS = {"z_ptr", "identity_ptr", "out_ptr", "grad_ptr", "dz_ptr", "d_identity_ptr", "random_ptr",
                "d_norm_input_ptr"}
+
+
+# Triton specialises each launch on its arguments: a pointer 16-byte aligned, or an integer that is a multiple
+# of 16, gets a divisibility hint (vector loads, fewer address instructions), and ptxas then chooses registers
+# for different code (at 8 warps it took 128 with the hints and spilled where it took up to 255 without).
+# "aligned": every pointer and B, C, HW, H multiples of 16, as SE-ResNet-50 at 192 px and batch 256 launches
+# layers 1-3 (torch's allocations and the workspaces' areas are aligned); "plain": no hint, as odd shapes do
+# (a 6x6 map, ResNet-18's 4 or 8 hidden units, a last batch of 100). Mixes of the two lie in between.
+SPECIALIZATIONS = ("aligned", "plain")
+HINTED_INTEGERS = {"B", "C", "HW", "H"}
+
+
+def divisibility_hints(types: dict, specialization: str) -> dict:
+    """ASTSource's attrs for the arguments a launch of this `specialization` gives a divisibility hint."""
+    if specialization == "plain":
+        return {}
+    return {(index,): [["tt.divisibility", 16]] for index, (name, kind) in enumerate(types.items())
+            if kind.startswith("*") or name in HINTED_INTEGERS}
 
 
 def signature(kernel, constexprs: dict) -> dict:
@@ -108,33 +129,50 @@ def _fold(fold) -> dict:
     return {} if fold is None else {"IDENTITY_NORM": fold}
 
 
-def compile_variant(index: int, arch: int, quick: bool) -> tuple:
+def jobs(quick: bool = False) -> list:
+    """(variant number, specialization) of every compilation: each variant as launched at SE-ResNet's shapes, and
+    without hints unless `quick`."""
+    specializations = SPECIALIZATIONS[:1] if quick else SPECIALIZATIONS
+    return [(index, specialization) for index in range(len(list(variants(quick))))
+            for specialization in specializations]
+
+
+def compile_variant(index: int, specialization: str, arch: int, quick: bool) -> tuple:
     """compile_one of variant `index` and its spill_allowance (by number: a pool of processes compiles them in
     parallel)."""
     kernel, constexprs, warps = list(variants(quick))[index]
-    return (*compile_one(kernel, constexprs, warps, arch), spill_allowance(kernel, constexprs))
+    label, registers, spills, error = compile_one(kernel, constexprs, warps, arch, specialization)
+    return label, registers, spills, error, spill_allowance(constexprs, spills)
 
 
-def spill_allowance(kernel, constexprs: dict):
-    """Why a spill in this variant does not fail the check (None: it does). A training step never runs these:
-    an excitation wider than se_launch has steps for (reduction < 16) takes fallback steps, and the backward
-    in eval mode (gradients through a BN's running estimates) is a few bytes over at layer1's width (ptxas
-    caps it at 128 registers and spills 20 bytes; capped at 255 it spills more)."""
+# Bytes per thread a variant a training step runs may spill. ptxas picks its register budget by its own
+# heuristics, and how it does depends on the launch's hints: the same kernel took 108 registers and spilled
+# nothing with one set of hints, 128 and spilled 36 bytes with another, and narrower steps spilled where wider
+# ones did not. A few bytes are a few L1-resident loads per thread; the check is there for the hundreds (536
+# bytes per thread in ResNet-50 layer4's excitation at the first steps, which made it fail).
+SPILL_TOLERANCE = 64
+
+
+def spill_allowance(constexprs: dict, spills: int):
+    """Why `spills` bytes in this variant do not fail the check (None: they do): a few bytes anywhere, and any
+    number in an excitation wider than se_launch has steps for (reduction < 16), which takes fallback steps
+    that no SE-ResNet with reduction 16 runs."""
     if constexprs.get("H_PAD", MEASURED_WIDTHS[0]) not in MEASURED_WIDTHS:
         return "an excitation wider than se_launch has steps for"
-    if kernel is se_backward.backward_finalize_kernel and not constexprs["TRAINING"]:
-        return "eval-mode backward, which no training step runs"
+    if spills <= SPILL_TOLERANCE:
+        return f"at most {SPILL_TOLERANCE} bytes"
     return None
 
 
-def compile_one(kernel, constexprs: dict, warps: int, arch: int) -> tuple:
+def compile_one(kernel, constexprs: dict, warps: int, arch: int, specialization: str = "aligned") -> tuple:
     """(label, registers per thread, bytes of spill stores, error or None) of one fresh compilation."""
     triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills per kernel
     triton.knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
-    label = f"{kernel.fn.__name__} {constexprs} warps={warps}"
+    label = f"{kernel.fn.__name__} {constexprs} warps={warps} {specialization}"
     names = list(inspect.signature(kernel.fn).parameters)
-    source = ASTSource(kernel, signature(kernel, constexprs),
-                       constexprs={(names.index(name),): value for name, value in constexprs.items()})
+    types = signature(kernel, constexprs)
+    source = ASTSource(kernel, types, constexprs={(names.index(name),): value for name, value in constexprs.items()},
+                       attrs=divisibility_hints(types, specialization))
     report = io.StringIO()
     try:
         with contextlib.redirect_stdout(report):  # where Triton prints ptxas's log
@@ -153,8 +191,9 @@ def main() -> int:
     args = parser.parse_args()
     failed = []
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        count = len(list(variants(args.quick)))
-        for label, registers, spills, error, allowance in pool.map(compile_variant, range(count),
+        numbers, specializations = zip(*jobs(args.quick))
+        count = len(numbers)
+        for label, registers, spills, error, allowance in pool.map(compile_variant, numbers, specializations,
                                                                    [args.arch] * count, [args.quick] * count):
             if error:
                 failed.append(label)
