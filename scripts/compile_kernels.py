@@ -116,12 +116,13 @@ def variants(quick: bool = False):
                                                BLOCK_K=excite_grad_step), warps
     for kernel, tiles in ((se_forward.apply_kernel, se_launch.ELEMENTWISE_TILES),
                           (se_backward.grad_reduce_kernel, se_launch.REDUCE_TILES)):
-        masks = (False, True) if kernel is se_backward.grad_reduce_kernel else (None,)  # the custom op's and eager's
+        # grad_reduce: the custom op's (premasked) and eager's, counting ties at the extreme (gmp, avgmax) or not
+        switches = [{}] if kernel is se_forward.apply_kernel else [
+            dict(PREMASKED=premasked, EXTREMES=extremes) for premasked in (False, True) for extremes in (False, True)]
         for block_hw, block_c, tile_warps in tiles[first]:
             for fold in (False, True):
-                for premasked in masks:
-                    switches = {} if premasked is None else {"PREMASKED": premasked}
-                    yield kernel, dict(IDENTITY_NORM=fold, **switches, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
+                for switch in switches:
+                    yield kernel, dict(IDENTITY_NORM=fold, **switch, BLOCK_HW=block_hw, BLOCK_C=block_c), tile_warps
 
 
 def _fold(fold) -> dict:
@@ -164,19 +165,24 @@ def spill_allowance(constexprs: dict, spills: int):
     return None
 
 
-def compile_one(kernel, constexprs: dict, warps: int, arch: int, specialization: str = "aligned") -> tuple:
-    """(label, registers per thread, bytes of spill stores, error or None) of one fresh compilation."""
+def build(kernel, constexprs: dict, warps: int, arch: int, specialization: str = "aligned"):
+    """Triton's compiled kernel of one variant, compiled afresh (Triton prints ptxas's log on stdout)."""
     triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills per kernel
     triton.knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
-    label = f"{kernel.fn.__name__} {constexprs} warps={warps} {specialization}"
     names = list(inspect.signature(kernel.fn).parameters)
     types = signature(kernel, constexprs)
     source = ASTSource(kernel, types, constexprs={(names.index(name),): value for name, value in constexprs.items()},
                        attrs=divisibility_hints(types, specialization))
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+
+
+def compile_one(kernel, constexprs: dict, warps: int, arch: int, specialization: str = "aligned") -> tuple:
+    """(label, registers per thread, bytes of spill stores, error or None) of one fresh compilation."""
+    label = f"{kernel.fn.__name__} {constexprs} warps={warps} {specialization}"
     report = io.StringIO()
     try:
         with contextlib.redirect_stdout(report):  # where Triton prints ptxas's log
-            triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            build(kernel, constexprs, warps, arch, specialization)
     except Exception as error:  # noqa: BLE001 - every failure is reported, then the exit code says so
         return label, 0, 0, str(error).strip().splitlines()[-1]
     log = report.getvalue()

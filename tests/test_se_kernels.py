@@ -88,6 +88,7 @@ CASES = {  # name: (batch, channels, height, width, dtype, training, input kind)
     "B1-C80-bf16": (1, 80, 3, 5, torch.bfloat16, True, "normal"),
     "zero-gamma-all-equal": (2, 48, 7, 7, torch.float32, True, "constant"),
     "ties": (2, 48, 4, 4, torch.float32, True, "ties"),
+    "some-ties": (3, 48, 7, 7, torch.float32, True, "some-ties"),
     "large": (2, 48, 7, 7, torch.float32, True, "large"),
 }
 # several sample blocks in excitation and finalize, several channel steps in the excitation's products (with
@@ -103,6 +104,9 @@ def case_inputs(batch, channels, height, width, dtype, kind):
         z = torch.full(shape, 0.25)
     elif kind == "ties":  # each (b, c) map constant: all positions tie in max and min
         z = z[:, :, :1, :1].expand(shape).contiguous()
+    elif kind == "some-ties":  # whole numbers: a map's max and min are taken by one position or by a few;
+        z = torch.round(z * 1.5)  # each max is 0, the value a tile's positions past H*W are read as
+        z = z - z.amax(dim=(2, 3), keepdim=True)
     elif kind == "large":
         z, identity = z * 1e3 + 500.0, identity * 1e3
     as_input = lambda t: t.to(dtype).contiguous(memory_format=torch.channels_last).to(DEVICE)  # noqa: E731

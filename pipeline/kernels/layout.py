@@ -3,15 +3,15 @@
 # squeeze name -> kernel mode; `random` is drawn by its module and only goes through the excitation
 SQUEEZE_MODES = {"gap": 0, "gmp": 1, "std": 2, "gapXstd": 3, "avgmax": 4, "fca": 5, "random": 6}
 GAP, GMP, STD, GAPXSTD, AVGMAX, FCA, RANDOM = range(7)
-# per-(b, c) statistics of z: mean, M2, max, its tie count, min, its tie count, filter-weighted sum of
-# z - z[first position], z[first position]
-STAT_ROWS = 8
+# per-(b, c) statistics of z: mean, M2, max, min, filter-weighted sum of z - z[first position], z[first position]
+STAT_ROWS = 6
 # per-(b, c) coefficients of dz = gdm*a + p + q*(z - mean) + k*[z == extreme] + r*filter: a, p, q, extreme, k, r
 COEF_ROWS = 6
 # per-channel: BN mean, 1/sqrt(var + eps), unbiased batch variance (for the running estimate)
 CHANNEL_ROWS = 3
-# per-(b, c) rows the backward reduces over H*W: sum of gdm, sum of gdm * (z - mean), the logits' gradient
-REDUCED_ROWS = 3
+# per-(b, c) rows the backward reduces over H*W: sum of gdm, sum of gdm * (z - mean), the logits' gradient, and
+# (gmp, avgmax) how many positions hold the extreme of z that the max of y is at (its ties share the gradient)
+REDUCED_ROWS = 4
 
 # One fp32 workspace per call and direction, so that a tail allocates twice instead of a dozen times (host time
 # is what the fused tail pays for). The kernels find their buffers at these offsets (se_common's accessors,

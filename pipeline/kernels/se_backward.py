@@ -7,20 +7,22 @@ import triton
 import triton.language as tl
 
 from pipeline.kernels.se_common import (
-    STAT_M2, STAT_MEAN, batch_tile, channel_rows, coefficient_rows, filtered_about_mean, hidden_grad_rows,
-    hidden_rows, logits_rows, rows_times_matrix, sigmoid, squeeze_row, squeeze_terms)
+    REDUCED_TIES, STAT_M2, STAT_MEAN, batch_tile, channel_rows, coefficient_rows, extreme_of_z, filtered_about_mean,
+    hidden_grad_rows, hidden_rows, logits_rows, rows_times_matrix, sigmoid, squeeze_row, squeeze_terms)
 
 
 @triton.jit
 def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, identity_ptr, work, gamma_ptr, beta_ptr, grad_work,
                        d_identity_ptr, identity_work, identity_grad_work, B, H, C, HW, IDENTITY_NORM: tl.constexpr,
-                       PREMASKED: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+                       PREMASKED: tl.constexpr, EXTREMES: tl.constexpr, BLOCK_HW: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
     """Per (b, c): A = sum gdm, Bh = sum gdm * (z - mean_bn) with gdm = dout * [out > 0], then the gradient
     at the gate's pre-activation: (scale * Bh + beta * A) * gate * (1 - gate). gdm is d_identity, written on
     the way: grad_apply then reads (gdm, z) instead of (dout, out, z), one tensor less per element. PREMASKED:
     grad_ptr holds gdm already (computed by inductor where it sums the output's gradient), so neither out nor
     d_identity is touched. With IDENTITY_NORM also sum gdm * (identity - its BN mean), for the folded
-    downsample BN's backward."""
+    downsample BN's backward. With EXTREMES (gmp, avgmax) also how many positions hold the extreme of z that
+    the max of y is at: the ties that share the squeeze's gradient."""
     channel_ptr, logits_ptr = channel_rows(work, B, C), logits_rows(work, B, C, H)
     reduced_ptr = grad_work
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -28,6 +30,12 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, identity_ptr, work, gamma_ptr, 
     column_ok = columns < C
     rows = tl.arange(0, BLOCK_HW)
     mean_bn = tl.load(channel_ptr + columns, mask=column_ok, other=0.0)
+    scale = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) * \
+        tl.load(channel_ptr + C + columns, mask=column_ok, other=0.0)
+    plane = B * C
+    extreme = mean_bn
+    if EXTREMES:
+        extreme = extreme_of_z(work, b * C + columns, column_ok, plane, scale)
     identity_mean = mean_bn
     if IDENTITY_NORM:
         identity_mean = tl.load(channel_rows(identity_work, B, C) + columns, mask=column_ok, other=0.0)
@@ -35,6 +43,7 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, identity_ptr, work, gamma_ptr, 
     total = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     centred = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     identity_centred = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
+    ties = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     for start in range(0, HW, BLOCK_HW):
         hw = start + rows
         mask = (hw < HW)[:, None] & column_ok[None, :]
@@ -50,20 +59,21 @@ def grad_reduce_kernel(grad_ptr, out_ptr, z_ptr, identity_ptr, work, gamma_ptr, 
         z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         total += grad
         centred += grad * (z - mean_bn[None, :])
+        if EXTREMES:
+            ties += tl.where(mask & (z == extreme[None, :]), 1.0, 0.0)
         if IDENTITY_NORM:
             identity = tl.load(identity_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             identity_centred += grad * (identity - identity_mean[None, :])
     a_sum = tl.sum(total, axis=0)
     b_sum = tl.sum(centred, axis=0)
-    scale = tl.load(gamma_ptr + columns, mask=column_ok, other=0.0).to(tl.float32) * \
-        tl.load(channel_ptr + C + columns, mask=column_ok, other=0.0)
     beta = tl.load(beta_ptr + columns, mask=column_ok, other=0.0).to(tl.float32)
     gate = sigmoid(tl.load(logits_ptr + b * C + columns, mask=column_ok, other=0.0))
-    plane = B * C
     out_row = reduced_ptr + b * C + columns
     tl.store(out_row, a_sum, mask=column_ok)
     tl.store(out_row + plane, b_sum, mask=column_ok)
     tl.store(out_row + 2 * plane, (scale * b_sum + beta * a_sum) * gate * (1.0 - gate), mask=column_ok)
+    if EXTREMES:
+        tl.store(out_row + REDUCED_TIES * plane, tl.sum(ties, axis=0), mask=column_ok)
     if IDENTITY_NORM:
         tl.store(identity_grad_work + b * C + columns, tl.sum(identity_centred, axis=0), mask=column_ok)
 
@@ -74,13 +84,15 @@ def _squeeze_gradient(stats, offsets, mask, plane, reduced, d_squeeze, logits_pt
     """dL/dy = gdm*gate + alpha + rho*(y - y_mean) + kappa*[tie] + phi*filter for a (b, c) tile, as
     (alpha, rho, kappa, phi, extreme, count) and the sums over HW of dL/dy and dL/dy * x_hat."""
     scale = gamma * inv_std
-    _, y_mean, y_std, extreme, count, all_tied = squeeze_terms(
+    _, y_mean, y_std, extreme, all_tied = squeeze_terms(
         stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, filter_sum, HW, corr_count, std_eps, MODE)
     zero = d_squeeze * 0.0
     alpha, rho, kappa, phi = zero, zero, zero, zero
+    count = zero + HW
     if MODE == 0:
         alpha = d_squeeze / HW
     if MODE == 1 or MODE == 4:
+        count = tl.load(reduced + REDUCED_TIES * plane + offsets, mask=mask, other=1.0)
         weight = d_squeeze
         if MODE == 4:
             weight = 0.5 * d_squeeze

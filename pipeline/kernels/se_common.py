@@ -3,8 +3,8 @@
 The block's last BN output y = (z - mu) * gamma * inv_std + beta is never stored: every kernel recomputes it
 from the conv output z, which BN's backward keeps anyway, so the SE arms hold the plain network's activations.
 All big tensors are channels_last, read as (B, HW, C) with C contiguous; reductions accumulate in fp32.
-Per-(b, c) statistics of z (mean, M2, max/min with tie counts, DCT-weighted sum) give both the BN batch
-statistics and every squeeze in closed form (`squeeze_terms`). The math is derived in
+Per-(b, c) statistics of z (mean, M2, max/min, DCT-weighted sum) give both the BN batch statistics and every
+squeeze in closed form (`squeeze_terms`); the backward counts the ties at the extreme where it reads z anyway. The math is derived in
 `pipeline/kernels/README.md`; the kernels are in se_forward.py and se_backward.py.
 """
 import triton
@@ -13,8 +13,9 @@ import triton.language as tl
 from pipeline.kernels import layout
 
 # rows of the per-(b, c) statistics of z (layout.STAT_ROWS), as compile-time constants for the kernels
-STAT_MEAN, STAT_M2, STAT_MAX, STAT_MAX_COUNT, STAT_MIN, STAT_MIN_COUNT, STAT_FILTERED, STAT_FIRST = \
-    map(tl.constexpr, range(8))
+STAT_MEAN, STAT_M2, STAT_MAX, STAT_MIN, STAT_FILTERED, STAT_FIRST = map(tl.constexpr, range(6))
+# the backward's per-(b, c) row of tie counts (layout.REDUCED_ROWS)
+REDUCED_TIES = tl.constexpr(3)
 STAT_ROWS, CHANNEL_ROWS, REDUCED_ROWS = map(tl.constexpr, (layout.STAT_ROWS, layout.CHANNEL_ROWS,
                                                           layout.REDUCED_ROWS))
 
@@ -70,8 +71,8 @@ def squeeze_terms(stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, fi
                    std_eps, MODE: tl.constexpr):
     """For a (BLOCK_B, BLOCK_C) tile of (b, c): the squeeze s of y = BN(z) and what its gradient needs.
 
-    Returns (s, y_mean, y_std, extreme of z at the max of y, its tie count, all_tied). With scale = 0 every
-    y equals beta: all positions tie, as torch.amax shares its gradient among equal maxima.
+    Returns (s, y_mean, y_std, extreme of z at the max of y, all_tied). With scale = 0 every y equals beta:
+    all positions tie, as torch.amax shares its gradient among equal maxima.
     """
     scale = gamma * inv_std
     mean = tl.load(stats + STAT_MEAN * plane + offsets, mask=mask, other=0.0)
@@ -79,15 +80,10 @@ def squeeze_terms(stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, fi
     y_mean = (mean - mean_bn) * scale + beta
     y_std = tl.sqrt(scale * scale * m2 / corr_count + std_eps)
     extreme = mean
-    count = tl.zeros_like(mean) + HW
     all_tied = scale == 0.0
     s = y_mean
     if MODE == 1 or MODE == 4:
-        positive = scale > 0.0
-        extreme = tl.where(positive, tl.load(stats + STAT_MAX * plane + offsets, mask=mask, other=0.0),
-                           tl.load(stats + STAT_MIN * plane + offsets, mask=mask, other=0.0))
-        count = tl.where(positive, tl.load(stats + STAT_MAX_COUNT * plane + offsets, mask=mask, other=1.0),
-                         tl.load(stats + STAT_MIN_COUNT * plane + offsets, mask=mask, other=1.0))
+        extreme = extreme_of_z(stats, offsets, mask, plane, scale)
         y_max = tl.where(all_tied, y_mean, (extreme - mean_bn) * scale + beta)
         if MODE == 1:
             s = y_max
@@ -99,7 +95,14 @@ def squeeze_terms(stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, fi
         s = y_mean * y_std
     if MODE == 5:
         s = scale * filtered_about_mean(stats, offsets, mask, plane, mean_bn, filter_sum) + beta * filter_sum
-    return s, y_mean, y_std, extreme, count, all_tied
+    return s, y_mean, y_std, extreme, all_tied
+
+
+@triton.jit
+def extreme_of_z(stats, offsets, mask, plane, scale):
+    """The extreme of z where y = z * scale + shift is largest: its max where scale > 0, else its min."""
+    return tl.where(scale > 0.0, tl.load(stats + STAT_MAX * plane + offsets, mask=mask, other=0.0),
+                    tl.load(stats + STAT_MIN * plane + offsets, mask=mask, other=0.0))
 
 
 @triton.jit

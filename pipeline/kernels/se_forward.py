@@ -6,15 +6,17 @@ import triton
 import triton.language as tl
 
 from pipeline.kernels.se_common import (
-    STAT_FILTERED, STAT_FIRST, STAT_M2, STAT_MAX, STAT_MAX_COUNT, STAT_MEAN, STAT_MIN, STAT_MIN_COUNT, batch_tile,
+    STAT_FILTERED, STAT_FIRST, STAT_M2, STAT_MAX, STAT_MEAN, STAT_MIN, batch_tile,
     channel_rows, hidden_rows, logits_rows, norm_affine, rows_times_matrix, sigmoid, squeeze_row, squeeze_terms)
 
 
 @triton.jit
 def z_stats_kernel(z_ptr, filter_ptr, stats_ptr, B, C, HW,
                    EXTREMES: tl.constexpr, FILTER: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per (b, c) over HW: mean, M2 (Welford per row slot, Chan-merged at the end), max/min with tie counts,
-    and the filter-weighted sum of z - z[first position] (shifted, so a flat map sums to exactly 0)."""
+    """Per (b, c) over HW: mean, M2 (Welford per row slot, Chan-merged at the end), max and min, and the
+    filter-weighted sum of z - z[first position] (shifted, so a flat map sums to exactly 0). The ties at the
+    extreme are counted by the backward, which reads z anyway: counting them here made this pass issue twice
+    the instructions of the others per byte (scripts/kernel_instructions.py), more than the GPU issues."""
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(1)
     column_ok = columns < C
@@ -23,9 +25,7 @@ def z_stats_kernel(z_ptr, filter_ptr, stats_ptr, B, C, HW,
     mean = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     m2 = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     high = tl.full((BLOCK_HW, BLOCK_C), float("-inf"), tl.float32)
-    high_count = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     low = tl.full((BLOCK_HW, BLOCK_C), float("inf"), tl.float32)
-    low_count = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     filtered = tl.zeros((BLOCK_HW, BLOCK_C), tl.float32)
     first = tl.load(base + columns, mask=column_ok, other=0.0).to(tl.float32)
     for start in range(0, HW, BLOCK_HW):
@@ -39,11 +39,8 @@ def z_stats_kernel(z_ptr, filter_ptr, stats_ptr, B, C, HW,
         m2 = tl.where(mask, m2 + delta * (x - new_mean), m2)
         mean = tl.where(mask, new_mean, mean)
         if EXTREMES:
-            high_count = tl.where(mask, tl.where(x > high, 1.0, high_count + (x == high).to(tl.float32)),
-                                  high_count)
-            high = tl.where(mask & (x > high), x, high)
-            low_count = tl.where(mask, tl.where(x < low, 1.0, low_count + (x == low).to(tl.float32)), low_count)
-            low = tl.where(mask & (x < low), x, low)
+            high = tl.maximum(high, tl.where(mask, x, float("-inf")))
+            low = tl.minimum(low, tl.where(mask, x, float("inf")))
         if FILTER:
             weights = tl.load(filter_ptr + offsets, mask=mask, other=0.0)
             filtered += weights * (x - first[None, :])
@@ -59,19 +56,15 @@ def z_stats_kernel(z_ptr, filter_ptr, stats_ptr, B, C, HW,
     tl.store(out + STAT_M2 * plane, total_m2, mask=column_ok)
     # rows a mode does not use are written as zeros, so that every output is defined
     top = total_mean * 0.0
-    top_count, bottom, bottom_count, filtered_sum, shift = top, top, top, top, top
+    bottom, filtered_sum, shift = top, top, top
     if EXTREMES:
         top = tl.max(high, axis=0)
-        top_count = tl.sum(tl.where(high == top[None, :], high_count, 0.0), axis=0)
         bottom = tl.min(low, axis=0)
-        bottom_count = tl.sum(tl.where(low == bottom[None, :], low_count, 0.0), axis=0)
     if FILTER:
         filtered_sum = tl.sum(filtered, axis=0)
         shift = first
     tl.store(out + STAT_MAX * plane, top, mask=column_ok)
-    tl.store(out + STAT_MAX_COUNT * plane, top_count, mask=column_ok)
     tl.store(out + STAT_MIN * plane, bottom, mask=column_ok)
-    tl.store(out + STAT_MIN_COUNT * plane, bottom_count, mask=column_ok)
     tl.store(out + STAT_FILTERED * plane, filtered_sum, mask=column_ok)
     tl.store(out + STAT_FIRST * plane, shift, mask=column_ok)
 
@@ -157,7 +150,7 @@ def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches
         if MODE == 6:
             s = tl.load(random_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         else:
-            s, _, _, _, _, _ = squeeze_terms(stats, offsets, mask, B * C, mean_bn[None, :], inv_std[None, :],
+            s, _, _, _, _ = squeeze_terms(stats, offsets, mask, B * C, mean_bn[None, :], inv_std[None, :],
                                               gamma, beta, filter_sum, HW, corr_count, std_eps, MODE)
         tl.store(squeeze_ptr + offsets, s, mask=mask)
 

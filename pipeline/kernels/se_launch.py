@@ -44,7 +44,7 @@ def _tuned(kernel, tiles, mode_flags=()):
 
 _TUNED = {kernel: _tuned(kernel, tiles, flags) for kernel, tiles, flags in (
     (se_forward.z_stats_kernel, REDUCE_TILES, ("EXTREMES", "FILTER")),
-    (se_backward.grad_reduce_kernel, REDUCE_TILES, ("IDENTITY_NORM", "PREMASKED")),
+    (se_backward.grad_reduce_kernel, REDUCE_TILES, ("IDENTITY_NORM", "PREMASKED", "EXTREMES")),
     (se_forward.apply_kernel, ELEMENTWISE_TILES, ("IDENTITY_NORM",)),
     (se_backward.grad_apply_kernel, ELEMENTWISE_TILES, ("EXTREMES", "FILTER", "IDENTITY_NORM")))}
 
@@ -217,9 +217,10 @@ def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weigh
     padded = _hidden_padding(hidden)
     finalize_step, _, excite_grad_step = small_kernel_steps(padded)
     with _on_device(z):
-        _launch_tiled(se_backward.grad_reduce_kernel, REDUCE_TILES, reduce_grid, (*shape_key, premasked), grad, out, z,
-                      identity, work, weight, bias, grad_work, gdm, identity_work, identity_grad_work, batch, hidden,
-                      channels, spatial, IDENTITY_NORM=folded, PREMASKED=premasked)
+        _launch_tiled(se_backward.grad_reduce_kernel, REDUCE_TILES, reduce_grid, (*shape_key, premasked, extremes),
+                      grad, out, z, identity, work, weight, bias, grad_work, gdm, identity_work, identity_grad_work,
+                      batch, hidden, channels, spatial, IDENTITY_NORM=folded, PREMASKED=premasked,
+                      EXTREMES=extremes)
         se_backward.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
             BLOCK_K=excite_grad_step, num_warps=SMALL_KERNEL_WARPS)
