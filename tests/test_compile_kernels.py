@@ -45,3 +45,16 @@ def test_a_launch_at_training_shapes_is_compiled_with_its_divisibility_hints():
                                                      "beta_ptr", "identity_work", "identity_gamma_ptr",
                                                      "identity_beta_ptr", "B", "H", "C", "HW"]
     assert plain == {}
+
+
+def test_instructions_per_byte_are_counted_for_every_big_kernel():
+    result = run_script(["scripts/kernel_instructions.py"], env=COMPILING, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    rows = {line[:54].strip(): [float(value) for value in line[54:].split()]
+            for line in result.stdout.splitlines()[1:-1]}
+    assert {name.split()[0].rstrip(",") for name in rows} == {"z_stats", "grad_reduce", "apply", "grad_apply"}
+    for name, (per_element, moved, per_byte) in rows.items():
+        assert per_element > 0 and abs(per_byte - per_element / moved) < 0.06, name
+    # max and min cost instructions, and counting the ties costs grad_reduce some
+    assert rows["z_stats gmp/avgmax"][0] > rows["z_stats gap/std/random"][0]
+    assert rows["grad_reduce compiled gmp/avgmax (counts ties)"][0] > rows["grad_reduce compiled"][0]
