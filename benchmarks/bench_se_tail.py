@@ -9,18 +9,24 @@ the same run; `GB/s` counts the bytes the fused tail moves (z read 4 times, iden
 once, dout read once, d_identity written and read once, dz written once: 11 passes). `host ms` is the
 CPU time of issuing one forward + backward without waiting for the GPU: where it exceeds the GPU time, the
 tail is bound by launches, not by memory. Per stage, the first block's tail (identity = the downsample conv's
-output) with that BN folded into the kernels against the BN in torch before them.
+output) with that BN folded into the kernels against the BN in torch before them. Last, where a gap tail's
+host time goes: autograd and the module, the kernels' launcher, Triton's launches.
 """
 import argparse
 import json
 import sys
 import time
+from unittest import mock
 
 import torch
+import triton
 from torch import nn
 
 from kernel_profile import kernel_times, print_kernel_times  # a sibling module: benchmarks run as scripts
+from pipeline.kernels import se_launch
+from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import SqueezeExcite
+from pipeline.squeeze import STD_EPS
 from pipeline.squeeze import squeeze_names
 
 STAGES = {"layer1": (256, 4), "layer2": (512, 8), "layer3": (1024, 16), "layer4": (2048, 32)}  # channels, stride
@@ -86,6 +92,33 @@ def time_downsample_fold(se, bn, z, identity, grad, repeats: int, stage: str) ->
     return {"squeeze": se.squeeze_name, "folded_ms": folded, "separate_ms": separate}
 
 
+def host_breakdown(z, identity, grad, repeats: int) -> dict:
+    """Host µs of one gap tail, forward + backward: through the module and autograd, through se_launch called
+    directly, and through se_launch with Triton's launches stubbed out (its Python and allocations only). The
+    differences are autograd's and the module's share, and the cost of Triton's eight launches."""
+    se = SqueezeExcite(z.shape[1], "gap", kernel="triton").to(z.device)
+    bn = nn.BatchNorm2d(z.shape[1]).to(z.device)
+    weights = (bn.weight, bn.bias, bn.running_mean, bn.running_var, se.excite[0].weight, se.excite[2].weight)
+    z, identity = z.detach(), identity.detach()
+
+    def direct():
+        out, work = se_launch.forward(z, identity, *weights, None, None, None, SQUEEZE_MODES["gap"], True, bn.eps,
+                                      STD_EPS)
+        se_launch.backward(grad, out, z, work, bn.weight, bn.bias, *weights[4:], None, None, None, None,
+                           SQUEEZE_MODES["gap"], True, STD_EPS)
+
+    module = 1000 * host_ms(tail_step(lambda a, b: se.tail(a, bn, b), z.clone().requires_grad_(),
+                                      identity.clone().requires_grad_(), grad), repeats)
+    launcher = 1000 * host_ms(direct, repeats)
+    with mock.patch.object(triton.runtime.jit.JITFunction, "run", lambda *args, **kwargs: None):
+        python = 1000 * host_ms(direct, repeats)
+    launches = launcher - python
+    print(f"host us per gap tail, forward + backward: module and autograd {module:.0f}, se_launch {launcher:.0f}, "
+          f"se_launch with launches stubbed {python:.0f}; so Triton's 8 launches {launches:.0f} "
+          f"({launches / 8:.0f} each), autograd and the module {module - launcher:.0f}")
+    return {"module_us": module, "se_launch_us": launcher, "python_us": python, "per_launch_us": launches / 8}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--squeezes", default=",".join(squeeze_names(include_baseline=False)))
@@ -132,6 +165,7 @@ def main() -> None:
         if stage in profiled:
             print_tail_kernels(tail_step(lambda a, b: torch.relu(bn(a) + b), z, identity, grad), f"{stage} plain tail")
             print(f"copy ceiling: {copy_bandwidth(z.detach()):.0f} GB/s")
+    results["host"] = host_breakdown(z, identity, grad, args.repeats)
     print(json.dumps({"device": torch.cuda.get_device_name(), "batch": args.batch, "res": args.res,
                       "results": results}))
 

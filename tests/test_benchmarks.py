@@ -2,6 +2,7 @@
 (so that a device check cannot fail on a slip that any machine would show)."""
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -55,3 +56,16 @@ def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups():
         assert row["conv/matmul"] > 0 and row["step_ms"] > 0
         assert row["SE passes"] == row["SE small"] == 0  # the torch ops ran: no fused kernel
     assert "-- kernels of one eager 32 gap [torch] step" in result.stdout
+
+
+def test_bench_se_tail_host_breakdown_runs_on_cpu_tensors():
+    """Its last step (on the device it comes after minutes of others), with the kernels interpreted."""
+    pytest.importorskip("triton")
+    probe = ("import sys, torch; sys.path.insert(0, 'benchmarks'); torch.cuda.synchronize = lambda *args: None; "
+             "import bench_se_tail; "
+             "make = lambda: torch.randn(2, 32, 3, 3).contiguous(memory_format=torch.channels_last); "
+             "print(sorted(bench_se_tail.host_breakdown(make(), make(), make(), 2)))")
+    result = run_script(["-c", probe], env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "host us per gap tail, forward + backward: module and autograd" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "['module_us', 'per_launch_us', 'python_us', 'se_launch_us']"

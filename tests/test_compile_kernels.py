@@ -37,7 +37,8 @@ def test_a_launch_at_training_shapes_is_compiled_with_its_divisibility_hints():
     # Triton hints aligned pointers and multiples of 16 at launch; the check compiles that code too
     probe = ("import sys; sys.path.insert(0, 'scripts'); import compile_kernels as c; "
              "types = c.signature(c.se_forward.apply_kernel, dict(IDENTITY_NORM=False, BLOCK_HW=32, BLOCK_C=64)); "
-             "print((list(types), sorted(c.divisibility_hints(types, 'aligned')), c.divisibility_hints(types, 'plain')))")
+             "print((list(types), sorted(c.divisibility_hints(types, 'aligned')), "
+             "c.divisibility_hints(types, 'plain')))")
     result = run_script(["-c", probe], env=COMPILING, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     names, hinted, plain = ast.literal_eval(result.stdout.strip().splitlines()[-1])

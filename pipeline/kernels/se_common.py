@@ -4,8 +4,8 @@ The block's last BN output y = (z - mu) * gamma * inv_std + beta is never stored
 from the conv output z, which BN's backward keeps anyway, so the SE arms hold the plain network's activations.
 All big tensors are channels_last, read as (B, HW, C) with C contiguous; reductions accumulate in fp32.
 Per-(b, c) statistics of z (mean, M2, max/min, DCT-weighted sum) give both the BN batch statistics and every
-squeeze in closed form (`squeeze_terms`); the backward counts the ties at the extreme where it reads z anyway. The math is derived in
-`pipeline/kernels/README.md`; the kernels are in se_forward.py and se_backward.py.
+squeeze in closed form (`squeeze_terms`); the backward counts the ties at the extreme where it reads z anyway.
+The math is derived in `pipeline/kernels/README.md`; the kernels are in se_forward.py and se_backward.py.
 """
 import triton
 import triton.language as tl

@@ -23,8 +23,9 @@ EXCITE_BLOCK_B = 16  # samples per program of the excitation kernels (tl.dot's s
 # to a power of two): (samples per step of backward_finalize, channels per step of excite, of excite_grad), the
 # widest steps ptxas compiles for sm90 at 8 warps without spilling more than a few bytes, with a launch's
 # divisibility hints or without (`scripts/compile_kernels.py` prints registers and spills and fails beyond a few
-# bytes; the earlier fixed 32 samples / 64 channels at 4 warps spilled 536 bytes in ResNet-50 layer4's excitation). backward_finalize at 16 units takes 64 samples, not the 128 that
-# compile: with a downsample BN folded in, avgmax's 128 spilled (255 registers, at the edge without the fold too).
+# bytes; the earlier fixed 32 samples / 64 channels at 4 warps spilled 536 bytes in ResNet-50 layer4's
+# excitation). backward_finalize at 16 units takes 64 samples, not the 128 that compile: with a downsample BN
+# folded in, avgmax's 128 spilled (255 registers, at the edge without the fold too).
 # forward_finalize takes 128 samples per step at every width.
 SMALL_KERNEL_STEPS = {16: (64, 256, 256), 32: (64, 128, 256), 64: (32, 64, 256), 128: (32, 32, 256)}
 FORWARD_FINALIZE_BLOCK_B = 128
