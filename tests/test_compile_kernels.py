@@ -20,28 +20,30 @@ def test_every_kernel_compiles_for_hopper_without_spilling():
     assert {line.split()[1] for line in result.stdout.splitlines() if line.startswith("ok ")} == KERNELS
 
 
+def compile_kernels_value(code: str):
+    """The last line `code` prints, evaluated, run with compile_kernels imported as `c` (in a process of its own:
+    Triton must not be imported with TRITON_INTERPRET set)."""
+    probe = "import sys; sys.path.insert(0, 'scripts'); import compile_kernels as c; " + code
+    result = run_script(["-c", probe], env=COMPILING, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return ast.literal_eval(result.stdout.strip().splitlines()[-1])
+
+
 def test_a_register_spill_is_reported():
     # the excitation at 128 hidden units in steps of 256 channels on 4 warps: far more than 255 registers
     # (the check's tolerance of a few bytes does not let it through)
-    probe = ("import sys; sys.path.insert(0, 'scripts'); import compile_kernels as c; "
-             "steps = dict(H_PAD=128, BLOCK_B=16, BLOCK_K=256); "
-             "label, registers, spills, error = c.compile_one(c.se_forward.excite_kernel, steps, 4, 90); "
-             "print((label, registers, spills, error, c.spill_allowance(steps, spills)))")
-    result = run_script(["-c", probe], env=COMPILING, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    label, registers, spills, error, allowance = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    label, registers, spills, error, allowance = compile_kernels_value(
+        "steps = dict(H_PAD=128, BLOCK_B=16, BLOCK_K=256); "
+        "label, registers, spills, error = c.compile_one(c.se_forward.excite_kernel, steps, 4, 90); "
+        "print((label, registers, spills, error, c.spill_allowance(steps, spills)))")
     assert error is None and registers > 0 and spills > 0 and allowance is None, label
 
 
 def test_a_launch_at_training_shapes_is_compiled_with_its_divisibility_hints():
     # Triton hints aligned pointers and multiples of 16 at launch; the check compiles that code too
-    probe = ("import sys; sys.path.insert(0, 'scripts'); import compile_kernels as c; "
-             "types = c.signature(c.se_forward.apply_kernel, dict(IDENTITY_NORM=False, BLOCK_HW=32, BLOCK_C=64)); "
-             "print((list(types), sorted(c.divisibility_hints(types, 'aligned')), "
-             "c.divisibility_hints(types, 'plain')))")
-    result = run_script(["-c", probe], env=COMPILING, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    names, hinted, plain = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    names, hinted, plain = compile_kernels_value(
+        "types = c.signature(c.se_forward.apply_kernel, dict(IDENTITY_NORM=False, BLOCK_HW=32, BLOCK_C=64)); "
+        "print((list(types), sorted(c.divisibility_hints(types, 'aligned')), c.divisibility_hints(types, 'plain')))")
     assert [names[index] for (index,) in hinted] == ["z_ptr", "identity_ptr", "out_ptr", "work", "gamma_ptr",
                                                      "beta_ptr", "identity_work", "identity_gamma_ptr",
                                                      "identity_beta_ptr", "B", "H", "C", "HW"]
