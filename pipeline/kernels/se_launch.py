@@ -92,13 +92,19 @@ def empty_channels_last(shape, dtype: torch.dtype, device: torch.device) -> Tens
     return allocate((batch, height, width, channels), dtype, device).permute(0, 3, 1, 2)
 
 
+def _cdiv(numerator: int, denominator: int) -> int:
+    """Blocks of `denominator` covering `numerator`. Not triton.cdiv: in recent Triton (3.8 here) that is a
+    constexpr function whose argument unwrapping cost ~2 us a call on the host, six calls a forward."""
+    return -(-numerator // denominator)
+
+
 def _grids(batch: int, channels: int, spatial: int):
     """Launch grids as functions of the tile: reductions over (C blocks, B), elementwise (HW blocks, C blocks, B)."""
     def reduce_grid(tile):
-        return triton.cdiv(channels, tile["BLOCK_C"]), batch
+        return _cdiv(channels, tile["BLOCK_C"]), batch
 
     def elementwise_grid(tile):
-        return triton.cdiv(spatial, tile["BLOCK_HW"]), triton.cdiv(channels, tile["BLOCK_C"]), batch
+        return _cdiv(spatial, tile["BLOCK_HW"]), _cdiv(channels, tile["BLOCK_C"]), batch
     return reduce_grid, elementwise_grid
 
 
@@ -116,7 +122,7 @@ def _corrected_count(spatial: int) -> float:
 
 def _hidden_padding(hidden: int) -> int:
     """The excitation's hidden width as a tile dimension: a power of two, at least tl.dot's 16."""
-    return max(16, triton.next_power_of_2(hidden))
+    return max(16, 1 << (hidden - 1).bit_length())  # not triton.next_power_of_2 (see _cdiv)
 
 
 def small_kernel_steps(padded_hidden: int) -> tuple:
@@ -170,14 +176,14 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
             _launch_tiled(se_forward.z_stats_kernel, REDUCE_TILES, reduce_grid, (channels, spatial, identity.dtype,
                           False, False), identity, work, identity_work, batch, channels, spatial, EXTREMES=False,
                           FILTER=False)
-        se_forward.forward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
+        se_forward.forward_finalize_kernel[(_cdiv(channels, FINALIZE_BLOCK_C),)](
             work, work if random_squeeze is None else random_squeeze, running_mean, running_var,
             batches_tracked if update else work, weight, bias, filter_sum if filtered else work, identity_work,
             norm.running_mean, norm.running_var, norm.batches_tracked if update and folded else work, batch,
             channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, norm.eps, norm.momentum,
             TRAINING=training, UPDATE=update, MODE=mode, IDENTITY_NORM=folded, BLOCK_B=FORWARD_FINALIZE_BLOCK_B,
             BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
-        se_forward.excite_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
+        se_forward.excite_kernel[(_cdiv(batch, EXCITE_BLOCK_B),)](
             work, w1, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B, BLOCK_K=excite_step,
             num_warps=SMALL_KERNEL_WARPS)
         _launch_tiled(se_forward.apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
@@ -222,10 +228,10 @@ def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weigh
                       grad, out, z, identity, work, weight, bias, grad_work, gdm, identity_work, identity_grad_work,
                       batch, hidden, channels, spatial, IDENTITY_NORM=folded, PREMASKED=premasked,
                       EXTREMES=extremes)
-        se_backward.excite_grad_kernel[(triton.cdiv(batch, EXCITE_BLOCK_B),)](
+        se_backward.excite_grad_kernel[(_cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
             BLOCK_K=excite_grad_step, num_warps=SMALL_KERNEL_WARPS)
-        se_backward.backward_finalize_kernel[(triton.cdiv(channels, FINALIZE_BLOCK_C),)](
+        se_backward.backward_finalize_kernel[(_cdiv(channels, FINALIZE_BLOCK_C),)](
             work, grad_work, w1, weight, bias, filter_sum if filtered else work, weight_grad, bias_grad, w1_grad,
             w2_grad, identity_work, identity_grad_work, identity_weight if folded else weight, identity_weight_grad,
             identity_bias_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps,
