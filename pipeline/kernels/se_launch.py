@@ -34,7 +34,9 @@ SMALL_KERNEL_WARPS = 8
 # used where nothing is tuned (TRITON_INTERPRET, or SSENET_AUTOTUNE=0 for quick GPU tests)
 REDUCE_TILES = ((16, 64, 4), (32, 64, 4), (64, 64, 8), (32, 128, 8))
 ELEMENTWISE_TILES = ((32, 64, 4), (64, 64, 8), (16, 128, 4), (32, 128, 8))
-AUTOTUNE = os.environ.get("SSENET_AUTOTUNE", "1") != "0"
+# decided once, as Triton decided at import whether the kernels are interpreted (an environment lookup per launch
+# was a measurable part of the host's cost per tail)
+AUTOTUNE = os.environ.get("SSENET_AUTOTUNE", "1") != "0" and not interpreting()
 
 
 def _tuned(kernel, tiles, mode_flags=()):
@@ -58,7 +60,7 @@ _CHOSEN = {}
 def _launch_tiled(kernel, tiles, grid: Callable[[dict], tuple], shape_key: tuple, *args, **constexprs) -> None:
     """Launch a tiled kernel; `grid` maps the tile sizes to the launch grid. `shape_key` (C, H*W and the big
     tensors' dtypes: what the autotuner keys on) finds the tuned choice."""
-    if AUTOTUNE and not interpreting():
+    if AUTOTUNE:
         key = (kernel, *shape_key)
         options = _CHOSEN.get(key)
         if options is None:
