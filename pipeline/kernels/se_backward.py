@@ -85,7 +85,7 @@ def _squeeze_gradient(stats, offsets, mask, plane, reduced, d_squeeze, logits_pt
     (alpha, rho, kappa, phi, extreme, count) and the sums over HW of dL/dy and dL/dy * x_hat."""
     scale = gamma * inv_std
     _, y_mean, y_std, extreme, all_tied = squeeze_terms(
-        stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, filter_sum, HW, corr_count, std_eps, MODE)
+        stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, filter_sum, corr_count, std_eps, MODE)
     zero = d_squeeze * 0.0
     alpha, rho, kappa, phi = zero, zero, zero, zero
     count = zero + HW

@@ -67,8 +67,8 @@ def filtered_about_mean(stats, offsets, mask, plane, mean_bn, filter_sum):
 
 
 @triton.jit
-def squeeze_terms(stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, filter_sum, HW, corr_count,
-                   std_eps, MODE: tl.constexpr):
+def squeeze_terms(stats, offsets, mask, plane, mean_bn, inv_std, gamma, beta, filter_sum, corr_count, std_eps,
+                  MODE: tl.constexpr):
     """For a (BLOCK_B, BLOCK_C) tile of (b, c): the squeeze s of y = BN(z) and what its gradient needs.
 
     Returns (s, y_mean, y_std, extreme of z at the max of y, all_tied). With scale = 0 every y equals beta:

@@ -6,8 +6,8 @@ import triton
 import triton.language as tl
 
 from pipeline.kernels.se_common import (
-    STAT_FILTERED, STAT_FIRST, STAT_M2, STAT_MAX, STAT_MEAN, STAT_MIN, batch_tile,
-    channel_rows, hidden_rows, logits_rows, norm_affine, rows_times_matrix, sigmoid, squeeze_row, squeeze_terms)
+    STAT_FILTERED, STAT_FIRST, STAT_M2, STAT_MAX, STAT_MEAN, STAT_MIN, batch_tile, channel_rows, hidden_rows,
+    logits_rows, norm_affine, rows_times_matrix, sigmoid, squeeze_row, squeeze_terms)
 
 
 @triton.jit
@@ -151,7 +151,7 @@ def forward_finalize_kernel(work, random_ptr, running_mean, running_var, batches
             s = tl.load(random_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         else:
             s, _, _, _, _ = squeeze_terms(stats, offsets, mask, B * C, mean_bn[None, :], inv_std[None, :],
-                                              gamma, beta, filter_sum, HW, corr_count, std_eps, MODE)
+                                          gamma, beta, filter_sum, corr_count, std_eps, MODE)
         tl.store(squeeze_ptr + offsets, s, mask=mask)
 
 
