@@ -1,7 +1,7 @@
 """Compile every fused SE-tail kernel variant for an NVIDIA GPU target, on a machine without one.
 
     python scripts/compile_kernels.py              # sm90 (H100/H200); about 200 s on 2 cores
-    python scripts/compile_kernels.py --quick      # the subset CI compiles (every kernel's code, ~20 s)
+    python scripts/compile_kernels.py --quick      # the subset CI compiles (every kernel's code, ~15 s)
     python scripts/compile_kernels.py --arch 80    # A100
 
 The CPU tests run the kernels interpreted (TRITON_INTERPRET=1), which skips Triton's compiler: a kernel can
@@ -41,7 +41,7 @@ BIG_TENSORS = {"z_ptr", "identity_ptr", "out_ptr", "grad_ptr", "dz_ptr", "d_iden
 
 # Triton specialises each launch on its arguments: a pointer 16-byte aligned, or an integer that is a multiple
 # of 16, gets a divisibility hint (vector loads, fewer address instructions), and ptxas then chooses registers
-# for different code (at 8 warps it took 128 with the hints and spilled where it took up to 255 without).
+# for different code (at 8 warps it took 80 or 128 with the hints and spilled where it took up to 255 without).
 # "aligned": every pointer and B, C, HW, H multiples of 16, as SE-ResNet-50 at 192 px and batch 256 launches
 # layers 1-3 (torch's allocations and the workspaces' areas are aligned); "plain": no hint, as odd shapes do
 # (a 6x6 map, ResNet-18's 4 or 8 hidden units, a last batch of 100). Mixes of the two lie in between.
@@ -193,7 +193,7 @@ def compile_one(kernel, constexprs: dict, warps: int, arch: int, specialization:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: Hopper)")
-    parser.add_argument("--quick", action="store_true", help="a subset that covers every kernel's code (~10 s)")
+    parser.add_argument("--quick", action="store_true", help="a subset that covers every kernel's code (~15 s)")
     args = parser.parse_args()
     failed = []
     with ProcessPoolExecutor(os.cpu_count()) as pool:
