@@ -19,11 +19,9 @@ import time
 from unittest import mock
 
 import torch
-import triton
 from torch import nn
 
 from kernel_profile import kernel_times, print_kernel_times  # a sibling module: benchmarks run as scripts
-from pipeline.kernels import se_launch
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import SqueezeExcite
 from pipeline.squeeze import STD_EPS
@@ -96,6 +94,9 @@ def host_breakdown(z, identity, grad, repeats: int) -> dict:
     """Host µs of one gap tail, forward + backward: through the module and autograd, through se_launch called
     directly, and through se_launch with Triton's launches stubbed out (its Python and allocations only). The
     differences are autograd's and the module's share, and the cost of Triton's eight launches."""
+    import triton  # here, not at the top: without a GPU (or triton) the script says so and exits first
+
+    from pipeline.kernels import se_launch
     se = SqueezeExcite(z.shape[1], "gap", kernel="triton").to(z.device)
     bn = nn.BatchNorm2d(z.shape[1]).to(z.device)
     weights = (bn.weight, bn.bias, bn.running_mean, bn.running_var, se.excite[0].weight, se.excite[2].weight)
