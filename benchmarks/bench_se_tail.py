@@ -24,8 +24,7 @@ from torch import nn
 from kernel_profile import kernel_times, print_kernel_times  # a sibling module: benchmarks run as scripts
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import SqueezeExcite
-from pipeline.squeeze import STD_EPS
-from pipeline.squeeze import squeeze_names
+from pipeline.squeeze import STD_EPS, squeeze_names
 
 STAGES = {"layer1": (256, 4), "layer2": (512, 8), "layer3": (1024, 16), "layer4": (2048, 32)}  # channels, stride
 TAIL_PASSES = 11

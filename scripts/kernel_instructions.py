@@ -62,7 +62,7 @@ VARIANTS = (
 )
 
 
-def sass(kernel, constexprs: dict, warps: int, arch: int) -> list:
+def sass(kernel, constexprs: dict, warps: int, arch: int) -> tuple:
     """The variant's SASS as (labels -> instruction index, instruction texts)."""
     with contextlib.redirect_stdout(io.StringIO()):  # ptxas's log
         compiled = compile_kernels.build(kernel, constexprs, warps, arch)
@@ -81,9 +81,13 @@ def sass(kernel, constexprs: dict, warps: int, arch: int) -> list:
 
 
 def hot_loop(labels: dict, instructions: list) -> list:
-    """The longest loop body: from a label to the last branch back to it."""
-    loops = [instructions[labels[branch.group(1)]:index + 1] for index, text in enumerate(instructions)
-             for branch in [BRANCH.search(text)] if branch and labels.get(branch.group(1), index + 1) <= index]
+    """The longest loop body: from a label to a branch back to it."""
+    loops = []
+    for index, text in enumerate(instructions):
+        branch = BRANCH.search(text)
+        start = labels.get(branch.group(1)) if branch else None
+        if start is not None and start <= index:
+            loops.append(instructions[start:index + 1])
     return max(loops, key=len)
 
 

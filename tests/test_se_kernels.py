@@ -62,12 +62,10 @@ def run_tail(se, bn, z, identity, grad, kernel: str, training: bool, identity_bn
     if se.squeeze_name == "random":  # the same draw on both paths, whatever their dtype
         draw = torch.rand(z.shape[:2], generator=torch.Generator().manual_seed(3)).to(z.device)
         se.squeeze.forward = lambda x: draw.to(x.dtype)
-    z, identity = z.clone().requires_grad_(), identity.clone().requires_grad_()
-    if identity_bn is None:
-        out = se.tail(z, bn, identity)
-    else:
+    if identity_bn is not None:
         identity_bn.train(training)
-        out = se.tail(z, bn, identity, identity_bn)
+    z, identity = z.clone().requires_grad_(), identity.clone().requires_grad_()
+    out = se.tail(z, bn, identity, identity_bn)
     (out * grad.to(out.dtype)).sum().backward()
     results = {"out": out, "dz": z.grad, "d_identity": identity.grad, "w1": se.excite[0].weight.grad,
                "w2": se.excite[2].weight.grad, "bn_weight": bn.weight.grad, "bn_bias": bn.bias.grad,

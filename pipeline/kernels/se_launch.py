@@ -133,6 +133,12 @@ def small_kernel_steps(padded_hidden: int) -> tuple:
     return SMALL_KERNEL_STEPS.get(padded_hidden, (16, 16, 16))
 
 
+def _identity_area(work: Tensor, offset: int, folded: bool) -> Tensor:
+    """The folded downsample BN's area of a workspace, from `offset` (layout's); without one, the workspace
+    itself as a placeholder the kernels do not read."""
+    return work[offset:] if folded else work
+
+
 class IdentityNorm(NamedTuple):
     """A downsample BN folded into the tail: the identity passed is its input (the downsample conv's output).
     `batches_tracked` is given where the kernels update its running estimates (eager training)."""
@@ -163,7 +169,7 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
     reduce_grid, elementwise_grid = _grids(batch, channels, spatial)
     extremes, filtered = layout.uses_extremes(mode), layout.uses_filter(mode)
     work = allocate((layout.forward_workspace_size(batch, channels, hidden, folded),), torch.float32, z.device)
-    identity_work = work[layout.identity_area_offset(batch, channels, hidden):] if folded else work
+    identity_work = _identity_area(work, layout.identity_area_offset(batch, channels, hidden), folded)
     norm = identity_norm or IdentityNorm(weight, bias, running_mean, running_var, eps)  # placeholders when not folded
     update = batches_tracked is not None
     out = empty_channels_last(z.shape, out_dtype, z.device)
@@ -211,9 +217,8 @@ def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weigh
     extremes, filtered = layout.uses_extremes(mode), layout.uses_filter(mode)
     grad_work = allocate((layout.backward_workspace_size(batch, channels, hidden, folded),), torch.float32,
                          z.device)
-    identity_work = work[layout.identity_area_offset(batch, channels, hidden):] if folded else work
-    identity_grad_work = grad_work[layout.identity_grad_area_offset(batch, channels, hidden):] if folded \
-        else grad_work
+    identity_work = _identity_area(work, layout.identity_area_offset(batch, channels, hidden), folded)
+    identity_grad_work = _identity_area(grad_work, layout.identity_grad_area_offset(batch, channels, hidden), folded)
     weight_grad, bias_grad = (allocate((channels,), torch.float32, z.device) for _ in range(2))
     identity_weight_grad, identity_bias_grad = (allocate((channels,), torch.float32, z.device) if folded
                                                 else weight_grad for _ in range(2))
