@@ -11,8 +11,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from pipeline.blurpool import apply_blurpool
-from pipeline.kernels import KernelUnavailableError, check_se_kernel, triton_available, use_triton
+from pipeline.kernels import FOLDING, KernelUnavailableError, check_se_kernel, tail_implementation, triton_available
 from pipeline.kernels.layout import SQUEEZE_MODES
+from pipeline.kernels.se_closed_form import closed_form_tail
 from pipeline.kernels.se_ops import fused_se_tail, supports_batch_norm
 from pipeline.squeeze import BASELINE, MultiSpectralSqueeze, build_squeeze, check_squeeze_name
 
@@ -20,8 +21,9 @@ from pipeline.squeeze import BASELINE, MultiSpectralSqueeze, build_squeeze, chec
 class SqueezeExcite(nn.Module):
     """Gate each channel by sigmoid(MLP(squeeze(x))).
 
-    `tail` computes the whole block tail relu(SE(bn(z)) + identity), in fused Triton kernels or in the torch
-    ops of `forward` (the reference), as `kernel` says (pipeline/kernels: auto, torch or triton).
+    `tail` computes the whole block tail relu(SE(bn(z)) + identity), in fused Triton kernels, in the torch
+    ops of `forward` (the reference) or in the kernels' algorithm in torch ops, as `kernel` says
+    (pipeline/kernels: auto, torch, triton or closed-form).
     """
 
     def __init__(self, channels: int, squeeze: str, reduction: int = 16, kernel: str = "auto"):
@@ -41,8 +43,9 @@ class SqueezeExcite(nn.Module):
 
     def set_kernel(self, kernel: str) -> None:
         check_se_kernel(kernel)
-        if kernel == "triton" and self.squeeze_name not in SQUEEZE_MODES:
-            raise KernelUnavailableError(f"squeeze '{self.squeeze_name}' has no fused kernel; use se_kernel=torch")
+        if kernel in FOLDING and self.squeeze_name not in SQUEEZE_MODES:
+            raise KernelUnavailableError(f"squeeze '{self.squeeze_name}' has no fused form (se_kernel={kernel}); "
+                                         "use se_kernel=torch")
         if kernel == "triton" and not triton_available():
             raise KernelUnavailableError("se_kernel=triton needs the triton package; use se_kernel=torch")
         self.kernel = kernel
@@ -57,21 +60,24 @@ class SqueezeExcite(nn.Module):
         downsample's BN, `identity` its input) relu(self(bn(z)) + identity_bn(identity)), which the kernels
         fold in as well."""
         fusable = self.squeeze_name in SQUEEZE_MODES and supports_batch_norm(bn)
-        fused = fusable and use_triton(self.kernel, z)
-        if self.kernel == "triton" and not fusable:
-            raise KernelUnavailableError(f"se_kernel=triton folds a plain BatchNorm2d, not {bn}")
+        implementation = tail_implementation(self.kernel, z) if fusable else "torch"
+        if self.kernel in FOLDING and not fusable:
+            raise KernelUnavailableError(f"se_kernel={self.kernel} folds a plain BatchNorm2d, not {bn}")
         # the identity's BN runs as a module unless the kernels fold it: they run one mode for both BNs
-        if identity_bn is not None and not (fused and identity_bn.training == bn.training):
+        if identity_bn is not None and not (implementation == "triton" and identity_bn.training == bn.training):
             identity, identity_bn = identity_bn(identity), None
-        if not fused:
+        if implementation == "torch":
             return torch.relu(self(bn(z)) + identity)
-        filters = filter_sum = random_squeeze = None
+        random_squeeze = self.squeeze(z) if self.squeeze_name == "random" else None  # the reference's draw
+        mode = SQUEEZE_MODES[self.squeeze_name]
+        if implementation == "closed-form":
+            filters = self.squeeze.filters_for(z) if isinstance(self.squeeze, MultiSpectralSqueeze) else None
+            return closed_form_tail(z, identity, bn, self.excite, mode, filters, random_squeeze)
+        filters = filter_sum = None
         if isinstance(self.squeeze, MultiSpectralSqueeze):
             filters, filter_sum = self.squeeze.kernel_filters(z)
-        if self.squeeze_name == "random":
-            random_squeeze = self.squeeze(z)  # drawn as the reference draws it: shape, dtype and RNG stream
         return fused_se_tail(z, identity, bn, self.excite[0].weight, self.excite[2].weight,
-                             SQUEEZE_MODES[self.squeeze_name], filters, filter_sum, random_squeeze, identity_bn)
+                             mode, filters, filter_sum, random_squeeze, identity_bn)
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}"

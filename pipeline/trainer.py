@@ -223,7 +223,7 @@ def compile_used(config: Dict[str, Any], world: World) -> str:
 
 
 def se_kernel_used(config: Dict[str, Any], world: World) -> str:
-    """What ran the SE tails in training: triton, torch, or none for the baseline."""
+    """What ran the SE tails in training: triton, torch, closed-form, or none for the baseline."""
     if config["model.squeeze"] == BASELINE:
         return "none"
     try:

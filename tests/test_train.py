@@ -217,6 +217,15 @@ def test_triton_kernels_refused_on_a_cpu_before_the_run_directory_exists(tiny_be
     assert not (tmp_path / "r").exists()
 
 
+def test_closed_form_tails_train_and_are_recorded(tiny_betons, tmp_path):
+    run_dir = tmp_path / "closed"
+    assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=1", "--squeeze", "std",
+                                    "--model.se_kernel=closed-form")) == 0
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert (summary["se_kernel"], summary["se_kernel_used"]) == ("closed-form", "closed-form")
+    assert "se_kernel: closed-form" in (run_dir / "config.yaml").read_text()
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_betons, tmp_path):
     run_dir = tmp_path / "nan"
     result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=2",

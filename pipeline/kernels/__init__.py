@@ -1,9 +1,11 @@
 """Fused Triton kernels for the SE-block tail, and the choice between them and the torch reference ops.
 
 `model.se_kernel`: `torch` runs the reference ops (any device), `triton` the fused kernels (CUDA tensors, or CPU
-tensors when TRITON_INTERPRET=1 was set before triton was imported: how CI checks them), `auto` whichever was
-measured faster (benchmarks/RESULTS.md) for CUDA tensors in channels_last: the kernels in eager mode and under
-torch.compile's reduce-overhead mode (CUDA graphs), inductor's own code for the torch ops in its other modes.
+tensors when TRITON_INTERPRET=1 was set before triton was imported: how CI checks them), `closed-form` the
+kernels' algorithm in torch ops (any device; for torch.compile to generate the kernels: se_closed_form.py),
+`auto` whichever was measured faster (benchmarks/RESULTS.md) for CUDA tensors in channels_last: the kernels in
+eager mode and under torch.compile's reduce-overhead mode (CUDA graphs), inductor's own code for the torch ops
+in its other modes.
 """
 import importlib.util
 import os
@@ -12,7 +14,10 @@ import torch
 
 from pipeline.errors import UserError
 
-SE_KERNELS = ("auto", "torch", "triton")
+SE_KERNELS = ("auto", "torch", "triton", "closed-form")
+# the implementations that fold the block's BN into the squeeze: a plain BatchNorm2d and a squeeze with a mode in
+# layout.SQUEEZE_MODES only
+FOLDING = ("triton", "closed-form")
 # torch.compile modes under which `auto` runs the kernels: with CUDA graphs the custom ops' host cost is gone and
 # the kernels' fewer memory passes win. Measured on an H200 (SE-ResNet-50 gap, 192 px, batch 256, bf16, x
 # torchvision resnet50 in the same mode and run): reduce-overhead kernels 0.89, inductor 0.85; default mode
@@ -53,24 +58,24 @@ def triton_unavailable_reason(device: torch.device):
 
 
 def resolve_se_kernel(choice: str, device: torch.device, channels_last: bool, compile_mode: str = "none") -> str:
-    """The implementation `choice` runs: 'triton' or 'torch' (raises where triton is asked for but cannot run).
-    `compile_mode` is training.compile's value: 'none' (eager) or a torch.compile mode."""
+    """The implementation `choice` runs: 'triton', 'torch' or 'closed-form' (raises where triton is asked for
+    but cannot run). `compile_mode` is training.compile's value: 'none' (eager) or a torch.compile mode."""
     if choice == "triton":
         reason = triton_unavailable_reason(device)
         if reason:
             raise KernelUnavailableError(reason)
         return "triton"
-    if choice == "auto" and device.type == "cuda" and triton_available() and channels_last and (
+    if choice != "auto":
+        return choice
+    if device.type == "cuda" and triton_available() and channels_last and (
             compile_mode == "none" or compile_mode in KERNEL_COMPILE_MODES):
         return "triton"
     return "torch"
 
 
-def use_triton(choice: str, x: torch.Tensor) -> bool:
-    """Whether the SE tail of `x` (the block's conv output) runs the fused kernels under `choice`. Inside a
-    traced graph the mode is not known here: `auto` takes inductor's code there, and the trainer resolves
-    `auto` with its compile mode before compiling (set_se_kernel)."""
-    if choice == "torch":
-        return False
+def tail_implementation(choice: str, x: torch.Tensor) -> str:
+    """What runs the SE tail of `x` (the block's conv output) under `choice`: triton, torch or closed-form.
+    Inside a traced graph the mode is not known here: `auto` takes inductor's code there, and the trainer
+    resolves `auto` with its compile mode before compiling (set_se_kernel)."""
     return resolve_se_kernel(choice, x.device, x.is_contiguous(memory_format=torch.channels_last),
-                             "default" if torch.compiler.is_compiling() else "none") == "triton"
+                             "default" if torch.compiler.is_compiling() else "none")

@@ -174,20 +174,26 @@ def fused_se_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, w1: Tensor, w
         identity_bn.running_var if folded else None, mode, bn.training, bn.eps, identity_bn.eps if folded else 0.0)
     if bn.training:
         batch, channels = z.shape[:2]
-        _follow_batch_statistics(bn, work[layout.channel_row_offset(batch, channels):])
+        _follow_channel_rows(bn, work[layout.channel_row_offset(batch, channels):])
         if folded:
             area = layout.identity_area_offset(batch, channels, w1.shape[0])
-            _follow_batch_statistics(identity_bn, work[area + layout.channel_row_offset(batch, channels):])
+            _follow_channel_rows(identity_bn, work[area + layout.channel_row_offset(batch, channels):])
     return out
 
 
-def _follow_batch_statistics(bn: nn.BatchNorm2d, channel_rows: Tensor) -> None:
-    """bn's running estimates and batch count after a training step, from its per-channel rows (layout.py)."""
+def _follow_channel_rows(bn: nn.BatchNorm2d, channel_rows: Tensor) -> None:
+    """bn's running estimates after a training step, from its per-channel rows in a workspace (layout.py)."""
     channels = bn.num_features
+    follow_batch_statistics(bn, channel_rows[:channels], channel_rows[2 * channels:3 * channels])
+
+
+def follow_batch_statistics(bn: nn.BatchNorm2d, mean: Tensor, unbiased_variance: Tensor) -> None:
+    """bn's running estimates and batch count after a training step on a batch with these statistics, as
+    nn.BatchNorm2d updates them (in torch ops: under torch.compile inductor fuses the update)."""
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
-        bn.running_mean.lerp_(channel_rows[:channels], bn.momentum)
-        bn.running_var.lerp_(channel_rows[2 * channels:3 * channels], bn.momentum)
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+        bn.running_var.lerp_(unbiased_variance.to(bn.running_var.dtype), bn.momentum)
 
 
 def supports_batch_norm(bn: nn.Module) -> bool:

@@ -1,0 +1,147 @@
+"""Kernels and bytes of the code torch.compile generates for one SE tail on a GPU, on a machine without one.
+
+    python scripts/inductor_traffic.py                          # every squeeze, ResNet-50 layer1 at 192 px
+    python scripts/inductor_traffic.py --squeezes gap,gmp --stage layer3 --batch 128
+
+One SE tail, forward + backward (relu(SE(BN(z)) + identity), bf16 autocast, channels_last), compiled by
+inductor for each implementation that inductor generates the kernels of: torchvision's plain tail
+relu(BN(z) + identity) as the peer, the torch reference ops (`torch`) and the fused algorithm in torch ops
+(`closed-form`). The Triton kernels are custom ops, extern to inductor, and not counted here. Inductor's
+scheduler and Triton code generator run as they would for a CUDA device (its `triton` backend for CPU
+tensors); nothing is compiled for or run on a device: each generated kernel's source is kept, with the bytes
+inductor's own estimate says it moves (`kernel_num_gb`). At the memory ceiling a compiled tail's GPU time
+follows its bytes; each kernel also costs a launch (a few microseconds, less in a CUDA graph).
+
+The reference's measured default-mode compile on an H200 followed this count: gap 0.85x torchvision,
+gmp and std 0.66x (benchmarks/RESULTS.md).
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+from typing import Dict, Tuple
+
+import torch
+import torch._functorch.config as functorch_config
+import torch._inductor.config as inductor_config
+import torch.utils._triton as triton_utils
+from torch import nn
+from torch._inductor import async_compile
+
+from pipeline.models import SqueezeExcite
+from pipeline.squeeze import MultiSpectralSqueeze, squeeze_names
+
+# channels and spatial stride of ResNet-50's stages (the SE tails are at the bottleneck's output width)
+STAGES = {"layer1": (256, 4), "layer2": (512, 8), "layer3": (1024, 16), "layer4": (2048, 32)}
+PLAIN = "plain BN + add + ReLU"
+
+
+class CodegenOnly(RuntimeError):
+    """Raised where the compiled tail would launch its first kernel: the code is generated, nothing runs."""
+
+
+class _NotRun:
+    def run(self, *args, **kwargs):
+        raise CodegenOnly("kernels are generated here, not run")
+
+
+def generate_for_gpu() -> Dict[Tuple[str, str], str]:
+    """Make inductor generate Triton code for CPU tensors as for a GPU, forward and backward at the first call,
+    and keep each kernel's source in the returned dict instead of compiling it, under (the generated module,
+    the kernel's name): a module may be loaded more than once, and inductor may start compiling a kernel while
+    it generates the module; each kernel the module defines counts once."""
+    generated = {}
+    inductor_package = os.path.dirname(torch._inductor.__file__)
+    inductor_config.cpu_backend = "triton"
+    inductor_config.benchmark_kernel = True  # puts inductor's byte estimate into each kernel's metadata
+    inductor_config.fx_graph_cache = False  # a cached graph would skip code generation
+    functorch_config.force_non_lazy_backward_lowering = True  # the backward at the first call, not at .backward
+    triton_utils.triton_hash_with_backend = lambda: "no-device"  # asks the driver for its target otherwise
+
+    def keep(self, kernel_name, source_code, *args, **kwargs):
+        module = sys._getframe(1).f_globals.get("__file__", "")
+        if not module.startswith(inductor_package):  # the generated module defining the kernel, loaded
+            generated[module, kernel_name] = source_code
+        return _NotRun()
+
+    async_compile.AsyncCompile.triton = keep
+    return generated
+
+
+def kernel_gigabytes(source: str) -> float:
+    """Inductor's estimate of the bytes one kernel moves, from its metadata."""
+    marker = "'kernel_num_gb': "
+    at = source.find(marker)
+    if at < 0:
+        raise RuntimeError("inductor's generated kernel carries no 'kernel_num_gb' (has its metadata changed?)")
+    return float(source[at + len(marker):].split(",", 1)[0])
+
+
+def tail_function(implementation: str, squeeze: str, z: torch.Tensor):
+    """The tail to compile: (z, identity) -> out."""
+    bn = nn.BatchNorm2d(z.shape[1])
+    if implementation == PLAIN:
+        return lambda z, identity: torch.relu(bn(z) + identity)
+    se = SqueezeExcite(z.shape[1], squeeze, kernel=implementation)
+    if isinstance(se.squeeze, MultiSpectralSqueeze):
+        se.squeeze.filters_for(z)  # built and cached at the first step of training: not a kernel of every step
+    return lambda z, identity: se.tail(z, bn, identity)
+
+
+def traffic(generated: dict, implementation: str, squeeze: str, shape: tuple) -> Tuple[int, float]:
+    """(kernels, GB) of one compiled forward + backward."""
+    torch._dynamo.reset()
+    generated.clear()
+    z, identity = (torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+                   .requires_grad_() for _ in range(2))
+    tail = tail_function(implementation, squeeze, z)
+
+    def step(z, identity):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return tail(z, identity)
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # benchmark_kernel prints each module's path
+            torch.compile(step, fullgraph=True)(z, identity)
+    except CodegenOnly:
+        pass
+    if len({module for module, _ in generated}) != 2:
+        raise RuntimeError(f"{implementation} {squeeze}: expected a forward and a backward module, got "
+                           f"{sorted({module for module, _ in generated})}")
+    return len(generated), sum(kernel_gigabytes(source) for source in generated.values())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--squeezes", default=",".join(squeeze_names(include_baseline=False)))
+    parser.add_argument("--implementations", default="torch,closed-form")
+    parser.add_argument("--stage", choices=STAGES, default="layer1")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--res", type=int, default=192)
+    args = parser.parse_args(argv)
+    channels, stride = STAGES[args.stage]
+    shape = (args.batch, channels, args.res // stride, args.res // stride)
+    generated = generate_for_gpu()
+    print(f"one SE tail, forward + backward, {args.stage} {'x'.join(map(str, shape))} bf16 channels_last: "
+          "inductor's Triton code for a GPU")
+    print(f"{'implementation':22s} {'squeeze':8s} {'kernels':>7s} {'GB':>7s} {'x plain':>7s}")
+    plain_kernels, plain_gb = traffic(generated, PLAIN, "", shape)
+    print(f"{PLAIN:22s} {'-':8s} {plain_kernels:7d} {plain_gb:7.3f} {1:7.2f}", flush=True)
+    rows: Dict[str, Dict[str, list]] = {}
+    for implementation in args.implementations.split(","):
+        for squeeze in args.squeezes.split(","):
+            kernels, gigabytes = traffic(generated, implementation, squeeze, shape)
+            rows.setdefault(implementation, {})[squeeze] = [kernels, round(gigabytes, 3)]
+            print(f"{implementation:22s} {squeeze:8s} {kernels:7d} {gigabytes:7.3f} {gigabytes / plain_gb:7.2f}",
+                  flush=True)
+    print(json.dumps({"stage": args.stage, "shape": shape, "plain": [plain_kernels, round(plain_gb, 3)],
+                      "tails": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("inductor_traffic.py: unset TRITON_INTERPRET (it generates code for a GPU, it runs none)")
+    sys.exit(main())
