@@ -122,10 +122,12 @@ def compare_tail_with_reference(squeeze: str, case: tuple, kernel: str, fold_ide
     assert reference["w1"].abs().max() > 0 or squeeze == "random" or kind in ("constant", "zero-gamma")  # not vacuous
 
 
-def training_step(model, kernel: str, dtype: torch.dtype, images, labels):
-    """Loss, parameter gradients and buffers after one forward + backward of a copy of `model`."""
+def training_step(model, kernel: str, dtype: torch.dtype, images, labels, compiled: bool = False):
+    """Loss, parameter gradients and buffers after one forward + backward of a copy of `model` (with
+    `compiled`: of the copy compiled by torch.compile, inductor)."""
     trial = set_se_kernel(copy.deepcopy(model), kernel).to(dtype).to(memory_format=torch.channels_last)
-    loss = nn.functional.cross_entropy(trial(images.to(dtype).contiguous(memory_format=torch.channels_last)), labels)
+    run = torch.compile(trial) if compiled else trial
+    loss = nn.functional.cross_entropy(run(images.to(dtype).contiguous(memory_format=torch.channels_last)), labels)
     loss.backward()
     return loss.detach(), {name: p.grad for name, p in trial.named_parameters()}, dict(trial.named_buffers())
 
@@ -140,15 +142,16 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def compare_training_step(squeeze: str, zero_init_last: bool, kernel: str) -> None:
-    """Loss, every gradient and every BN buffer of one SE-ResNet-18 step under `kernel` against the float64
-    reference: as close as torch's own fp32 ops are (a tiny batch makes layer4's BN ill-conditioned for both)."""
+def compare_training_step(squeeze: str, zero_init_last: bool, kernel: str, compiled: bool = False) -> None:
+    """Loss, every gradient and every BN buffer of one SE-ResNet-18 step under `kernel` (compiled by inductor
+    where asked) against the float64 reference: as close as torch's own fp32 ops are (a tiny batch makes
+    layer4's BN ill-conditioned for both)."""
     torch.manual_seed(0)
     model = build_model("resnet18", squeeze, num_classes=10, zero_init_last=zero_init_last).to(DEVICE)
     images, labels = torch.randn(2, 3, 64, 64, device=DEVICE), torch.tensor([1, 7], device=DEVICE)
     loss_ref, grads_ref, buffers_ref = training_step(model, "torch", torch.float64, images, labels)
     loss_torch, grads_torch, _ = training_step(model, "torch", torch.float32, images, labels)
-    loss, grads, buffers = training_step(model, kernel, torch.float32, images, labels)
+    loss, grads, buffers = training_step(model, kernel, torch.float32, images, labels, compiled)
     assert abs(loss.item() - loss_ref.item()) <= 2 * abs(loss_torch.item() - loss_ref.item()) + 1e-6
     for name, grad in grads_ref.items():
         assert relative_error(grads[name], grad) <= 2 * relative_error(grads_torch[name], grad) + 1e-4, name

@@ -40,8 +40,10 @@ def closed_form_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, excite: nn
     scale = gamma * torch.rsqrt(variance_bn + bn.eps)
     shift = beta - mean_bn * scale
     squeezed = _squeeze(values, mean, variance, scale, shift, gamma, mode, filters, random_squeeze)
-    # in the excitation's dtype (under autocast its Linear layers round to bf16 as the reference's squeeze did)
-    gate = excite(squeezed.to(excite[0].weight.dtype)).to(accumulate)
+    # the excitation in fp32 (the weights' dtype), as the kernels run it: under autocast its two products would
+    # add weight and gradient casts (17 kernels in a compiled tail instead of 13) to products of microseconds
+    with torch.autocast(z.device.type, enabled=False):
+        gate = excite(squeezed.to(excite[0].weight.dtype)).to(accumulate)
     out = values * (scale * gate)[:, :, None, None] + (shift * gate)[:, :, None, None] + identity.to(accumulate)
     return torch.relu(out).to(torch.promote_types(z.dtype, identity.dtype))
 
