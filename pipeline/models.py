@@ -63,8 +63,10 @@ class SqueezeExcite(nn.Module):
         implementation = tail_implementation(self.kernel, z) if fusable else "torch"
         if self.kernel in FOLDING and not fusable:
             raise KernelUnavailableError(f"se_kernel={self.kernel} folds a plain BatchNorm2d, not {bn}")
-        # the identity's BN runs as a module unless the kernels fold it: they run one mode for both BNs
-        if identity_bn is not None and not (implementation == "triton" and identity_bn.training == bn.training):
+        # the identity's BN runs as a module unless the fused form folds it (the kernels run one mode for both BNs)
+        folds = implementation == "closed-form" or (implementation == "triton" and identity_bn is not None
+                                                    and identity_bn.training == bn.training)
+        if identity_bn is not None and not folds:
             identity, identity_bn = identity_bn(identity), None
         if implementation == "torch":
             return torch.relu(self(bn(z)) + identity)
@@ -72,7 +74,7 @@ class SqueezeExcite(nn.Module):
         mode = SQUEEZE_MODES[self.squeeze_name]
         if implementation == "closed-form":
             filters = self.squeeze.filters_for(z) if isinstance(self.squeeze, MultiSpectralSqueeze) else None
-            return closed_form_tail(z, identity, bn, self.excite, mode, filters, random_squeeze)
+            return closed_form_tail(z, identity, bn, self.excite, mode, filters, random_squeeze, identity_bn)
         filters = filter_sum = None
         if isinstance(self.squeeze, MultiSpectralSqueeze):
             filters, filter_sum = self.squeeze.kernel_filters(z)

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
@@ -79,24 +80,25 @@ def kernel_gigabytes(source: str) -> float:
     return float(source[at + len(marker):].split(",", 1)[0])
 
 
-def tail_function(implementation: str, squeeze: str, z: torch.Tensor):
-    """The tail to compile: (z, identity) -> out."""
-    bn = nn.BatchNorm2d(z.shape[1])
+def tail_function(implementation: str, squeeze: str, z: torch.Tensor, downsample: bool):
+    """The tail to compile: (z, identity) -> out; with `downsample` the identity is a downsample conv's output,
+    which goes through its BN first (a stage's first block)."""
+    bn, identity_bn = nn.BatchNorm2d(z.shape[1]), nn.BatchNorm2d(z.shape[1]) if downsample else None
     if implementation == PLAIN:
-        return lambda z, identity: torch.relu(bn(z) + identity)
+        return lambda z, identity: torch.relu(bn(z) + (identity_bn(identity) if downsample else identity))
     se = SqueezeExcite(z.shape[1], squeeze, kernel=implementation)
     if isinstance(se.squeeze, MultiSpectralSqueeze):
         se.squeeze.filters_for(z)  # built and cached at the first step of training: not a kernel of every step
-    return lambda z, identity: se.tail(z, bn, identity)
+    return lambda z, identity: se.tail(z, bn, identity, identity_bn)
 
 
-def traffic(generated: dict, implementation: str, squeeze: str, shape: tuple) -> Tuple[int, float]:
-    """(kernels, GB) of one compiled forward + backward."""
+def traffic(generated: dict, implementation: str, squeeze: str, shape: tuple, downsample: bool) -> Tuple[int, float]:
+    """(kernel launches, GB) of one compiled forward + backward."""
     torch._dynamo.reset()
     generated.clear()
     z, identity = (torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
                    .requires_grad_() for _ in range(2))
-    tail = tail_function(implementation, squeeze, z)
+    tail = tail_function(implementation, squeeze, z, downsample)
 
     def step(z, identity):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -107,10 +109,27 @@ def traffic(generated: dict, implementation: str, squeeze: str, shape: tuple) ->
             torch.compile(step, fullgraph=True)(z, identity)
     except CodegenOnly:
         pass
-    if len({module for module, _ in generated}) != 2:
+    modules = {module for module, _ in generated}
+    if len(modules) != 2:
         raise RuntimeError(f"{implementation} {squeeze}: expected a forward and a backward module, got "
-                           f"{sorted({module for module, _ in generated})}")
-    return len(generated), sum(kernel_gigabytes(source) for source in generated.values())
+                           f"{sorted(modules)}")
+    return launches(generated)
+
+
+def launches(generated: Dict[Tuple[str, str], str]) -> Tuple[int, float]:
+    """(kernel launches, GB) of the generated modules. Inductor defines a kernel once where nodes share its source
+    (the same reduction over two tensors of one shape) and launches it for each: its launches are counted in the
+    module's wrapper code, which follows the kernels' definitions."""
+    count, gigabytes = 0, 0.0
+    for (module, name), source in generated.items():
+        code = Path(module).read_text()
+        marker = "async_compile.wait(globals())"
+        if marker not in code:
+            raise RuntimeError(f"{module}: no '{marker}' line before its wrapper code (has inductor's output changed?)")
+        calls = code[code.rindex(marker):].count(f"{name}.run(")
+        count += calls
+        gigabytes += calls * kernel_gigabytes(source)
+    return count, gigabytes
 
 
 def main(argv=None) -> int:
@@ -120,23 +139,27 @@ def main(argv=None) -> int:
     parser.add_argument("--stage", choices=STAGES, default="layer1")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--res", type=int, default=192)
+    parser.add_argument("--downsample", action="store_true",
+                        help="a stage's first block: the identity is the downsample conv's output, through its BN")
     args = parser.parse_args(argv)
     channels, stride = STAGES[args.stage]
     shape = (args.batch, channels, args.res // stride, args.res // stride)
     generated = generate_for_gpu()
-    print(f"one SE tail, forward + backward, {args.stage} {'x'.join(map(str, shape))} bf16 channels_last: "
-          "inductor's Triton code for a GPU")
+    block = "a stage's first block (downsample BN)" if args.downsample else "a block"
+    print(f"the SE tail of {block}, forward + backward, {args.stage} {'x'.join(map(str, shape))} bf16 "
+          "channels_last: inductor's Triton code for a GPU")
     print(f"{'implementation':22s} {'squeeze':8s} {'kernels':>7s} {'GB':>7s} {'x plain':>7s}")
-    plain_kernels, plain_gb = traffic(generated, PLAIN, "", shape)
+    plain_kernels, plain_gb = traffic(generated, PLAIN, "", shape, args.downsample)
     print(f"{PLAIN:22s} {'-':8s} {plain_kernels:7d} {plain_gb:7.3f} {1:7.2f}", flush=True)
     rows: Dict[str, Dict[str, list]] = {}
     for implementation in args.implementations.split(","):
         for squeeze in args.squeezes.split(","):
-            kernels, gigabytes = traffic(generated, implementation, squeeze, shape)
+            kernels, gigabytes = traffic(generated, implementation, squeeze, shape, args.downsample)
             rows.setdefault(implementation, {})[squeeze] = [kernels, round(gigabytes, 3)]
             print(f"{implementation:22s} {squeeze:8s} {kernels:7d} {gigabytes:7.3f} {gigabytes / plain_gb:7.2f}",
                   flush=True)
-    print(json.dumps({"stage": args.stage, "shape": shape, "plain": [plain_kernels, round(plain_gb, 3)],
+    print(json.dumps({"stage": args.stage, "shape": shape, "downsample": args.downsample,
+                      "plain": [plain_kernels, round(plain_gb, 3)],
                       "tails": rows}))
     return 0
 

@@ -122,6 +122,27 @@ def compare_tail_with_reference(squeeze: str, case: tuple, kernel: str, fold_ide
     assert reference["w1"].abs().max() > 0 or squeeze == "random" or kind in ("constant", "zero-gamma")  # not vacuous
 
 
+def compare_mixed_bn_modes(kernel: str, frozen: str) -> None:
+    """A first block's tail with one of its two BNs (`frozen`: identity_bn or bn) in eval mode and the other
+    training, under `kernel` against the torch ops: output, gradients and both BNs' running estimates."""
+    se, bn = make_tail("gap", 16, zero_gamma=False)
+    identity_bn = random_batch_norm(16, torch.Generator().manual_seed(5))
+    z, identity, grad = case_inputs(2, 16, 3, 3, torch.float32, "normal")
+    results = {}
+    for implementation in ("torch", kernel):
+        modules = [copy.deepcopy(m).to(DEVICE) for m in (se, bn, identity_bn)]
+        modules[0].set_kernel(implementation)
+        modules[2 if frozen == "identity_bn" else 1].eval()
+        z_, identity_ = z.clone().requires_grad_(), identity.clone().requires_grad_()
+        out = modules[0].tail(z_, modules[1], identity_, modules[2])
+        (out * grad).sum().backward()
+        results[implementation] = (out, z_.grad, identity_.grad, modules[1].running_mean, modules[2].running_mean,
+                                   modules[2].weight.grad)
+    for name, fused, reference in zip(("out", "dz", "d_identity", "running_mean", "identity_running_mean",
+                                       "identity_bn_weight"), results[kernel], results["torch"]):
+        assert relative_error(fused, reference) < 1e-4, name
+
+
 def training_step(model, kernel: str, dtype: torch.dtype, images, labels, compiled: bool = False):
     """Loss, parameter gradients and buffers after one forward + backward of a copy of `model` (with
     `compiled`: of the copy compiled by torch.compile, inductor)."""

@@ -11,8 +11,8 @@ from torch import nn
 from conftest import run_script
 from pipeline.kernels import KernelUnavailableError
 from pipeline.models import SqueezeExcite, build_model
-from tail_cases import (CASES, DEVICE, SQUEEZES, compare_tail_with_reference, compare_training_step,  # noqa: F401
-                        exact_fp32, relative_error)
+from tail_cases import (CASES, DEVICE, SQUEEZES, compare_mixed_bn_modes, compare_tail_with_reference,  # noqa: F401
+                        compare_training_step, exact_fp32, relative_error)
 
 
 @pytest.mark.parametrize("squeeze,case", [(squeeze, case) for case in CASES for squeeze in SQUEEZES])
@@ -22,8 +22,14 @@ def test_closed_form_tail_matches_reference(squeeze, case):
 
 @pytest.mark.parametrize("squeeze,case", [(squeeze, "fp32") for squeeze in SQUEEZES] + [("gmp", "eval")])
 def test_closed_form_tail_with_a_downsample_bn_matches_reference(squeeze, case):
-    """The downsample's BN runs as a module before the closed form (inductor fuses it into the output pass)."""
+    """The downsample's BN from its own per-(b, c) statistics, in the same passes as the block's BN."""
     compare_tail_with_reference(squeeze, CASES[case], "closed-form", fold_identity_bn=True)
+
+
+@pytest.mark.parametrize("frozen", ["identity_bn", "bn"])
+def test_a_frozen_bn_beside_a_training_one_keeps_its_own_mode(frozen):
+    """The closed form folds a downsample BN in whatever mode each BN is in."""
+    compare_mixed_bn_modes("closed-form", frozen)
 
 
 @pytest.mark.parametrize("squeeze,zero_init_last", [("gmp", True), ("fca", False)])
@@ -53,11 +59,14 @@ def test_compiled_by_inductor_without_graph_breaks(squeeze):
     assert [block.bn2.num_batches_tracked.item() for block in blocks.values()] == [1, 1]
 
 
-def test_inductor_generates_the_plain_tails_traffic_for_the_closed_form():
+@pytest.mark.parametrize("downsample", [False, True])
+def test_inductor_generates_the_plain_tails_traffic_for_the_closed_form(downsample):
     """scripts/inductor_traffic.py: inductor's GPU code for a gmp tail (forward + backward, layer1's width)
-    moves the bytes of torchvision's plain BN + add + ReLU in the closed form, about twice in the reference."""
+    moves the bytes of torchvision's plain BN + add + ReLU in the closed form, about twice in the reference; in
+    a stage's first block too, whose downsample BN's sums over H*W fuse with the tail's."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = run_script(["scripts/inductor_traffic.py", "--squeezes", "gmp", "--batch", "16"], env=env)
+    result = run_script(["scripts/inductor_traffic.py", "--squeezes", "gmp", "--batch", "16",
+                         *(["--downsample"] if downsample else [])], env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     plain = report["plain"][1]

@@ -12,8 +12,9 @@ from torch import nn
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel, triton_unavailable_reason
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import SqueezeExcite, build_model
-from tail_cases import (CASES, DEVICE, SQUEEZES, case_inputs, compare_tail_with_reference,  # noqa: F401
-                        compare_training_step, exact_fp32, make_tail, random_batch_norm, relative_error, run_tail)
+from tail_cases import (CASES, DEVICE, SQUEEZES, case_inputs, compare_mixed_bn_modes,  # noqa: F401
+                        compare_tail_with_reference, compare_training_step, exact_fp32, make_tail, random_batch_norm,
+                        relative_error, run_tail)
 
 pytest.importorskip("triton")
 from pipeline.kernels import se_launch, se_ops  # noqa: E402  (imports triton)
@@ -99,22 +100,7 @@ def test_tuned_launches_match_reference(squeeze, monkeypatch):
 def test_a_frozen_bn_beside_a_training_one_keeps_its_own_mode(frozen):
     """Fine-tuning with some BNs frozen (eval) and others training: the kernels run one mode, so a downsample
     BN in the other mode than the block's is applied before the fused tail, not folded with the wrong one."""
-    se, bn = make_tail("gap", 16, zero_gamma=False)
-    identity_bn = random_batch_norm(16, torch.Generator().manual_seed(5))
-    z, identity, grad = case_inputs(2, 16, 3, 3, torch.float32, "normal")
-    results = {}
-    for kernel in ("torch", "triton"):
-        modules = [copy.deepcopy(m).to(DEVICE) for m in (se, bn, identity_bn)]
-        modules[0].set_kernel(kernel)
-        modules[2 if frozen == "identity_bn" else 1].eval()
-        z_, identity_ = z.clone().requires_grad_(), identity.clone().requires_grad_()
-        out = modules[0].tail(z_, modules[1], identity_, modules[2])
-        (out * grad).sum().backward()
-        results[kernel] = (out, z_.grad, identity_.grad, modules[1].running_mean, modules[2].running_mean,
-                           modules[2].weight.grad)
-    for name, fused, reference in zip(("out", "dz", "d_identity", "running_mean", "identity_running_mean",
-                                       "identity_bn_weight"), results["triton"], results["torch"]):
-        assert relative_error(fused, reference) < 1e-4, name
+    compare_mixed_bn_modes("triton", frozen)
 
 
 def test_gmp_ties_share_the_gradient_evenly():

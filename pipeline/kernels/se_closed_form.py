@@ -6,8 +6,9 @@ batch 256, against 3.6 GB for torchvision's plain BN + add + ReLU (`scripts/indu
 the Triton kernels, one pass of per-(b, c) statistics of z gives BN's batch statistics and the squeeze of y in
 closed form (y is never formed), and the output is one pointwise pass. Autograd's backward of these ops is one
 reduction and one pointwise pass over the big tensors, which inductor fuses with the ReLU's mask: 3.5 GB for
-every squeeze, and no custom op for the host to dispatch. In eager mode every intermediate is materialised, so
-this gains nothing there (the kernels or the reference serve eager runs).
+every squeeze, and no custom op for the host to dispatch. A stage's first block folds its downsample BN the
+same way (4.39 GB, torchvision's 4.38). In eager mode every intermediate is materialised, so this gains
+nothing there (the kernels or the reference serve eager runs).
 """
 from typing import Optional
 
@@ -22,35 +23,52 @@ Tensor = torch.Tensor
 
 
 def closed_form_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, excite: nn.Module, mode: int,
-                     filters: Optional[Tensor] = None, random_squeeze: Optional[Tensor] = None) -> Tensor:
-    """relu(excite(squeeze(bn(z))) * bn(z) + identity) with bn's running statistics updated as bn would.
+                     filters: Optional[Tensor] = None, random_squeeze: Optional[Tensor] = None,
+                     identity_bn: Optional[nn.BatchNorm2d] = None) -> Tensor:
+    """relu(excite(squeeze(bn(z))) * bn(z) + identity) with bn's running statistics updated as bn would; with
+    `identity_bn` (a downsample's BN, `identity` its input) relu(... + identity_bn(identity)), that BN from the
+    same per-(b, c) statistics, so that its backward's sums over H*W fuse with the tail's.
     `filters`: fca's (C, H, W) DCT filters; `random_squeeze`: the draw of the `random` arm."""
     accumulate = torch.promote_types(z.dtype, torch.float32)  # fp32 statistics of bf16 activations
-    values = z.to(accumulate)
-    spatial = z.shape[2] * z.shape[3]
+    values, spatial = z.to(accumulate), z.shape[2] * z.shape[3]
     variance, mean = torch.var_mean(values, dim=(2, 3), correction=0)  # per (b, c)
-    gamma, beta = bn.weight.to(accumulate), bn.bias.to(accumulate)
-    if bn.training:  # the batch statistics from the per-sample ones (the law of total variance)
-        mean_bn = mean.mean(0)
-        variance_bn = variance.mean(0) + (mean - mean_bn).square().mean(0)
-        count = z.shape[0] * spatial
-        follow_batch_statistics(bn, mean_bn.detach(), variance_bn.detach() * count / max(count - 1, 1))
-    else:
-        mean_bn, variance_bn = bn.running_mean.to(accumulate), bn.running_var.to(accumulate)
-    scale = gamma * torch.rsqrt(variance_bn + bn.eps)
-    shift = beta - mean_bn * scale
-    squeezed = _squeeze(values, mean, variance, scale, shift, gamma, mode, filters, random_squeeze)
+    scale, shift = _batch_norm_affine(bn, mean, variance, spatial)
+    squeezed = _squeeze(values, mean, variance, scale, shift, bn.weight, mode, filters, random_squeeze)
     # the excitation in fp32 (the weights' dtype), as the kernels run it: under autocast its two products would
     # add weight and gradient casts (17 kernels in a compiled tail instead of 13) to products of microseconds
     with torch.autocast(z.device.type, enabled=False):
         gate = excite(squeezed.to(excite[0].weight.dtype)).to(accumulate)
-    out = values * (scale * gate)[:, :, None, None] + (shift * gate)[:, :, None, None] + identity.to(accumulate)
+    residual = identity.to(accumulate)
+    if identity_bn is not None:
+        identity_variance, identity_mean = torch.var_mean(residual, dim=(2, 3), correction=0)
+        identity_scale, identity_shift = _batch_norm_affine(identity_bn, identity_mean, identity_variance, spatial)
+        # per (b, c), as z's: the gradient's sums over H*W then share the iteration space of the tail's
+        batch = z.shape[0]
+        residual = residual * identity_scale.expand(batch, -1)[:, :, None, None] + \
+            identity_shift.expand(batch, -1)[:, :, None, None]
+    out = values * (scale * gate)[:, :, None, None] + (shift * gate)[:, :, None, None] + residual
     return torch.relu(out).to(torch.promote_types(z.dtype, identity.dtype))
+
+
+def _batch_norm_affine(bn: nn.BatchNorm2d, mean: Tensor, variance: Tensor, spatial: int):
+    """Per-channel (scale, shift) with bn(x) = x * scale + shift, from x's per-(b, c) mean and
+    biased variance over `spatial` positions: in training the batch statistics by the law of total variance
+    (and bn's running estimates follow them), in eval the running estimates."""
+    if bn.training:
+        batch_mean = mean.mean(0)
+        batch_variance = variance.mean(0) + (mean - batch_mean).square().mean(0)
+        count = mean.shape[0] * spatial
+        follow_batch_statistics(bn, batch_mean.detach(), batch_variance.detach() * count / max(count - 1, 1))
+    else:
+        batch_mean, batch_variance = bn.running_mean.to(mean.dtype), bn.running_var.to(mean.dtype)
+    scale = bn.weight.to(mean.dtype) * torch.rsqrt(batch_variance + bn.eps)
+    return scale, bn.bias.to(mean.dtype) - batch_mean * scale
 
 
 def _squeeze(values: Tensor, mean: Tensor, variance: Tensor, scale: Tensor, shift: Tensor, gamma: Tensor, mode: int,
              filters: Optional[Tensor], random_squeeze: Optional[Tensor]) -> Tensor:
-    """The squeeze (B, C) of y = values * scale + shift from z's per-(b, c) statistics."""
+    """The squeeze (B, C) of y = values * scale + shift from z's per-(b, c) statistics (gamma: BN's weight, whose
+    sign says which extreme of z the max of y is at)."""
     y_mean = mean * scale + shift
     if mode == GAP:
         return y_mean
