@@ -2,6 +2,8 @@
 
     python scripts/inductor_traffic.py                          # every squeeze, ResNet-50 layer1 at 192 px
     python scripts/inductor_traffic.py --squeezes gap,gmp --stage layer3 --batch 128
+    python scripts/inductor_traffic.py --squeezes gmp --downsample      # a stage's first block
+    python scripts/inductor_traffic.py --squeezes gap,gmp --network     # a whole ResNet-50 step (~50 s a model)
 
 One SE tail, forward + backward (relu(SE(BN(z)) + identity), bf16 autocast, channels_last), compiled by
 inductor for each implementation that inductor generates the kernels of: torchvision's plain tail
@@ -13,10 +15,11 @@ inductor's own estimate says it moves (`kernel_num_gb`). At the memory ceiling a
 follows its bytes; each kernel also costs a launch (a few microseconds, less in a CUDA graph).
 
 The reference's measured default-mode compile on an H200 followed this count: gap 0.85x torchvision,
-gmp and std 0.66x (benchmarks/RESULTS.md).
+gmp and std 0.66x (benchmarks/RESULTS.md). Bytes say nothing about the convolutions, which every arm shares.
 """
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -28,10 +31,11 @@ import torch
 import torch._functorch.config as functorch_config
 import torch._inductor.config as inductor_config
 import torch.utils._triton as triton_utils
+import torchvision
 from torch import nn
 from torch._inductor import async_compile
 
-from pipeline.models import SqueezeExcite
+from pipeline.models import SqueezeExcite, build_model
 from pipeline.squeeze import MultiSpectralSqueeze, squeeze_names
 
 # channels and spatial stride of ResNet-50's stages (the SE tails are at the bottleneck's output width)
@@ -93,9 +97,7 @@ def tail_function(implementation: str, squeeze: str, z: torch.Tensor, downsample
 
 
 def traffic(generated: dict, implementation: str, squeeze: str, shape: tuple, downsample: bool) -> Tuple[int, float]:
-    """(kernel launches, GB) of one compiled forward + backward."""
-    torch._dynamo.reset()
-    generated.clear()
+    """(kernel launches, GB) of one tail's compiled forward + backward."""
     z, identity = (torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
                    .requires_grad_() for _ in range(2))
     tail = tail_function(implementation, squeeze, z, downsample)
@@ -104,15 +106,40 @@ def traffic(generated: dict, implementation: str, squeeze: str, shape: tuple, do
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return tail(z, identity)
 
+    return compiled_traffic(generated, step, (z, identity), f"{implementation} {squeeze}")
+
+
+def network_traffic(generated: dict, implementation: str, squeeze: str, batch: int, res: int) -> Tuple[int, float]:
+    """(kernel launches, GB) of a whole ResNet-50 training step's compiled forward + backward (the
+    convolutions are extern kernels, not counted): torchvision's for PLAIN, else SE-ResNet-50's."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50() if implementation == PLAIN else build_model(
+        "resnet50", squeeze, se_kernel=implementation)
+    model = model.to(memory_format=torch.channels_last)
+    with torch.no_grad():  # fca's filters are built and cached at the first step, as in training
+        model.eval()(torch.zeros(1, 3, res, res))
+    model.train()
+    images = torch.randn(batch, 3, res, res).contiguous(memory_format=torch.channels_last)
+
+    def step(images):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(images).float().logsumexp(1).mean()
+
+    return compiled_traffic(generated, step, (images,), f"{implementation} {squeeze}")
+
+
+def compiled_traffic(generated: dict, step, inputs: tuple, label: str) -> Tuple[int, float]:
+    """(kernel launches, GB) of the forward and backward modules inductor generates for `step` in one graph."""
+    torch._dynamo.reset()
+    generated.clear()
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # benchmark_kernel prints each module's path
-            torch.compile(step, fullgraph=True)(z, identity)
+            torch.compile(step, fullgraph=True)(*inputs)
     except CodegenOnly:
         pass
     modules = {module for module, _ in generated}
     if len(modules) != 2:
-        raise RuntimeError(f"{implementation} {squeeze}: expected a forward and a backward module, got "
-                           f"{sorted(modules)}")
+        raise RuntimeError(f"{label}: expected a forward and a backward module, got {sorted(modules)}")
     return launches(generated)
 
 
@@ -141,26 +168,36 @@ def main(argv=None) -> int:
     parser.add_argument("--res", type=int, default=192)
     parser.add_argument("--downsample", action="store_true",
                         help="a stage's first block: the identity is the downsample conv's output, through its BN")
+    parser.add_argument("--network", action="store_true",
+                        help="a whole ResNet-50 training step against torchvision's (about 50 s per model)")
     args = parser.parse_args(argv)
-    channels, stride = STAGES[args.stage]
-    shape = (args.batch, channels, args.res // stride, args.res // stride)
     generated = generate_for_gpu()
-    block = "a stage's first block (downsample BN)" if args.downsample else "a block"
-    print(f"the SE tail of {block}, forward + backward, {args.stage} {'x'.join(map(str, shape))} bf16 "
-          "channels_last: inductor's Triton code for a GPU")
-    print(f"{'implementation':22s} {'squeeze':8s} {'kernels':>7s} {'GB':>7s} {'x plain':>7s}")
-    plain_kernels, plain_gb = traffic(generated, PLAIN, "", shape, args.downsample)
-    print(f"{PLAIN:22s} {'-':8s} {plain_kernels:7d} {plain_gb:7.3f} {1:7.2f}", flush=True)
+    if args.network:
+        measure = functools.partial(network_traffic, generated, batch=args.batch, res=args.res)
+        peer = "torchvision resnet50"
+        print(f"a ResNet-50 training step, forward + backward, batch {args.batch} at {args.res} px, bf16 "
+              "channels_last: inductor's Triton code for a GPU (convolutions not counted)")
+    else:
+        channels, stride = STAGES[args.stage]
+        shape = (args.batch, channels, args.res // stride, args.res // stride)
+        measure = functools.partial(traffic, generated, shape=shape, downsample=args.downsample)
+        peer = PLAIN
+        block = "a stage's first block (downsample BN)" if args.downsample else "a block"
+        print(f"the SE tail of {block}, forward + backward, {args.stage} {'x'.join(map(str, shape))} bf16 "
+              "channels_last: inductor's Triton code for a GPU")
+    print(f"{'implementation':22s} {'squeeze':8s} {'kernels':>7s} {'GB':>7s} {'x peer':>7s}")
+    plain_kernels, plain_gb = measure(PLAIN, "")
+    print(f"{peer:22s} {'-':8s} {plain_kernels:7d} {plain_gb:7.3f} {1:7.2f}", flush=True)
     rows: Dict[str, Dict[str, list]] = {}
     for implementation in args.implementations.split(","):
         for squeeze in args.squeezes.split(","):
-            kernels, gigabytes = traffic(generated, implementation, squeeze, shape, args.downsample)
+            kernels, gigabytes = measure(implementation, squeeze)
             rows.setdefault(implementation, {})[squeeze] = [kernels, round(gigabytes, 3)]
             print(f"{implementation:22s} {squeeze:8s} {kernels:7d} {gigabytes:7.3f} {gigabytes / plain_gb:7.2f}",
                   flush=True)
-    print(json.dumps({"stage": args.stage, "shape": shape, "downsample": args.downsample,
-                      "plain": [plain_kernels, round(plain_gb, 3)],
-                      "tails": rows}))
+    scope = "network" if args.network else {"stage": args.stage, "downsample": args.downsample}
+    print(json.dumps({"scope": scope, "batch": args.batch, "res": args.res,
+                      "plain": [plain_kernels, round(plain_gb, 3)], "tails": rows}))
     return 0
 
 
