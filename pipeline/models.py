@@ -72,12 +72,12 @@ class SqueezeExcite(nn.Module):
             return torch.relu(self(bn(z)) + identity)
         random_squeeze = self.squeeze(z) if self.squeeze_name == "random" else None  # the reference's draw
         mode = SQUEEZE_MODES[self.squeeze_name]
-        if implementation == "closed-form":
-            filters = self.squeeze.filters_for(z) if isinstance(self.squeeze, MultiSpectralSqueeze) else None
-            return closed_form_tail(z, identity, bn, self.excite, mode, filters, random_squeeze, identity_bn)
         filters = filter_sum = None
         if isinstance(self.squeeze, MultiSpectralSqueeze):
             filters, filter_sum = self.squeeze.kernel_filters(z)
+        if implementation == "closed-form":
+            return closed_form_tail(z, identity, bn, self.excite, mode, filters, filter_sum, random_squeeze,
+                                    identity_bn)
         return fused_se_tail(z, identity, bn, self.excite[0].weight, self.excite[2].weight,
                              mode, filters, filter_sum, random_squeeze, identity_bn)
 

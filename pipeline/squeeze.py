@@ -195,7 +195,7 @@ class MultiSpectralSqueeze(nn.Module):
         self._filters: Dict[tuple, torch.Tensor] = {}
         self._kernel_filters: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def filters_for(self, x: torch.Tensor) -> torch.Tensor:
+    def _filters_for(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.shape[2], x.shape[3], x.device)
         if key not in self._filters:
             self._filters[key] = fca_filters(self.channels, x.shape[2], x.shape[3]).to(x.device)
@@ -205,10 +205,10 @@ class MultiSpectralSqueeze(nn.Module):
         """The filters as the fused kernels read them: (H*W, C) in fp32, and their sum over H*W per channel."""
         key = (x.shape[2], x.shape[3], x.device)
         if key not in self._kernel_filters:
-            filters = self.filters_for(x).flatten(1).t().contiguous()
+            filters = self._filters_for(x).flatten(1).t().contiguous()
             self._kernel_filters[key] = (filters, filters.sum(0))
         return self._kernel_filters[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        filters = self.filters_for(x)
+        filters = self._filters_for(x)
         return torch.einsum("bchw,chw->bc", x.float(), filters).to(x.dtype)

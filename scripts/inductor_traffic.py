@@ -92,7 +92,7 @@ def tail_function(implementation: str, squeeze: str, z: torch.Tensor, downsample
         return lambda z, identity: torch.relu(bn(z) + (identity_bn(identity) if downsample else identity))
     se = SqueezeExcite(z.shape[1], squeeze, kernel=implementation)
     if isinstance(se.squeeze, MultiSpectralSqueeze):
-        se.squeeze.filters_for(z)  # built and cached at the first step of training: not a kernel of every step
+        se.squeeze.kernel_filters(z)  # built and cached at the first step of training: not a kernel of every step
     return lambda z, identity: se.tail(z, bn, identity, identity_bn)
 
 

@@ -23,17 +23,18 @@ Tensor = torch.Tensor
 
 
 def closed_form_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, excite: nn.Module, mode: int,
-                     filters: Optional[Tensor] = None, random_squeeze: Optional[Tensor] = None,
-                     identity_bn: Optional[nn.BatchNorm2d] = None) -> Tensor:
+                     filters: Optional[Tensor] = None, filter_sum: Optional[Tensor] = None,
+                     random_squeeze: Optional[Tensor] = None, identity_bn: Optional[nn.BatchNorm2d] = None) -> Tensor:
     """relu(excite(squeeze(bn(z))) * bn(z) + identity) with bn's running statistics updated as bn would; with
     `identity_bn` (a downsample's BN, `identity` its input) relu(... + identity_bn(identity)), that BN from the
     same per-(b, c) statistics, so that its backward's sums over H*W fuse with the tail's.
-    `filters`: fca's (C, H, W) DCT filters; `random_squeeze`: the draw of the `random` arm."""
+    `filters`, `filter_sum`: fca's DCT filters as the kernels take them ((H*W, C), and their sum over H*W, both
+    cached by the squeeze module); `random_squeeze`: the draw of the `random` arm."""
     accumulate = torch.promote_types(z.dtype, torch.float32)  # fp32 statistics of bf16 activations
     values, spatial = z.to(accumulate), z.shape[2] * z.shape[3]
     variance, mean = torch.var_mean(values, dim=(2, 3), correction=0)  # per (b, c)
     scale, shift = _batch_norm_affine(bn, mean, variance, spatial)
-    squeezed = _squeeze(values, mean, variance, scale, shift, bn.weight, mode, filters, random_squeeze)
+    squeezed = _squeeze(values, mean, variance, scale, shift, bn.weight, mode, filters, filter_sum, random_squeeze)
     # the excitation in fp32 (the weights' dtype), as the kernels run it: under autocast its two products would
     # add weight and gradient casts (17 kernels in a compiled tail instead of 13) to products of microseconds
     with torch.autocast(z.device.type, enabled=False):
@@ -66,7 +67,7 @@ def _batch_norm_affine(bn: nn.BatchNorm2d, mean: Tensor, variance: Tensor, spati
 
 
 def _squeeze(values: Tensor, mean: Tensor, variance: Tensor, scale: Tensor, shift: Tensor, gamma: Tensor, mode: int,
-             filters: Optional[Tensor], random_squeeze: Optional[Tensor]) -> Tensor:
+             filters: Optional[Tensor], filter_sum: Optional[Tensor], random_squeeze: Optional[Tensor]) -> Tensor:
     """The squeeze (B, C) of y = values * scale + shift from z's per-(b, c) statistics (gamma: BN's weight, whose
     sign says which extreme of z the max of y is at)."""
     y_mean = mean * scale + shift
@@ -88,8 +89,9 @@ def _squeeze(values: Tensor, mean: Tensor, variance: Tensor, scale: Tensor, shif
         # sum f y = scale * sum f (z - z_first) + y_first * sum f: z about its first position, so that a flat
         # map's part is exact however large its values
         first = values[:, :, :1, :1]
-        filtered = ((values - first) * filters).sum((2, 3))
-        return scale * filtered + (scale * first[:, :, 0, 0] + shift) * filters.sum((1, 2))
+        table = filters.t().view(values.shape[1:])  # (H*W, C) as (C, H, W): a view, no copy
+        filtered = ((values - first) * table).sum((2, 3))
+        return scale * filtered + (scale * first[:, :, 0, 0] + shift) * filter_sum
     if mode == RANDOM:
         return random_squeeze.to(values.dtype)
     raise ValueError(f"no closed form for squeeze mode {mode}")
