@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times  # a sibling: run as a script
 
-from pipeline.acceleration import Stopwatch
+from pipeline.acceleration import Stopwatch, maybe_compile
 from pipeline.models import build_model
 from pipeline.squeeze import squeeze_names
 
@@ -65,7 +65,8 @@ class Trainee:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         if compile_mode != "eager":
             torch._dynamo.reset()  # each model compiles afresh, within dynamo's recompile limit
-            self.model = torch.compile(self.model, mode=None if compile_mode == "compiled" else compile_mode)
+            # as training compiles: static shapes, fca's filters built before tracing
+            self.model = maybe_compile(self.model, "default" if compile_mode == "compiled" else compile_mode)
         self.images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=torch.channels_last)
         self.labels = torch.randint(0, 1000, (batch,), device=device)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"

@@ -72,13 +72,54 @@ def compile_mode_used(choice: str, device: torch.device, distributed: bool) -> s
     return "default" if distributed else "reduce-overhead"
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
     """torch.compile with `mode` ('none' = eager). Compilation itself happens lazily at the first step; each
     training resolution gets its own static graph (two in the ffcv recipes' 160 -> 192 ramp) rather than one
     slower dynamic-shape graph."""
     if mode == "none":
         return model
-    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    compiled = torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    plain = unwrap(model)
+    if any(getattr(module, "builds_per_feature_size", False) for module in plain.modules()):
+        compiled.register_forward_pre_hook(FeatureSizeWarmup(plain))
+    return compiled
+
+
+class FeatureSizeWarmup:
+    """Forward pre-hook of a compiled model with modules that build and cache tensors per feature size (fca's
+    DCT filters): at each input size not seen before, one eager forward of one image (eval mode, no grad) builds
+    them before dynamo traces. Built while tracing, they were a side effect that dynamo then guarded on, and each
+    resolution compiled twice."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.seen = set()
+
+    def __call__(self, compiled: nn.Module, args: tuple) -> None:
+        images = args[0]
+        key = (tuple(images.shape[2:]), images.device)
+        if key in self.seen:
+            return
+        modes = [(module, module.training) for module in self.model.modules()]
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(images[:1])
+        finally:
+            for module, training in modes:
+                module.training = training
+        self.seen.add(key)
 
 
 class Stopwatch:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.acceleration import unwrap
 from pipeline.atomic import atomic_open
 from pipeline.errors import StorageError
 from pipeline.run_dir import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
@@ -20,17 +21,6 @@ FORMAT_VERSION = 1
 # load_state_dict ignores: the file stays a plain state_dict that torchvision's resnetNN loads (baseline)
 MODEL_SETTINGS_KEY = "ssenet_model"
 MODEL_SETTING_NAMES = ("arch", "squeeze", "reduction", "num_classes", "blurpool")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def save_atomic(payload: Any, path: Path, previous: Optional[Path] = None) -> None:

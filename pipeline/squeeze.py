@@ -186,8 +186,11 @@ class MultiSpectralSqueeze(nn.Module):
 
     The filters depend on the feature size, which changes with progressive resizing, so they are built
     per (H, W, device) and cached rather than stored: the state_dict stays resolution-free. The DC group
-    equals gap times sqrt(H*W).
+    equals gap times sqrt(H*W). Under torch.compile, `acceleration.maybe_compile` builds them before tracing
+    (`builds_per_feature_size`), so that each resolution compiles once.
     """
+
+    builds_per_feature_size = True
 
     def __init__(self, channels: int):
         super().__init__()

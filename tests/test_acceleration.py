@@ -1,0 +1,66 @@
+"""torch.compile as training runs it: one graph per resolution, also for modules that build per-size tensors."""
+from unittest import mock
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch._dynamo.utils import counters
+
+from pipeline import acceleration
+from pipeline.models import SqueezeExcite
+
+
+def two_size_model(squeeze: str) -> nn.Sequential:
+    """SE at two feature sizes, with a BN whose running statistics show whether a warm-up trained it."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), SqueezeExcite(16, squeeze, 4),
+                         nn.MaxPool2d(2), SqueezeExcite(16, squeeze, 4))
+
+
+def compile_like_training(model: nn.Module) -> nn.Module:
+    """maybe_compile as training calls it, on aot_eager (dynamo's tracing and guards, no code generation)."""
+    real_compile = torch.compile
+    with mock.patch.object(torch, "compile", lambda model, **_: real_compile(model, backend="aot_eager",
+                                                                            dynamic=False)):
+        return acceleration.maybe_compile(model, "default")
+
+
+@pytest.mark.parametrize("squeeze", ["fca", "gap"])
+def test_each_resolution_compiles_once(squeeze):
+    """fca's filters, built inside the first trace at a size, made dynamo trace every resolution twice."""
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = two_size_model(squeeze)
+    compiled = compile_like_training(model)
+    for size in (8, 8, 8, 12, 12):
+        images = torch.randn(2, 3, size, size)
+        out = compiled(images)
+        out.sum().backward()
+        torch.testing.assert_close(out, model(images), rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_warm_up_changes_no_state_and_restores_each_modules_mode():
+    torch.manual_seed(0)
+    model = two_size_model("fca").train()
+    model[1].eval()  # a frozen BN among training modules
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    modes = [module.training for module in model.modules()]
+    warm_up = acceleration.FeatureSizeWarmup(model)
+    warm_up(model, (torch.randn(4, 3, 10, 10),))
+    assert [module.training for module in model.modules()] == modes
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    assert warm_up.seen == {((10, 10), torch.device("cpu"))}
+
+
+def test_only_models_with_per_size_tensors_get_the_warm_up():
+    assert len(compile_like_training(two_size_model("fca"))._forward_pre_hooks) == 1
+    assert len(compile_like_training(two_size_model("gap"))._forward_pre_hooks) == 0
+    assert acceleration.maybe_compile(two_size_model("fca"), "none")._forward_pre_hooks == {}
+
+
+def test_unwrap_reaches_the_plain_model():
+    model = two_size_model("gap")
+    assert acceleration.unwrap(compile_like_training(model)) is model
