@@ -107,6 +107,8 @@ class FeatureSizeWarmup:
         self.seen = set()
 
     def __call__(self, compiled: nn.Module, args: tuple) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):  # called by keyword: traced as it comes
+            return
         images = args[0]
         key = (tuple(images.shape[2:]), images.device)
         if key in self.seen:

@@ -53,6 +53,8 @@ def test_warm_up_changes_no_state_and_restores_each_modules_mode():
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
     assert warm_up.seen == {((10, 10), torch.device("cpu"))}
+    warm_up(model, ())  # a model called by keyword is left to trace as it comes
+    assert len(warm_up.seen) == 1
 
 
 def test_only_models_with_per_size_tensors_get_the_warm_up():
