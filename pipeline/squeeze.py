@@ -195,23 +195,22 @@ class MultiSpectralSqueeze(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.channels = channels
-        self._filters: Dict[tuple, torch.Tensor] = {}
-        self._kernel_filters: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+        # (H, W, device) -> the filters in both layouts, built together: whichever path fills the cache (an eager
+        # warm-up in the torch ops, a traced step in the kernels), the other finds it filled
+        self._filters: Dict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def _filters_for(self, x: torch.Tensor) -> torch.Tensor:
+    def _built_for(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         key = (x.shape[2], x.shape[3], x.device)
         if key not in self._filters:
-            self._filters[key] = fca_filters(self.channels, x.shape[2], x.shape[3]).to(x.device)
+            filters = fca_filters(self.channels, x.shape[2], x.shape[3]).to(x.device)
+            flat = filters.flatten(1).t().contiguous()
+            self._filters[key] = (filters, flat, flat.sum(0))
         return self._filters[key]
 
     def kernel_filters(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The filters as the fused kernels read them: (H*W, C) in fp32, and their sum over H*W per channel."""
-        key = (x.shape[2], x.shape[3], x.device)
-        if key not in self._kernel_filters:
-            filters = self._filters_for(x).flatten(1).t().contiguous()
-            self._kernel_filters[key] = (filters, filters.sum(0))
-        return self._kernel_filters[key]
+        return self._built_for(x)[1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        filters = self._filters_for(x)
+        filters = self._built_for(x)[0]
         return torch.einsum("bchw,chw->bc", x.float(), filters).to(x.dtype)

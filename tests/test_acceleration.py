@@ -9,12 +9,29 @@ from torch._dynamo.utils import counters
 
 from pipeline import acceleration
 from pipeline.models import SqueezeExcite
+from pipeline.squeeze import build_squeeze
 
 
 def two_size_model(squeeze: str) -> nn.Sequential:
     """SE at two feature sizes, with a BN whose running statistics show whether a warm-up trained it."""
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), SqueezeExcite(16, squeeze, 4),
                          nn.MaxPool2d(2), SqueezeExcite(16, squeeze, 4))
+
+
+class OtherPathWhenTraced(nn.Module):
+    """Reads fca's filters through the squeeze in eager mode (the warm-up) and through the kernels' accessor when
+    traced, as `se_kernel=auto` may pick the torch ops for one and a fused form for the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.squeeze = nn.Conv2d(3, 16, 3, padding=1), build_squeeze("fca", 16)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.conv(images)
+        if torch.compiler.is_compiling():
+            filters, _ = self.squeeze.kernel_filters(x)
+            return torch.einsum("bchw,hwc->bc", x, filters.view(x.shape[2], x.shape[3], -1))
+        return self.squeeze(x)
 
 
 def compile_like_training(model: nn.Module) -> nn.Module:
@@ -39,6 +56,18 @@ def test_each_resolution_compiles_once(squeeze):
         out.sum().backward()
         torch.testing.assert_close(out, model(images), rtol=1e-5, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_a_warm_up_through_one_path_serves_the_other():
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = OtherPathWhenTraced()
+    compiled = compile_like_training(model)
+    for size in (8, 8, 8):
+        images = torch.randn(2, 3, size, size)
+        torch.testing.assert_close(compiled(images), model(images), rtol=1e-4, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_warm_up_changes_no_state_and_restores_each_modules_mode():
