@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet50" if gpu else "resnet18")
     parser.add_argument("--arms", default="all", help="comma list of squeeze arms, or all")
     parser.add_argument("--se-kernel", default="torch,triton" if gpu else "torch",
-                        help="comma list of SE implementations to measure: torch, triton, auto")
+                        help="comma list of SE implementations to measure: torch, triton, closed-form, auto")
     parser.add_argument("--res", default="192" if gpu else "64")
     parser.add_argument("--batch", type=int, default=256 if gpu else 16)
     parser.add_argument("--steps", type=int, default=30 if gpu else 3)
