@@ -2,6 +2,9 @@
 # The prepared GPU check, sized for a 15-minute device lease: each step has a time cap and logs as it goes.
 #   scripts/device_check.sh                 # every step: about 24 minutes on one H200 with 16 cores
 #   scripts/device_check.sh kernels tail model50 model18 compiled50    # about 7.5 minutes: one device call
+#   scripts/device_check.sh kernels model50 compiled50                 # about 6.5 minutes: the kernel tests on
+#       CUDA, the eager table (every arm, torch ops and kernels) and default-mode gap (kernels, torch ops,
+#       closed form): the issue's table but the other compiled arms, and what decides `auto` under DDP
 #   scripts/device_check.sh graphs50 e2e loader gputests               # about 8.5 minutes
 #   scripts/device_check.sh kernels tail kernels50 kernels18           # the kernels only (no torch-op rows)
 #   scripts/device_check.sh graphs50a graphs50b                        # every other arm with CUDA graphs (~8 min)
