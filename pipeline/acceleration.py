@@ -113,15 +113,21 @@ class FeatureSizeWarmup:
         key = (tuple(images.shape[2:]), images.device)
         if key in self.seen:
             return
-        modes = [(module, module.training) for module in self.model.modules()]
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                self.model(images[:1])
-        finally:
-            for module, training in modes:
-                module.training = training
+        build_per_size_tensors(self.model, images)
         self.seen.add(key)
+
+
+def build_per_size_tensors(model: nn.Module, images: torch.Tensor) -> None:
+    """One eager forward of the first image in eval mode without gradients, each module's mode restored after:
+    it fills the caches of tensors built per feature size (fca's filters) and changes no other state."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 class Stopwatch:

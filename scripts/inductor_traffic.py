@@ -35,6 +35,7 @@ import torchvision
 from torch import nn
 from torch._inductor import async_compile
 
+from pipeline.acceleration import build_per_size_tensors
 from pipeline.models import SqueezeExcite, build_model
 from pipeline.squeeze import MultiSpectralSqueeze, squeeze_names
 
@@ -115,11 +116,9 @@ def network_traffic(generated: dict, implementation: str, squeeze: str, batch: i
     torch.manual_seed(0)
     model = torchvision.models.resnet50() if implementation == PLAIN else build_model(
         "resnet50", squeeze, se_kernel=implementation)
-    model = model.to(memory_format=torch.channels_last)
-    with torch.no_grad():  # fca's filters are built and cached at the first step, as in training
-        model.eval()(torch.zeros(1, 3, res, res))
-    model.train()
+    model = model.to(memory_format=torch.channels_last).train()
     images = torch.randn(batch, 3, res, res).contiguous(memory_format=torch.channels_last)
+    build_per_size_tensors(model, images)  # fca's filters, built before tracing as in training
 
     def step(images):
         with torch.autocast("cpu", dtype=torch.bfloat16):
