@@ -6,8 +6,8 @@ import torch
 
 from conftest import run_script, tiny_settings
 from pipeline.models import build_model
-from tail_cases import compare_training_step, exact_fp32  # noqa: F401  (a fixture)
 from pipeline.squeeze import squeeze_names
+from tail_cases import compare_training_step, exact_fp32  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
