@@ -21,10 +21,12 @@ from queue import Empty
 
 import psutil
 import torch
+from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from torchvision import datasets, transforms
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
+from pipeline.crop_resize import RandomResizedCropDecoder
 from pipeline.data import LoaderSettings, train_loader
 
 
@@ -71,8 +73,8 @@ def measure_torchvision(folder: Path, res: int, batch: int, workers: int, epochs
     return time_epochs(lambda: iter(loader), epochs, children=True)
 
 
-def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int):
-    loader = train_loader(beton, settings, res, torch.device("cpu"), False)
+def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int, decoder_class):
+    loader = train_loader(beton, settings, res, torch.device("cpu"), False, decoder_class)
     return time_epochs(lambda: iter(loader), epochs, children=False)
 
 
@@ -133,6 +135,7 @@ def main() -> None:
         "320px proportion 0.5 (decode less)": WriteSettings(max_res=320, workers=args.workers),
     }
     loader_variants = {  # applied to the default storage only
+        "ffcv's own decoder (OpenCV's resize)": dict(decoder_class=RandomResizedCropRGBImageDecoder),
         "os_cache off": dict(os_cache=False),
         "batches_ahead 1": dict(batches_ahead=1),
         "batches_ahead 6": dict(batches_ahead=6),
@@ -157,11 +160,13 @@ def main() -> None:
             size_mb = beton.stat().st_size / 2**20
             variants = {"": {}} | (loader_variants if index == 0 else {})
             for variant, change in variants.items():
+                change = dict(change)
+                decoder_class = change.pop("decoder_class", RandomResizedCropDecoder)
                 loader_args = dict(batch_size=args.batch, num_workers=args.workers, os_cache=True,
                                    batches_ahead=3, seed=0) | change
                 name = f"ffcv, {label}" + (f", {variant}" if variant else "") + f" [{size_mb:.0f} MB]"
                 measured = in_fresh_process(name, args.time_limit, measure_ffcv, str(beton),
-                                            LoaderSettings(**loader_args), args.res, args.epochs)
+                                            LoaderSettings(**loader_args), args.res, args.epochs, decoder_class)
                 if measured is not None:
                     rows.append((name, *measured))
 

@@ -12,12 +12,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from dataset_prep.beton import metadata_path, read_metadata
+from pipeline.crop_resize import CenterCropDecoder, RandomResizedCropDecoder
 from pipeline.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,10 +93,11 @@ class LoaderSettings:
 
 
 def train_loader(path: str, settings: LoaderSettings, resolution: int, device: torch.device,
-                 distributed: bool) -> Loader:
+                 distributed: bool, decoder_class=RandomResizedCropDecoder) -> Loader:
     """Random-resized-crop at `resolution`; QUASI_RANDOM for one process, RANDOM when distributed (ffcv
-    refuses QUASI_RANDOM there). The order depends on the seed only, so every arm sees the same order."""
-    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution))
+    refuses QUASI_RANDOM there). The order depends on the seed only, so every arm sees the same order.
+    `decoder_class`: ffcv's own RandomResizedCropRGBImageDecoder gives the same images, slower (crop_resize.py)."""
+    decoder = decoder_class((resolution, resolution))
     order = OrderOption.RANDOM if distributed else OrderOption.QUASI_RANDOM
     return Loader(path, batch_size=settings.batch_size, num_workers=settings.num_workers, order=order,
                   os_cache=settings.os_cache, drop_last=True, distributed=distributed, seed=settings.seed,
@@ -113,7 +114,7 @@ def set_train_resolution(loader: Loader, resolution: int) -> None:
 def val_loader(path: str, settings: LoaderSettings, resolution: int, device: torch.device,
                indices: Sequence[int]) -> Loader:
     """Center crop (ratio 224/256) at `resolution`, sequential over exactly `indices` (no padding)."""
-    decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=CENTER_CROP_RATIO)
+    decoder = CenterCropDecoder((resolution, resolution), ratio=CENTER_CROP_RATIO)
     return Loader(path, batch_size=settings.batch_size, num_workers=settings.num_workers,
                   order=OrderOption.SEQUENTIAL, os_cache=settings.os_cache, drop_last=False,
                   indices=list(indices), batches_ahead=settings.batches_ahead,
