@@ -125,8 +125,9 @@ def declare(config: Config) -> Config:
         zero_init_last=Param(TrueFalse(), "zero the last BN gamma of each block", default=True),
         blurpool=Param(TrueFalse(), "blur before stride-2 convs", default=True),
         se_kernel=Param(Choice(SE_KERNELS), "SE tail: fused Triton kernels (triton), the torch ops (torch), their "
-                        "algorithm in torch ops for torch.compile (closed-form), or auto = the kernels on CUDA; "
-                        "speed only, results agree to float rounding", default="auto"),
+                        "algorithm in torch ops for torch.compile (closed-form), or auto = what was measured "
+                        "faster on CUDA: the kernels eager and with CUDA graphs, the torch ops in other compile "
+                        "modes; speed only, results agree to float rounding", default="auto"),
     )
     Section("lr", "learning rate schedule, per iteration", config_descriptor=config).params(
         lr=Param(Number(float, 0), "peak lr per 256 images; scaled by the global batch", default=0.1),
