@@ -90,6 +90,8 @@ def area_shrink(image, top: int, bottom: int, left: int, right: int, destination
         rows[:] = 0
         for tap in range(row_index.shape[1]):
             weight = row_weight[y, tap]
+            if weight == 0:  # the padding after this row's taps
+                break
             source = image[top + row_index[y, tap], left:right].reshape(values)
             for at in range(values):
                 rows[at] += weight * np.float32(source[at])
