@@ -24,7 +24,19 @@ _SLIVER = 1e-3
 _opencv_resize = njit(nogil=True)(resize_crop)  # ffcv's ctypes call into OpenCV (cv::resize, INTER_AREA)
 
 
-@njit(nogil=True, cache=True)
+def _compiled(**options):
+    """njit without the GIL, with numba's on-disk cache (a new process then skips ~1.5 s of compiling) where
+    numba finds a place to write it. A read-only install run by a user without a writable home has none, and
+    numba refuses cache=True there at decoration time: those compile in each process instead."""
+    def decorate(function):
+        try:
+            return njit(nogil=True, cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(nogil=True, **options)(function)
+    return decorate
+
+
+@_compiled()
 def _gather_taps(source: int, target: int):
     """OpenCV's INTER_AREA weights for shrinking `source` pixels to `target` cells: for each cell, its source
     pixels (index, weight), at most int(scale) + 2 of them, padded with weight 0."""
@@ -50,7 +62,7 @@ def _gather_taps(source: int, target: int):
     return index, weight
 
 
-@njit(nogil=True, cache=True)
+@_compiled()
 def _walk_taps(source: int, target: int):
     """The same weights per source pixel, for one walk along a row: its weight in the cell being summed, its
     weight in the next cell (a pixel straddling a cell border), and whether the current cell ends with it."""
@@ -71,13 +83,13 @@ def _walk_taps(source: int, target: int):
     return own, carried, ends
 
 
-@njit(nogil=True, cache=True)
+@_compiled()
 def _to_uint8(value):
     """OpenCV's saturate_cast<uchar>(float): round half to even, clamp to 0..255."""
     return np.uint8(min(max(np.rint(value), 0.0), 255.0))
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@_compiled(fastmath=True)
 def area_shrink(image, top: int, bottom: int, left: int, right: int, destination) -> None:
     """destination (H, W, 3 uint8) = image[top:bottom, left:right] shrunk by INTER_AREA's box filter; the crop
     is at least H x W."""

@@ -1,4 +1,8 @@
 """The numba shrink against OpenCV's INTER_AREA (what ffcv's decoders call), and the decoders against ffcv's."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from ffcv.fields.basics import IntDecoder
@@ -8,6 +12,8 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 
 from pipeline.crop_resize import CenterCropDecoder, RandomResizedCropDecoder, area_shrink, crop_resize
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def photo_like(height: int, width: int, seed: int) -> np.ndarray:
@@ -102,3 +108,15 @@ def test_decoders_give_ffcvs_images(tiny_betons, theirs, mine):
     assert expected.shape == got.shape == (49, *theirs.output_size, 3)
     gap = np.abs(expected.astype(int) - got)
     assert gap.max() <= 1 and np.count_nonzero(gap) / gap.size < 1e-3
+
+
+def test_the_shrink_runs_where_numba_has_nowhere_to_cache():
+    """A read-only install whose user has no writable home (docker run --user on an image's code): numba refuses
+    to decorate a function with cache=True there, which made importing the loader fail. Simulated by leaving
+    numba only the locator for zip imports."""
+    code = ("import numpy as np; from pipeline.crop_resize import area_shrink; out = np.empty((5, 5, 3), np.uint8); "
+            "area_shrink(np.full((12, 13, 3), 7, np.uint8), 0, 12, 0, 13, out); print(int(out.min()), int(out.max()))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["7", "7"]
