@@ -34,7 +34,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 # compile in parallel, to spare compile time; every tile the autotuner may pick is checked by
 # test_every_autotuned_tile_gives_the_same_result)
 declare -A cap=([kernels]=160 [tail]=100 [model50]=170 [model18]=80 [kernels50]=160 [kernels18]=95 [compiled50]=260 [compiled50a]=300
-                [graphs50]=320 [graphs50a]=240 [graphs50b]=240 [graphs50all]=540 [e2e]=80 [loader]=150 [gputests]=280 [gputrain]=150)
+                [graphs50]=320 [graphs50a]=240 [graphs50b]=240 [graphs50all]=540 [e2e]=80 [loader]=180 [gputests]=280 [gputrain]=150)
 declare -A command=(
     [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q -n 4 --maxfail=3 tests/test_se_kernels.py"
     [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random --profile layer1,layer4"
