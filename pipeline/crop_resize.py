@@ -69,16 +69,16 @@ def _walk_taps(source: int, target: int):
     weight in the next cell (a pixel straddling a cell border), and whether the current cell ends with it."""
     index, weight = _gather_taps(source, target)
     own, carried = np.zeros(source, np.float32), np.zeros(source, np.float32)
-    ends, seen = np.zeros(source, np.bool_), np.zeros(source, np.bool_)
+    ends = np.zeros(source, np.bool_)
     for cell in range(target):
         last = 0
         for tap in range(index.shape[1]):
-            if weight[cell, tap] != 0:
+            if weight[cell, tap] != 0:  # a real tap: its weight is never 0
                 pixel = index[cell, tap]
-                if seen[pixel]:
+                if own[pixel] != 0:  # the pixel's share of the cell before: this is its share of the next
                     carried[pixel] = weight[cell, tap]
                 else:
-                    own[pixel], seen[pixel] = weight[cell, tap], True
+                    own[pixel] = weight[cell, tap]
                 last = pixel
         ends[last] = True
     return own, carried, ends

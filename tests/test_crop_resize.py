@@ -1,7 +1,5 @@
 """The numba shrink against OpenCV's INTER_AREA (what ffcv's decoders call), and the decoders against ffcv's."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,9 +9,8 @@ from ffcv.libffcv import resize_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 
+from conftest import run_script
 from pipeline.crop_resize import CenterCropDecoder, RandomResizedCropDecoder, area_shrink, crop_resize
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def photo_like(height: int, width: int, seed: int) -> np.ndarray:
@@ -116,7 +113,6 @@ def test_the_shrink_runs_where_numba_has_nowhere_to_cache():
     numba only the locator for zip imports."""
     code = ("import numpy as np; from pipeline.crop_resize import area_shrink; out = np.empty((5, 5, 3), np.uint8); "
             "area_shrink(np.full((12, 13, 3), 7, np.uint8), 0, 12, 0, 13, out); print(int(out.min()), int(out.max()))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
+    done = run_script(["-c", code], timeout=120, env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["7", "7"]
