@@ -31,6 +31,18 @@ def tiny_betons(tmp_path_factory) -> Path:
     return root
 
 
+# numba's finalizer of the dispatchers in ffcv's compiled pipelines raises a KeyError when a loader is collected
+# while other pipelines live in the process; pytest then reports it at whichever test runs then. Loaders built
+# in a test process are kept until it ends, where numba skips those finalizers.
+_LOADERS = []
+
+
+def kept(loader):
+    """`loader`, kept alive until the test process ends (see above)."""
+    _LOADERS.append(loader)
+    return loader
+
+
 def tiny_settings(betons: Path, run_dir: Path, *extra: str) -> list:
     """Command-line settings for a seconds-long CPU run on the tiny betons."""
     return ["--cfg", str(REPO / "recipes" / "sample.yaml"),

@@ -9,7 +9,7 @@ from ffcv.libffcv import resize_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 
-from conftest import run_script
+from conftest import kept, run_script
 from pipeline.crop_resize import CenterCropDecoder, RandomResizedCropDecoder, area_shrink, crop_resize
 
 
@@ -82,16 +82,9 @@ class OursFixedCrop(RandomResizedCropDecoder):
     get_crop_generator = property(lambda self: top_left_crop)
 
 
-# numba's finalizer of the dispatchers in ffcv's compiled pipelines raises a KeyError when a loader is collected
-# while other pipelines live in the process (ffcv's own decoders do the same); pytest then reports it, at
-# whichever test runs then. Kept until the process ends, where numba skips those finalizers.
-_LOADERS = []
-
-
 def decoded(beton, decoder) -> np.ndarray:
-    loader = Loader(str(beton), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()]})
-    _LOADERS.append(loader)
+    loader = kept(Loader(str(beton), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                         pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()]}))
     return np.concatenate([images.numpy().copy() for images, _ in loader])
 
 
