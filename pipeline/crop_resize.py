@@ -22,7 +22,10 @@ from numba import njit
 
 # OpenCV leaves out a source pixel's part of a cell when it is under this fraction of a pixel
 _SLIVER = 1e-3
-_opencv_resize = njit(nogil=True)(resize_crop)  # ffcv's ctypes call into OpenCV (cv::resize, INTER_AREA)
+# ffcv's ctypes calls into OpenCV (cv::resize, INTER_AREA) and libjpeg-turbo, compiled once per process and
+# shared by every loader (ffcv compiles imdecode anew for each)
+_opencv_resize = njit(nogil=True)(resize_crop)
+_decode_jpeg = njit(nogil=True)(imdecode)
 
 
 def _compiled(**options):
@@ -151,7 +154,6 @@ class _FastResize(ResizedCropRGBImageDecoder):
 
     def generate_code(self):
         read = self.memory_read
-        decode_jpeg = Compiler.compile(imdecode)
         choose_crop = Compiler.compile(self.get_crop_generator)
         images = Compiler.get_iterator()
         jpeg = IMAGE_MODES["jpg"]
@@ -165,7 +167,7 @@ class _FastResize(ResizedCropRGBImageDecoder):
                 height, width = np.uint32(field["height"]), np.uint32(field["width"])
                 if field["mode"] == jpeg:
                     pixels = np.empty(3 * np.int64(height) * np.int64(width), np.uint8)
-                    decode_jpeg(data, pixels, height, width, height, width, 0, 0, 1, 1, False, False)
+                    _decode_jpeg(data, pixels, height, width, height, width, 0, 0, 1, 1, False, False)
                     image = pixels.reshape(height, width, 3)
                 else:
                     image = data.reshape(height, width, 3)
