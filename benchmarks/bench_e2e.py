@@ -8,7 +8,6 @@ ImageNet storage settings). Target: end to end >= 0.9 x min(loader alone, model 
 """
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
 from pipeline.acceleration import Stopwatch, choose_precision, compile_mode_used, maybe_compile
+from pipeline.cores import usable_cores
 from pipeline.data import DeviceAugment, LoaderSettings, train_loader
 from pipeline.models import build_model
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256 if gpu else 32)
     parser.add_argument("--steps", type=int, default=200 if gpu else 10)
     parser.add_argument("--warmup", type=int, default=20 if gpu else 3)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=usable_cores())
     parser.add_argument("--compile", default="none", help="torch.compile mode for the model, auto (as "
                         "training.compile) or none")
     parser.add_argument("--per-class", type=int, default=1280 if gpu else 100, help="photos per class (10)")

@@ -27,6 +27,7 @@ from torchvision import datasets, transforms
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
+from pipeline.cores import usable_cores
 from pipeline.crop_resize import RandomResizedCropDecoder
 from pipeline.data import LoaderSettings, train_loader
 
@@ -116,7 +117,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=200, help="images per class (10 classes)")
     parser.add_argument("--res", type=int, default=176)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=usable_cores())
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per configuration (median)")
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
     parser.add_argument("--quick", action="store_true",
@@ -175,7 +176,7 @@ def main() -> None:
 
     reference = rows[0][1]
     print(f"\n{len(files)} photos, RRC {args.res} + flip, batch {args.batch}, {args.workers} workers, "
-          f"{os.cpu_count()} cores")
+          f"{usable_cores()} cores")
     print(f"{'loader':78s} {'img/s':>7s} {'x tv':>6s} {'RSS MB':>7s}")
     for name, speed, memory in rows:
         print(f"{name:78s} {speed:7.0f} {speed / reference:6.2f} {memory:7.0f}")
@@ -185,7 +186,7 @@ def main() -> None:
     print(json.dumps({"loader_speedup_vs_torchvision": round(default / reference, 3),
                       "best_speedup_vs_torchvision": round(max(r[1] for r in rows[1:]) / reference, 3),
                       "torchvision_img_s": round(reference), "ffcv_default_img_s": round(default),
-                      "cores": os.cpu_count(), "workers": args.workers, "res": args.res}))
+                      "cores": usable_cores(), "workers": args.workers, "res": args.res}))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import statistics
 import tarfile
 import tempfile
@@ -26,6 +25,7 @@ from dataset_prep.imagenet_layouts import TRAIN_TAR
 from dataset_prep.sample_set import build_sample_folder
 from dataset_prep.write_imagenet import SAMPLE_MAX_RES, SAMPLE_ROOT
 from dataset_prep.write_imagenet import main as write_imagenet
+from pipeline.cores import usable_cores
 
 
 def pil_decode_loop(files) -> float:
@@ -65,7 +65,7 @@ def timed_write_imagenet(data_dir: Path, workers: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=usable_cores())
     parser.add_argument("--rounds", type=int, default=7, help="write_imagenet.py runs per source (median)")
     args = parser.parse_args()
     images = SAMPLE_ROOT / "images"
@@ -91,7 +91,7 @@ def main() -> None:
             for name, path in (sources.items() if round_index % 2 == 0 else reversed(sources.items())):
                 speeds[name].append(len(files) / timed_write_imagenet(path, args.workers))
         whole = {name: statistics.median(values) for name, values in speeds.items()}
-    print(f"\n{len(files)} sample-set JPEGs, {args.workers} writer workers, {os.cpu_count()} cores")
+    print(f"\n{len(files)} sample-set JPEGs, {args.workers} writer workers, {usable_cores()} cores")
     print(f"{'':58s} {'img/s':>8s} {'x PIL loop':>10s} {'img/s/core':>10s}")
     print(f"{'plain PIL decode loop (1 process)':58s} {decode:8.0f} {1.0:10.2f} {decode:10.0f}")
     for label, speed in rows.items():

@@ -21,6 +21,7 @@ from ffcv.writer import DatasetWriter
 from dataset_prep.archive import ImageSource
 from dataset_prep.image_folder import RGBFileDataset
 from pipeline.atomic import temporary_path, write_text_atomic
+from pipeline.cores import usable_cores
 
 METADATA_FORMAT = 1
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -34,7 +35,7 @@ class WriteSettings:
     compress_prob: float = 0.5
     write_mode: str = "proportion"
     chunk_size: int = 100
-    workers: int = os.cpu_count() or 1
+    workers: int = usable_cores()
     exif_transpose: bool = False  # apply EXIF orientation (torchvision's loader does not)
 
 

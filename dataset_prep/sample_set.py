@@ -17,6 +17,7 @@ from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from dataset_prep.image_folder import find_split
+from pipeline.cores import usable_cores
 
 # class name -> loader of a photo bundled inside the scikit-image wheel (no network needed)
 def _photos() -> Dict[str, Callable[[], np.ndarray]]:
@@ -108,7 +109,7 @@ def build_sample_folder(out_root: Path, train_per_class: int = 200, val_per_clas
             (out_root / split / name).mkdir(parents=True, exist_ok=True)
             tasks += [(out_root, name, class_index, split, stream, range(start, min(start + chunk, count)), seed,
                        quality) for start in range(0, count, chunk)]
-    workers = min(workers or os.cpu_count() or 1, len(tasks)) or 1
+    workers = min(workers or usable_cores(), len(tasks)) or 1
     progress = tqdm(total=len(_photos()) * (train_per_class + val_per_class), desc="sample set", unit="img",
                     mininterval=1)
     written = []

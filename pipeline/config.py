@@ -105,7 +105,8 @@ def declare(config: Config) -> Config:
     Section("data", "datasets and loader", config_descriptor=config).params(
         train_dataset=Param(Text(), "train .beton", default="data/sample/train.beton"),
         val_dataset=Param(Text(), "val .beton", default="data/sample/val.beton"),
-        num_workers=Param(Number(int, 0), "loader threads per process; 0 = cores / local processes", default=0),
+        num_workers=Param(Number(int, 0), "loader threads per process; 0 = its cores (CPU affinity) / local "
+                          "processes; at most numba's NUMBA_NUM_THREADS", default=0),
         os_cache=Param(TrueFalse(), "share the memory-mapped beton through the OS page cache", default=True),
         batches_ahead=Param(Number(int, 1), "batches prepared ahead", default=3),
     )

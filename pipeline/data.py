@@ -7,8 +7,9 @@ set (ffcv's distributed SEQUENTIAL order pads shards with duplicates, which woul
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+import numba
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
@@ -17,6 +18,7 @@ from ffcv.reader import Reader
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from dataset_prep.beton import metadata_path, read_metadata
+from pipeline.cores import usable_cores
 from pipeline.crop_resize import CenterCropDecoder, RandomResizedCropDecoder
 from pipeline.errors import UserError
 
@@ -90,6 +92,20 @@ class LoaderSettings:
     os_cache: bool
     batches_ahead: int
     seed: int
+
+
+def loader_threads(requested: int, local_processes: int) -> Tuple[int, str]:
+    """Threads for a process's loaders and a line to print ('' when none): `requested`, or for 0 this
+    process's share of the cores it may run on. ffcv runs them as numba threads, and numba raises at more than
+    NUMBA_NUM_THREADS (default: the machine's cores), so a larger request (e.g. a recipe written for a bigger
+    machine) runs with numba's limit and says so."""
+    limit = numba.config.NUMBA_NUM_THREADS
+    if requested == 0:
+        return max(1, min(limit, usable_cores() // local_processes)), ""
+    if requested <= limit:
+        return requested, ""
+    return limit, (f"data.num_workers {requested} is more than the {limit} threads numba starts on this machine "
+                   f"(NUMBA_NUM_THREADS, default: its cores); the loaders use {limit}")
 
 
 def train_loader(path: str, settings: LoaderSettings, resolution: int, device: torch.device,

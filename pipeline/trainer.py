@@ -20,7 +20,7 @@ from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
                                    tune_convolutions, wrap_ddp)
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
-from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, resolution_at,
+from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, resolution_at,
                            set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -68,8 +68,7 @@ def default_run_dir(config: Dict[str, Any], recipe: Optional[Path]) -> Path:
     return Path(config["logging.runs_root"]) / name
 
 
-def loader_settings(config: Dict[str, Any], world: World, batch_size: int) -> LoaderSettings:
-    workers = config["data.num_workers"] or max(1, (os.cpu_count() or 1) // world.local_world_size)
+def loader_settings(config: Dict[str, Any], workers: int, batch_size: int) -> LoaderSettings:
     return LoaderSettings(batch_size, workers, config["data.os_cache"], config["data.batches_ahead"],
                           config["training.seed"])
 
@@ -77,10 +76,13 @@ def loader_settings(config: Dict[str, Any], world: World, batch_size: int) -> Lo
 def build_data(config: Dict[str, Any], world: World, resolution: int, metadata: Tuple[dict, dict]):
     """Train and val loaders and the number of classes, from betons `check_data` passed (its metadata)."""
     train_meta, val_meta = metadata
-    train = train_loader(config["data.train_dataset"], loader_settings(config, world, config["training.batch_size"]),
+    workers, note = loader_threads(config["data.num_workers"], world.local_world_size)
+    if note and world.is_main:
+        print(note, flush=True)
+    train = train_loader(config["data.train_dataset"], loader_settings(config, workers, config["training.batch_size"]),
                          resolution, world.device, world.distributed)
     indices = shard_indices(val_meta["num_samples"], world.rank, world.world_size)
-    val = val_loader(config["data.val_dataset"], loader_settings(config, world, config["validation.batch_size"]),
+    val = val_loader(config["data.val_dataset"], loader_settings(config, workers, config["validation.batch_size"]),
                      config["resolution.val_res"], world.device, indices)
     return train, val, len(train_meta["classes"])
 

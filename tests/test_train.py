@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import pytest
 import torch
 
@@ -53,10 +54,14 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     # in this process from here on (a process start costs seconds of the suite's budget)
     assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=4", "--squeeze", "gmp")) == 0
     assert "already finished" in capsys.readouterr().out
-    # --eval-only takes the model from final.pt (sample.yaml alone would build a 'gap' model) ...
-    assert train_main([*tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only", "--weights",
-                       str(run_dir / "final.pt")]) == 0
-    assert f"val top-1 {summary['top1']:.2f}" in capsys.readouterr().out
+    # --eval-only takes the model from final.pt (sample.yaml alone would build a 'gap' model), here with more
+    # loader threads than numba starts (a recipe from a bigger machine: numba raised) ...
+    threads = numba.config.NUMBA_NUM_THREADS
+    assert train_main([*tiny_settings(tiny_betons, tmp_path / "unused", f"--data.num_workers={threads + 6}"),
+                       "--eval-only", "--weights", str(run_dir / "final.pt")]) == 0
+    out = capsys.readouterr().out
+    assert f"val top-1 {summary['top1']:.2f}" in out
+    assert f"data.num_workers {threads + 6} is more than the {threads} threads numba starts" in out
     # ... and refuses a command line that names another one
     status = train_main([*tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only", "--weights",
                          str(run_dir / "final.pt"), "--squeeze", "gap"])
