@@ -5,8 +5,9 @@
 
 Each run is `pipeline/train.py` in its own process (torchrun when it spans several GPUs), in
 RUNS_ROOT/<arch>-<squeeze>-<recipe>-s<seed>/. Finished runs are skipped, interrupted ones resume from their
-checkpoint, a failed run is retried once and then reported as failed. Extra `--section.key=value` settings
-go to every run.
+checkpoint, a failed run is retried once (not one that exits with a user error) and then reported as failed.
+`--gpus` numbers the GPUs as torch does in this process, after any CUDA_VISIBLE_DEVICES (SLURM sets it to the
+job's GPUs). Extra `--section.key=value` settings go to every run.
 """
 import argparse
 import collections
@@ -21,11 +22,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.atomic import write_text_atomic
 from pipeline.config import ConfigError, parse_overrides, resolve
-from pipeline.errors import UserError, report_user_error
+from pipeline.errors import USAGE_EXIT, UserError, report_user_error
 from pipeline.processes import die_with_parent
 from pipeline.report import MANIFEST_NAME, write_report
 from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
 from pipeline.squeeze import check_squeeze_name, squeeze_names
+from pipeline.trainer import check_data
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1
@@ -40,7 +42,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Slot:
-    """The GPUs one run gets (empty: the CPU)."""
+    """The GPUs one run gets, as its CUDA_VISIBLE_DEVICES entries (empty: the CPU)."""
     devices: Tuple[str, ...] = ()
 
 
@@ -137,12 +139,13 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
             if status == 0:
                 outcome["done"].append(job)
                 report(f"done {job.run_dir.name}")
-            elif attempt < RETRIES:
+            elif attempt < RETRIES and status != USAGE_EXIT:
                 queue.appendleft((job, attempt + 1))
                 report(f"failed {job.run_dir.name} (exit {status}); retrying, log: {job.run_dir / TRAIN_LOG_NAME}")
             else:
                 outcome["failed"].append(job)
-                report(f"FAILED {job.run_dir.name} (exit {status}) twice; log: {job.run_dir / TRAIN_LOG_NAME}")
+                how = "a user error, not retried" if status == USAGE_EXIT else f"exit {status}, twice"
+                report(f"FAILED {job.run_dir.name} ({how}); log: {job.run_dir / TRAIN_LOG_NAME}")
         if running:
             time.sleep(poll_seconds)
 
@@ -155,8 +158,34 @@ def parse_squeezes(text: str) -> List[str]:
 
 
 def visible_gpus() -> List[str]:
+    """This process's GPUs in torch's order, as the IDs that select them in a child's CUDA_VISIBLE_DEVICES:
+    the entries of its own CUDA_VISIBLE_DEVICES where that is set, else 0, 1, ..."""
     import torch
-    return [str(index) for index in range(torch.cuda.device_count())]
+    count = torch.cuda.device_count()
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return [str(index) for index in range(count)]
+    return [entry.strip() for entry in os.environ["CUDA_VISIBLE_DEVICES"].split(",")][:count]
+
+
+def choose_gpus(text: Optional[str], visible: Sequence[str]) -> List[str]:
+    """--gpus (indices into `visible`; default all; 'none': the CPU) as the IDs the runs are given. An index
+    that is not visible is refused: its run would not find the GPU and would train on the CPU."""
+    if text is None:
+        return list(visible)
+    if text == "none":
+        return []
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise ConfigError(f"--gpus {text!r}: give GPU indices as a comma list (e.g. 0,1,2,3), or 'none' for the CPU")
+    indices = [int(part) for part in parts]
+    if len(set(indices)) < len(indices):
+        raise ConfigError(f"--gpus {text}: a GPU is listed twice")
+    unseen = [index for index in indices if index >= len(visible)]
+    if unseen:
+        seen = f"{len(visible)} GPU(s), 0-{len(visible) - 1}" if visible else "no GPU"
+        raise ConfigError(f"--gpus {text}: there is no GPU {unseen[0]} here (this process sees {seen}, numbered "
+                          "after CUDA_VISIBLE_DEVICES); pass visible indices, or --gpus none to run on the CPU")
+    return [visible[index] for index in indices]
 
 
 def parse_command_line(argv: List[str]):
@@ -166,7 +195,8 @@ def parse_command_line(argv: List[str]):
     parser.add_argument("--squeeze", default="all", help="'all' (every registered arm) or a comma list")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds per arm")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
-    parser.add_argument("--gpus", help="comma list of GPU indices (default: every visible GPU; 'none': CPU)")
+    parser.add_argument("--gpus", help="comma list of GPU indices as torch numbers the visible GPUs (default: "
+                        "every visible GPU; 'none': CPU)")
     parser.add_argument("--gpus-per-run", default="1", help="GPUs per run: a number or 'all' (torchrun)")
     parser.add_argument("--runs-root", type=Path, help="default: runs/ablate-<recipe>")
     args, rest = parser.parse_known_args(argv)
@@ -182,7 +212,8 @@ def main(argv: List[str]) -> int:
         args, rest = parse_command_line(argv)
         squeezes = parse_squeezes(args.squeeze)
         config = resolve(args.cfg, parse_overrides(rest))  # fail now, not in every run
-        gpus = [] if args.gpus == "none" else (args.gpus.split(",") if args.gpus else visible_gpus())
+        check_data(config)
+        gpus = choose_gpus(args.gpus, [] if args.gpus == "none" else visible_gpus())
         slots = make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run))
         root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))

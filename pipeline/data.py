@@ -46,7 +46,8 @@ def check_beton(path: str, num_classes: Optional[int], against: Optional[str] = 
     or those of the beton `against`)."""
     beton = Path(path)
     if not beton.is_file():
-        raise DataError(f"dataset {beton} does not exist; write it with `python dataset_prep/write_imagenet.py"
+        where = "" if beton.is_absolute() else f" in {Path.cwd()}"  # recipes' paths are relative to the repo
+        raise DataError(f"dataset {beton} does not exist{where}; write it with `python dataset_prep/write_imagenet.py"
                         f"` (no arguments: the sample set) or `... --data-dir IMAGENET --out-dir {beton.parent}`")
     if not metadata_path(beton).is_file():
         raise DataError(f"{metadata_path(beton)} is missing: {beton} was not written by dataset_prep/"

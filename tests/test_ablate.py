@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_script, tiny_settings
-from pipeline.ablate import Job, Slot, command_for, make_slots, plan_jobs, run_schedule
+from pipeline import ablate
+from pipeline.ablate import Job, Slot, choose_gpus, command_for, make_slots, plan_jobs, run_schedule, visible_gpus
 from pipeline.ablate import main as ablate_main
 from pipeline.config import ConfigError
 from pipeline.run_dir import RunLock
@@ -84,6 +85,55 @@ def test_failed_run_is_retried_once_then_reported(tmp_path):
     outcome, launches, _ = run_mocked(jobs, make_slots(["0"], 1), statuses={"std": 1})
     assert [job.squeeze for job, _ in launches] == ["gap", "std", "std"]
     assert [job.squeeze for job in outcome["failed"]] == ["std"] and len(outcome["done"]) == 1
+
+
+def test_a_run_that_exits_with_a_user_error_is_not_retried(tmp_path):
+    jobs = plan_jobs(["gap", "std"], [0], tmp_path, "resnet18", "s")
+    outcome, launches, _ = run_mocked(jobs, make_slots(["0"], 1), statuses={"gap": 2})
+    assert [job.squeeze for job, _ in launches] == ["gap", "std"]
+    assert [job.squeeze for job in outcome["failed"]] == ["gap"]
+
+
+def test_gpus_are_numbered_as_this_process_sees_them(monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=4,5,6,7 (a SLURM job's GPUs) --gpus 0,1 are GPUs 4 and 5: the runs were given
+    CUDA_VISIBLE_DEVICES=0 and 1, someone else's GPUs."""
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert visible_gpus() == ["4", "5", "6", "7"]
+    assert choose_gpus("0,1", visible_gpus()) == ["4", "5"] and choose_gpus(None, ["4", "5"]) == ["4", "5"]
+    command, env = command_for(Job("gap", 0, Path("r")), make_slots(choose_gpus("2", visible_gpus()), 1)[0],
+                               Path("recipes/rn18_16ep.yaml"), [])
+    assert env["CUDA_VISIBLE_DEVICES"] == "6"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() == ["0", "1", "2", "3"]
+    assert choose_gpus("none", ["0"]) == []
+
+
+@pytest.mark.parametrize("text, visible, message", [
+    ("4", ["0", "1", "2", "3"], "--gpus 4: there is no GPU 4 here (this process sees 4 GPU(s), 0-3, numbered after "
+                                "CUDA_VISIBLE_DEVICES); pass visible indices, or --gpus none to run on the CPU"),
+    ("0", [], "--gpus 0: there is no GPU 0 here (this process sees no GPU"),
+    ("0,0", ["0", "1"], "--gpus 0,0: a GPU is listed twice"),
+    ("gpu0", ["0"], "--gpus 'gpu0': give GPU indices as a comma list (e.g. 0,1,2,3), or 'none' for the CPU"),
+])
+def test_gpus_that_are_not_visible_are_refused(text, visible, message):
+    with pytest.raises(ConfigError) as raised:
+        choose_gpus(text, visible)
+    assert str(raised.value).startswith(message)
+
+
+def test_ablate_refuses_missing_data_or_gpus_before_any_run(tiny_betons, tmp_path, capsys, monkeypatch):
+    """Each run failed alone before (twice each, a CPU run for a GPU that is not there)."""
+    root = tmp_path / "ablation"
+    arguments = ["--squeeze", "gap,std", "--runs-root", str(root),
+                 *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
+    missing = tmp_path / "nowhere" / "train.beton"
+    assert ablate_main([*arguments, "--gpus", "none", f"--data.train_dataset={missing}"]) == 2
+    assert f"ablate.py: error: dataset {missing} does not exist; write it" in capsys.readouterr().err
+    monkeypatch.setattr(ablate, "visible_gpus", lambda: [])
+    assert ablate_main([*arguments, "--gpus", "0"]) == 2
+    assert "ablate.py: error: --gpus 0: there is no GPU 0 here" in capsys.readouterr().err
+    assert not root.exists()
 
 
 def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_path, capsys):

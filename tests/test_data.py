@@ -13,6 +13,13 @@ def test_a_val_beton_with_other_classes_names_the_train_beton(tiny_betons):
         check_beton(str(tiny_betons / "val.beton"), 3, against="data/x/train.beton")
 
 
+def test_a_missing_beton_names_the_folder_a_relative_path_was_looked_for_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"dataset data/sample/train.beton does not exist in {tmp_path}; write it "
+                                        r"with `python dataset_prep/write_imagenet.py`"):
+        check_beton("data/sample/train.beton", None)
+
+
 def test_a_beton_that_lost_its_metadata_or_its_tail_is_refused(tiny_betons, tmp_path):
     copy = tmp_path / "train.beton"
     shutil.copy(tiny_betons / "train.beton", copy)
