@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import UserError
+
 
 @dataclass(frozen=True)
 class World:
@@ -23,6 +25,14 @@ class World:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def describe(self) -> str:
+        """Where training runs, in one line: a GPU recipe started where torch sees no GPU says so at once."""
+        processes = f"{self.world_size} process{'es' if self.distributed else ''}"
+        if self.device.type == "cuda":
+            return f"training on {torch.cuda.get_device_name(self.device)} (cuda:{self.device.index}), {processes}"
+        return (f"training on the CPU: torch {torch.__version__} sees no CUDA GPU "
+                f"(torch.cuda.is_available() is False), {processes}")
+
 
 def init_world(backend: str = "auto", timeout_min: int = 30) -> World:
     """Read torchrun's environment (absent = a single process) and join the process group."""
@@ -31,6 +41,9 @@ def init_world(backend: str = "auto", timeout_min: int = 30) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} has no GPU: this node shows {torch.cuda.device_count()}; start "
+                            f"at most that many processes per node (torchrun --nproc_per_node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:

@@ -317,7 +317,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
                 print(f"removed {len(removed)} temporary file(s) left by dead processes: "
                       f"{', '.join(path.name for path in removed)}")
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
-            print(f"run directory {run_dir}\n{describe(config)}", flush=True)
+            print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
         barrier()
         result = train(config, run_dir, world, metadata)
     if world.is_main:

@@ -49,6 +49,7 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     assert (summary["se_kernel"], summary["se_kernel_used"]) == ("auto", "torch")  # auto runs torch ops on a CPU
     assert (summary["compile"], summary["compile_used"]) == ("auto", "none")  # and does not compile there
     assert "first step incl. torch.compile" not in result.stdout
+    assert f"training on the CPU: torch {torch.__version__} sees no CUDA GPU" in result.stdout  # a GPU recipe too
     assert not stale.exists() and f"removed 1 temporary file(s) left by dead processes: {stale.name}" in result.stdout
     capsys.readouterr()
     # in this process from here on (a process start costs seconds of the suite's budget)
@@ -101,6 +102,7 @@ def test_two_process_gloo_metrics_equal_one_process_eval(tiny_betons, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     trained = json.loads((run_dir / "result.json").read_text())
     assert trained["world_size"] == 2 and trained["global_batch"] == 16
+    assert "(torch.cuda.is_available() is False), 2 processes" in result.stdout
     assert read_log(run_dir)[-1]["val_images"] == 49  # every val image once across ranks: no padded duplicates
     evaluated = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "unused"),
                             "--validation.batch_size=8", "--eval-only", "--weights", str(run_dir / "final.pt")],
@@ -125,6 +127,16 @@ def test_user_errors_are_one_line_with_exit_2(tiny_betons, tmp_path, capsys, ext
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and message in error and "Traceback" not in error
     assert not (tmp_path / "r").exists()
+
+
+def test_a_local_rank_beyond_the_nodes_gpus_is_a_user_error(tiny_betons, tmp_path, capsys, monkeypatch):
+    """torchrun --nproc_per_node=8 on a 4-GPU node: rank 5 raised CUDA's 'invalid device ordinal' traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert train_main(tiny_settings(tiny_betons, tmp_path / "r")) == 2
+    assert capsys.readouterr().err == ("train.py: error: local rank 5 has no GPU: this node shows 4; start at most "
+                                       "that many processes per node (torchrun --nproc_per_node)\n")
 
 
 def test_a_user_error_in_a_real_process_is_one_line_and_exit_2(tiny_betons, tmp_path):
