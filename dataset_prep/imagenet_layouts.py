@@ -40,6 +40,8 @@ class Layout:
 
 
 def detect_layout(data_dir: Path) -> Layout:
+    if data_dir.is_file():
+        raise UsageError(f"--data-dir {data_dir} is a file; give the folder that holds ImageNet")
     if not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir} does not exist")
     if (data_dir / TRAIN_TAR).is_file() or (data_dir / VAL_TAR).is_file():

@@ -37,6 +37,7 @@ def _photos() -> Dict[str, Callable[[], np.ndarray]]:
 
 
 MIN_SIDE, MAX_SIDE = 300, 500
+TRAIN_PER_CLASS, VAL_PER_CLASS = 200, 50  # the sample set's default size
 
 
 def _random_view(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -93,8 +94,13 @@ def _write_views(task) -> list:
     return written
 
 
-def build_sample_folder(out_root: Path, train_per_class: int = 200, val_per_class: int = 50, seed: int = 0,
-                        quality: int = 90, workers: int = 0) -> Dict[str, int]:
+def sample_folder_counts(root: Path) -> Dict[str, int]:
+    """Photos per class in each split of a sample folder built before."""
+    return {split: len(find_split(root / split).files) // len(_photos()) for split in ("train", "val")}
+
+
+def build_sample_folder(out_root: Path, train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS,
+                        seed: int = 0, quality: int = 90, workers: int = 0) -> Dict[str, int]:
     """Write `out_root/{train,val}/<class>/*.JPEG` with `workers` processes (0: one per core); returns images
     written per split.
 

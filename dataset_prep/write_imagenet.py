@@ -12,12 +12,12 @@ import collections
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from dataset_prep.beton import WRITE_MODES, WriteSettings, verify_beton, write_beton
 from dataset_prep.image_folder import UsageError, printable, scan, skip_kind
 from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
-from dataset_prep.sample_set import build_sample_folder
+from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.errors import UserError, report_user_error
 from pipeline.processes import children_die_with_this_process
@@ -49,8 +49,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                              "reads them, a phone photo taken upright may lie sideways)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing betons")
     parser.add_argument("--verify", action="store_true", help="reopen each beton and check count and labels")
-    parser.add_argument("--sample-train", type=int, default=200, help="sample set: train images per class")
-    parser.add_argument("--sample-val", type=int, default=50, help="sample set: val images per class")
+    parser.add_argument("--sample-train", type=int, help=f"sample set: train images per class (default "
+                        f"{TRAIN_PER_CLASS}; a set built before is used as it is)")
+    parser.add_argument("--sample-val", type=int, help=f"sample set: val images per class (default {VAL_PER_CLASS})")
     return parser.parse_args(argv)
 
 
@@ -62,10 +63,39 @@ def check_args(args: argparse.Namespace) -> None:
         (args.workers >= 1, f"--workers {args.workers}: must be at least 1"),
         (args.chunk_size >= 1, f"--chunk-size {args.chunk_size}: must be at least 1"),
         (args.subset is None or args.subset >= 1, f"--subset {args.subset}: must be at least 1"),
+        (args.sample_train is None or args.sample_train >= 1,
+         f"--sample-train {args.sample_train}: must be at least 1"),
+        (args.sample_val is None or args.sample_val >= 1, f"--sample-val {args.sample_val}: must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+
+
+def make_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} (--out-dir) is a file; give a folder for the betons")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {out_dir} (--out-dir): {error.strerror or error}; choose a writable "
+                         "folder") from None
+
+
+def prepare_sample_folder(images: Path, train_per_class: Optional[int], val_per_class: Optional[int]) -> None:
+    """The sample photos at `images`: built when absent, else used as they are, unless --sample-train or
+    --sample-val ask for another size (they were ignored without a word)."""
+    if not (images / "train").is_dir():
+        counts = build_sample_folder(images, train_per_class or TRAIN_PER_CLASS, val_per_class or VAL_PER_CLASS)
+        print(f"sample set: {counts['train']} train and {counts['val']} val photos in {images}")
+        return
+    have = sample_folder_counts(images)
+    asked = {"train": train_per_class, "val": val_per_class}
+    if any(asked[split] not in (None, have[split]) for split in have):
+        raise UsageError(f"{images} holds a sample set of {have['train']} train and {have['val']} val photos per "
+                         f"class, not the size asked for (--sample-train/--sample-val); delete {images} to build "
+                         "it again at that size")
+    print(f"sample set: the {have['train']} train and {have['val']} val photos per class already in {images}")
 
 
 def skipped_summary(skipped) -> str:
@@ -129,15 +159,14 @@ def main(argv: List[str]) -> int:
         existing = [str(out_dir / f"{s}.beton") for s in splits if (out_dir / f"{s}.beton").exists()]
         if existing and not args.overwrite:
             raise UsageError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_out_dir(out_dir)
         children_die_with_this_process()  # scan and writer workers stop when this process is killed
         removed = remove_stale_temporaries(out_dir)
         if removed:
             print(f"removed {len(removed)} temporary file(s) left by killed writers: "
                   f"{', '.join(path.name for path in removed)}")
-        if args.data_dir is None and not (data_dir / "train").is_dir():
-            counts = build_sample_folder(data_dir, args.sample_train, args.sample_val)
-            print(f"sample set: {counts['train']} train and {counts['val']} val photos in {data_dir}")
+        if args.data_dir is None:
+            prepare_sample_folder(data_dir, args.sample_train, args.sample_val)
         classes = None
         for split_name in splits:
             classes = write_split(split_name, layout, out_dir, args, classes)

@@ -103,6 +103,37 @@ def test_refusals_are_one_line_exit_2(tmp_path, capsys, setup, message):
     assert message in error and error.count("\n") == 1 and error.startswith("write_imagenet.py: error:")
 
 
+def test_an_output_folder_that_cannot_be_made_and_bad_sample_sizes_are_one_line(tmp_path, capsys):
+    """They were tracebacks (FileExistsError, FileNotFoundError), or a sample set of 0 photos per class."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for arguments, message in [
+        (["--data-dir", str(a_file)], f"--data-dir {a_file} is a file; give the folder that holds ImageNet"),
+        (["--out-dir", str(a_file)], f"{a_file} (--out-dir) is a file; give a folder for the betons"),
+        (["--out-dir", "/proc/betons"], "cannot create /proc/betons (--out-dir): No such file or directory; "
+                                        "choose a writable folder"),
+        (["--out-dir", str(tmp_path / "s"), "--sample-train", "0"], "--sample-train 0: must be at least 1"),
+        (["--out-dir", str(tmp_path / "s"), "--sample-val", "-1"], "--sample-val -1: must be at least 1"),
+    ]:
+        assert main(arguments) == 2
+        assert capsys.readouterr().err == f"write_imagenet.py: error: {message}\n"
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sample_set_built_before_is_used_unless_another_size_is_asked(tmp_path, capsys):
+    build_sample_folder(tmp_path / "images", train_per_class=2, val_per_class=1, workers=1)
+    capsys.readouterr()
+    assert main(["--out-dir", str(tmp_path), "--sample-train", "3", "--max-res", "32"]) == 2
+    assert capsys.readouterr().err == (
+        f"write_imagenet.py: error: {tmp_path / 'images'} holds a sample set of 2 train and 1 val photos per class, "
+        f"not the size asked for (--sample-train/--sample-val); delete {tmp_path / 'images'} to build it again at "
+        "that size\n")
+    assert not (tmp_path / "train.beton").exists()
+    assert main(["--out-dir", str(tmp_path), "--sample-val", "1", "--max-res", "32", "--workers", "1"]) == 0
+    assert "the 2 train and 1 val photos per class already in" in capsys.readouterr().out
+    assert json.loads(metadata_path(tmp_path / "train.beton").read_text())["num_samples"] == 20
+
+
 def test_existing_output_needs_overwrite_and_is_kept(tmp_path, capsys):
     photo().save(tmp_path / "placeholder.JPEG")
     (tmp_path / "imagenet" / "train" / "a").mkdir(parents=True)
