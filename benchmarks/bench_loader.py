@@ -75,8 +75,13 @@ def measure_torchvision(folder: Path, res: int, batch: int, workers: int, epochs
     return time_epochs(lambda: iter(loader), epochs, children=True)
 
 
-def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int, decoder_class):
-    loader = train_loader(beton, settings, res, torch.device("cpu"), False, decoder_class)
+def ffcv_own_decoder(output_size, seed: int):
+    """ffcv's RandomResizedCropRGBImageDecoder, which draws its crops from numba's generators unseeded."""
+    return RandomResizedCropRGBImageDecoder(output_size)
+
+
+def measure_ffcv(beton: str, settings: LoaderSettings, res: int, epochs: int, make_decoder):
+    loader = train_loader(beton, settings, res, torch.device("cpu"), False, make_decoder)
     return time_epochs(lambda: iter(loader), epochs, children=False)
 
 
@@ -139,7 +144,7 @@ def main() -> None:
     }
     own_decoder = "ffcv's own decoder (OpenCV's resize)"
     loader_variants = {  # applied to the default storage only
-        own_decoder: dict(decoder_class=RandomResizedCropRGBImageDecoder),
+        own_decoder: dict(make_decoder=ffcv_own_decoder),
         "os_cache off": dict(os_cache=False),
         "batches_ahead 1": dict(batches_ahead=1),
         "batches_ahead 6": dict(batches_ahead=6),
@@ -165,12 +170,12 @@ def main() -> None:
             variants = {"": {}} | (loader_variants if index == 0 else {})
             for variant, change in variants.items():
                 change = dict(change)
-                decoder_class = change.pop("decoder_class", RandomResizedCropDecoder)
+                make_decoder = change.pop("make_decoder", RandomResizedCropDecoder)
                 loader_args = dict(batch_size=args.batch, num_workers=args.workers, os_cache=True,
                                    batches_ahead=3, seed=0) | change
                 name = f"ffcv, {label}" + (f", {variant}" if variant else "") + f" [{size_mb:.0f} MB]"
                 measured = in_fresh_process(name, args.time_limit, measure_ffcv, str(beton),
-                                            LoaderSettings(**loader_args), args.res, args.epochs, decoder_class)
+                                            LoaderSettings(**loader_args), args.res, args.epochs, make_decoder)
                 if measured is not None:
                     rows.append((name, *measured))
 

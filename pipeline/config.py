@@ -151,7 +151,7 @@ def declare(config: Config) -> Config:
         channels_last=Param(TrueFalse(), "NHWC memory format", default=True),
         compile=Param(Choice(COMPILE_MODES), "torch.compile mode; auto = reduce-overhead on one GPU, default "
                       "under DDP, none on CPU", default="none"),
-        seed=Param(Number(int, 0), "seed of init, data order and SE init stream", default=0),
+        seed=Param(Number(int, 0), "seed of init, data order, crops, flips and SE init stream", default=0),
     )
     Section("validation", "evaluation", config_descriptor=config).params(
         batch_size=Param(Number(int, 1), "images per process", default=256),

@@ -9,7 +9,9 @@ row once, with OpenCV's own weights in fp32 and its round-half-even: 0.12-0.17 m
 OpenCV's output but for rounding ties, which the other order of the sums can tip by one level (16 bytes in
 100,710 in the tests). Crops that grow in either direction, or shrink by whole factors in both, still go to
 OpenCV, whose paths for those are fast. The decoders also decode each JPEG into a buffer of its own size instead of
-ffcv's scratch for every image of every batch in flight (`_FastResize.declare_state_and_memory`).
+ffcv's scratch for every image of every batch in flight (`_FastResize.declare_state_and_memory`), and the random
+crops follow the loader's seed (`crop_seed`): ffcv draws them from numba's per-thread generators, seeded from the OS,
+so two runs of one seed (two arms of an ablation) trained on other crops.
 """
 import math
 
@@ -127,6 +129,18 @@ def area_shrink(image, top: int, bottom: int, left: int, right: int, destination
                 red, green, blue = weight * r, weight * g, weight * b
 
 
+@_compiled()
+def crop_seed(seed: int, batch_first: int, sample: int) -> np.uint32:
+    """The seed of one image's random crop: its id, the id of the first image of its batch and the loader's seed,
+    mixed by splitmix64's finaliser. The order of an epoch follows the loader's seed and the epoch, so the crops do
+    too, and they change every epoch; the thread that decodes the image does not matter."""
+    mixed = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(batch_first) * np.uint64(0xD1B54A32D192ED03)
+             + np.uint64(sample))
+    mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return np.uint32((mixed ^ (mixed >> np.uint64(31))) & np.uint64(0xFFFFFFFF))
+
+
 @njit(nogil=True)  # not cached: numba cannot cache a call through ctypes (the shrink it calls is)
 def crop_resize(image, top: int, bottom: int, left: int, right: int, destination) -> None:
     """ffcv's resize_crop (OpenCV INTER_AREA), with non-integer shrinks done by area_shrink."""
@@ -141,8 +155,9 @@ def crop_resize(image, top: int, bottom: int, left: int, right: int, destination
 
 
 class _FastResize(ResizedCropRGBImageDecoder):
-    """The decode loop of ffcv's crop decoders with crop_resize in place of OpenCV's resize, and each JPEG decoded
-    into a buffer of its own size."""
+    """The decode loop of ffcv's crop decoders with crop_resize in place of OpenCV's resize, each JPEG decoded
+    into a buffer of its own size, and (with a `seed`) each crop drawn from a generator seeded by crop_seed."""
+    seed = None
 
     def declare_state_and_memory(self, previous_state):
         """Only the output batch. ffcv also reserves the largest image's pixels for every image of every batch in
@@ -159,6 +174,7 @@ class _FastResize(ResizedCropRGBImageDecoder):
         jpeg = IMAGE_MODES["jpg"]
         scale = np.array(self.scale) if isinstance(self.scale, tuple) else self.scale
         ratio = np.array(self.ratio) if isinstance(self.ratio, tuple) else self.ratio
+        seeded, seed = self.seed is not None, self.seed or 0
 
         def decode(batch_indices, destination, metadata, storage_state):
             for at in images(len(batch_indices)):
@@ -171,6 +187,8 @@ class _FastResize(ResizedCropRGBImageDecoder):
                     image = pixels.reshape(height, width, 3)
                 else:
                     image = data.reshape(height, width, 3)
+                if seeded:  # numba's np.random: this thread's generator, which choose_crop draws from
+                    np.random.seed(crop_seed(seed, batch_indices[0], batch_indices[at]))
                 top, left, rows, columns = choose_crop(height, width, scale, ratio)
                 crop_resize(image, top, top + rows, left, left + columns, destination[at])
             return destination[:len(batch_indices)]
@@ -180,7 +198,12 @@ class _FastResize(ResizedCropRGBImageDecoder):
 
 
 class RandomResizedCropDecoder(_FastResize, RandomResizedCropRGBImageDecoder):
-    """ffcv's RandomResizedCropRGBImageDecoder (same crops, same pixels), faster."""
+    """ffcv's RandomResizedCropRGBImageDecoder (crops from the same distribution, same pixels for a crop), faster,
+    with its crops following `seed`."""
+
+    def __init__(self, output_size, scale=(0.08, 1.0), ratio=(0.75, 4 / 3), seed: int = 0):
+        super().__init__(output_size, scale, ratio)
+        self.seed = seed
 
 
 class CenterCropDecoder(_FastResize, CenterCropRGBImageDecoder):

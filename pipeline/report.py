@@ -4,7 +4,7 @@
 
 Reads `*/result.json` and `*/log.jsonl` under RUNS_ROOT (and `ablation.json`, written by ablate.py, for the arms
 and seeds that were asked for), so it needs no torch. The difference to baseline is paired by seed: with the
-same seed both arms start from the same shared weights and see the same data order.
+same seed both arms start from the same shared weights and train on the same images (order, crops, flips).
 """
 import argparse
 import csv
@@ -129,7 +129,7 @@ def markdown(rows: List[List[str]], title: str) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(HEADER) + " |", "|" + " ---------- |" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     note = ("Top-1/Top-5: mean ± sd over seeds. Improved Top-1: mean of the per-seed differences to baseline "
-            "(same seed = same shared init and data order), with a 95% Student-t confidence interval.")
+            "(same seed = same shared init and training images), with a 95% Student-t confidence interval.")
     return "\n".join(lines + ["", note, ""])
 
 

@@ -21,7 +21,7 @@ from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_co
                                    tune_convolutions, wrap_ddp)
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, resolution_at,
-                           set_train_resolution, shard_indices, train_loader, val_loader)
+                           set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
 from pipeline.errors import StorageError, UserError, report_user_error
@@ -87,6 +87,11 @@ def build_data(config: Dict[str, Any], world: World, resolution: int, metadata: 
     return train, val, len(train_meta["classes"])
 
 
+def rank_seed(config: Dict[str, Any], world: World) -> int:
+    """The seed of what differs per rank (flips, the `random` squeeze) but not per arm."""
+    return config["training.seed"] * 1009 + world.rank + 1
+
+
 def build_network(config: Dict[str, Any], num_classes: int, world: World) -> torch.nn.Module:
     """The same seed gives every arm the same shared-layer init; the SE layers use their own stream. `auto` is
     resolved here, where the compile mode is known (inside a traced graph it is not)."""
@@ -95,7 +100,7 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
     model = build_model(config["model.arch"], config["model.squeeze"], config["model.reduction"], num_classes,
                         config["model.zero_init_last"], config["model.blurpool"], se_seed=config["training.seed"],
                         se_kernel=config["model.se_kernel"] if used == "none" else used)
-    torch.manual_seed(config["training.seed"] * 1009 + world.rank + 1)  # flips and `random` differ per rank
+    torch.manual_seed(rank_seed(config, world))  # `random` differs per rank
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
 
@@ -169,12 +174,15 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
               "large slowdown (BatchNorm's running statistics, pytorch/pytorch#139207); 'auto' picks default under "
               "DDP", flush=True)
     network = maybe_compile(wrap_ddp(model, world.device, world.distributed), compile_mode)
-    train_augment, val_augment = DeviceAugment(flip=True).to(world.device), DeviceAugment(flip=False).to(world.device)
+    train_augment = DeviceAugment(flip=True, seed=rank_seed(config, world)).to(world.device)
+    val_augment = DeviceAugment(flip=False).to(world.device)
     lr_at = lr_schedule(config, peak_lr, len(train_data))
     started = time.time() - (history[-1]["wall_time"] if history else 0)
     for epoch in range(first_epoch, epochs):
         resolution = resolution_at(epoch, *resolution_args)
         set_train_resolution(train_data, resolution)
+        set_epoch(train_data, epoch)  # a resumed run takes up the orders and crops where it stopped
+        train_augment.set_epoch(epoch)
         metrics = train_one_epoch(network, train_data, train_augment, optimizer, scaler, precision,
                                   config["training.label_smoothing"], functools.partial(lr_at, epoch), epoch,
                                   world.device, world.is_main and config["logging.progress"])

@@ -1,11 +1,15 @@
-"""Beton checks before training (missing, truncated, not ours, classes that do not fit); loader threads."""
+"""Beton checks (missing, truncated, not ours, classes that do not fit); loader threads; what the seed fixes."""
 import shutil
 
 import numba
+import numpy as np
 import pytest
+import torch
 
+from conftest import kept
 from pipeline import cores
-from pipeline.data import DataError, check_beton, loader_threads
+from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, set_epoch,
+                           train_loader)
 
 
 def test_a_val_beton_with_other_classes_names_the_train_beton(tiny_betons):
@@ -43,3 +47,38 @@ def test_loader_threads_share_the_cores_this_process_may_use_within_numbas_limit
                                          "machine (NUMBA_NUM_THREADS, default: its cores); the loaders use 32")
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 6)
     assert loader_threads(0, 1) == (6, "")  # NUMBA_NUM_THREADS set lower than the cores
+
+
+def train_epochs(betons, seed: int, epochs: int, first_epoch: int = 0) -> list:
+    loader = kept(train_loader(str(betons / "train.beton"), LoaderSettings(16, 2, True, 2, seed), 32,
+                               torch.device("cpu"), False))
+    set_epoch(loader, first_epoch)
+    return [np.concatenate([images.numpy().copy() for images, _ in loader]) for _ in range(epochs)]
+
+
+def test_the_seed_and_the_epoch_fix_the_training_images(tiny_betons):
+    """The same order and the same crops for every run of a seed (ffcv drew crops from numba's per-thread
+    generators, seeded by the OS), other crops every epoch; a loader set to epoch 2, as a resumed run sets it,
+    gives what a third pass gives (ffcv restarted from epoch 0's order)."""
+    first = train_epochs(tiny_betons, seed=0, epochs=3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, train_epochs(tiny_betons, seed=0, epochs=3)))
+    assert not np.array_equal(first[0], first[1])
+    assert not np.array_equal(first[0], train_epochs(tiny_betons, seed=1, epochs=1)[0])
+    assert np.array_equal(train_epochs(tiny_betons, seed=0, epochs=1, first_epoch=2)[0], first[2])
+
+
+def test_flips_follow_their_seed_and_epoch_not_the_global_generator():
+    images = torch.arange(64 * 3 * 2 * 2, dtype=torch.uint8).reshape(64, 3, 2, 2)
+
+    def flipped(seed, epoch):
+        augment = DeviceAugment(flip=True, seed=seed)
+        augment.set_epoch(epoch)
+        out = augment(images)
+        torch.rand(1000)  # the `random` squeeze draws from the global generator between steps
+        return out[:, :, :, 0] != DeviceAugment(flip=False)(images)[:, :, :, 0]
+
+    flips = flipped(3, 0).flatten(1).any(1)
+    assert 10 < int(flips.sum()) < 54  # about half of the 64 images
+    assert torch.equal(flipped(3, 0).flatten(1).any(1), flips)
+    assert not torch.equal(flipped(3, 1).flatten(1).any(1), flips)
+    assert not torch.equal(flipped(4, 0).flatten(1).any(1), flips)
