@@ -24,10 +24,8 @@ from numba import njit
 
 # OpenCV leaves out a source pixel's part of a cell when it is under this fraction of a pixel
 _SLIVER = 1e-3
-# ffcv's ctypes calls into OpenCV (cv::resize, INTER_AREA) and libjpeg-turbo, compiled once per process and
-# shared by every loader (ffcv compiles imdecode anew for each)
+# ffcv's ctypes call into OpenCV (cv::resize, INTER_AREA)
 _opencv_resize = njit(nogil=True)(resize_crop)
-_decode_jpeg = njit(nogil=True)(imdecode)
 
 
 def _compiled(**options):
@@ -169,6 +167,9 @@ class _FastResize(ResizedCropRGBImageDecoder):
 
     def generate_code(self):
         read = self.memory_read
+        # libjpeg-turbo through ctypes, compiled for each loader as ffcv does: one dispatcher shared by loaders of
+        # other array types (os_cache on and off) hung the second loader (numba raised a KeyError in its thread)
+        decode_jpeg = Compiler.compile(imdecode)
         choose_crop = Compiler.compile(self.get_crop_generator)
         images = Compiler.get_iterator()
         jpeg = IMAGE_MODES["jpg"]
@@ -183,7 +184,7 @@ class _FastResize(ResizedCropRGBImageDecoder):
                 height, width = np.uint32(field["height"]), np.uint32(field["width"])
                 if field["mode"] == jpeg:
                     pixels = np.empty(3 * np.int64(height) * np.int64(width), np.uint8)
-                    _decode_jpeg(data, pixels, height, width, height, width, 0, 0, 1, 1, False, False)
+                    decode_jpeg(data, pixels, height, width, height, width, 0, 0, 1, 1, False, False)
                     image = pixels.reshape(height, width, 3)
                 else:
                     image = data.reshape(height, width, 3)

@@ -109,3 +109,26 @@ def test_the_shrink_runs_where_numba_has_nowhere_to_cache():
     done = run_script(["-c", code], timeout=120, env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["7", "7"]
+
+
+def test_loaders_of_other_storage_settings_run_one_after_another_in_a_process(tiny_betons):
+    """A center-crop loader without os_cache, then a training loader with it, in a fresh process: the second
+    hung for good (its thread died compiling a JPEG decoder shared with the first, whose arrays were typed
+    otherwise), which pytest-xdist met only when two such tests fell to one worker."""
+    code = f"""
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import ToTensor
+from pipeline.crop_resize import CenterCropDecoder
+from pipeline.data import LoaderSettings, train_loader
+beton = "{tiny_betons / 'val.beton'}"
+first = Loader(beton, batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, os_cache=False, drop_last=False,
+               pipelines={{"image": [CenterCropDecoder((40, 40), 0.875), ToTensor()], "label": [IntDecoder(), ToTensor()]}})
+print(sum(len(images) for images, _ in first))
+second = train_loader(beton, LoaderSettings(16, 2, True, 2, 0), 32, torch.device("cpu"), False)
+print(sum(len(images) for images, _ in second))
+"""
+    done = run_script(["-c", code], timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["49", "48"]
