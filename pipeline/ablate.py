@@ -213,7 +213,7 @@ def main(argv: List[str]) -> int:
         squeezes = parse_squeezes(args.squeeze)
         config = resolve(args.cfg, parse_overrides(rest))  # fail now, not in every run
         check_data(config)
-        gpus = choose_gpus(args.gpus, [] if args.gpus == "none" else visible_gpus())
+        gpus = choose_gpus(args.gpus, visible_gpus())
         slots = make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run))
         root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))

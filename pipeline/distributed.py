@@ -41,9 +41,10 @@ def init_world(backend: str = "auto", timeout_min: int = 30) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if torch.cuda.is_available():
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {local_rank} has no GPU: this node shows {torch.cuda.device_count()}; start "
-                            f"at most that many processes per node (torchrun --nproc_per_node)")
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise UserError(f"local rank {local_rank} has no GPU: this node shows {gpus}; start at most that many "
+                            "processes per node (torchrun --nproc_per_node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
