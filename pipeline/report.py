@@ -9,25 +9,29 @@ same seed both arms start from the same shared weights and train on the same ima
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 from scipy import stats
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.errors import UserError, report_user_error
-from pipeline.run_dir import RESULT_NAME, read_json, read_log, read_result
+from pipeline.run_dir import RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
 MANIFEST_NAME = "ablation.json"
+ARM_KEYS = ("model.squeeze", "training.seed")  # the settings in which the runs of one table differ
+RESOLVED_KEYS = ("global_batch", "precision")  # result-changing, resolved at run time (8 GPUs x 512 is not 4 x 512)
+LABEL_SETTINGS = 4  # at most this many settings name an experiment in its title
 
 
 @dataclass
@@ -53,6 +57,48 @@ def read_runs(root: Path) -> List[dict]:
         result["run_dir"] = str(result_path.parent)
         runs.append(result)
     return runs
+
+
+@dataclass
+class Experiment:
+    """Runs that differ only in squeeze and seed: one table. `label` names the settings that set it apart
+    from the other experiments of its arch under the same root (empty when there is none)."""
+    arch: str
+    settings: Dict[str, Any]
+    runs: List[dict] = field(default_factory=list)
+    label: str = ""
+
+
+def experiment_settings(run: dict) -> Dict[str, Any]:
+    """Every result-changing setting of a run except its squeeze and seed."""
+    config = run.get("config") or {"model.arch": run["arch"], "training.epochs": run["epochs"]}
+    settings = {key: value for key, value in config.items() if not key.startswith(RESUME_FREE_KEYS + ARM_KEYS)}
+    return settings | {key: run[key] for key in RESOLVED_KEYS if key in run}
+
+
+def group_experiments(runs: List[dict]) -> Tuple[List[Experiment], List[str]]:
+    """(the runs split into experiments, a note for each run left out as a copy of another). A folder may hold
+    several recipes (train.py's default runs/): pooling them would count a 16- and an 88-epoch run as two seeds."""
+    experiments: Dict[str, Experiment] = {}
+    seen: Dict[tuple, str] = {}
+    notes = []
+    for run in runs:
+        settings = experiment_settings(run)
+        key = json.dumps(settings, sort_keys=True, default=str)
+        experiment = experiments.setdefault(key, Experiment(run["arch"], settings))
+        copy_of = seen.setdefault((key, run["squeeze"], run["seed"]), run["run_dir"])
+        if copy_of != run["run_dir"]:
+            notes.append(f"left out {run['run_dir']}: the same settings, squeeze and seed as {copy_of}")
+            continue
+        experiment.runs.append(run)
+    for arch in {experiment.arch for experiment in experiments.values()}:
+        same_arch = [experiment for experiment in experiments.values() if experiment.arch == arch]
+        keys = sorted({key for experiment in same_arch for key in experiment.settings})
+        differing = [key for key in keys if len({repr(e.settings.get(key)) for e in same_arch}) > 1]
+        for experiment in same_arch if len(same_arch) > 1 else []:
+            named = [f"{key}={experiment.settings.get(key)}" for key in differing[:LABEL_SETTINGS]]
+            experiment.label = ", ".join(named) + (", …" if len(differing) > LABEL_SETTINGS else "")
+    return sorted(experiments.values(), key=lambda e: (e.arch, e.label)), notes
 
 
 def read_manifest(root: Path) -> dict:
@@ -133,17 +179,23 @@ def markdown(rows: List[List[str]], title: str) -> str:
     return "\n".join(lines + ["", note, ""])
 
 
-def csv_text(arms: Dict[str, ArmSummary]) -> str:
+CSV_HEADER = ["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean", "delta_ci_low",
+              "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds", "arch", "experiment"]
+
+
+def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
+    """One CSV for every table: a row per arm, its experiment in the last two columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean",
-                     "delta_ci_low", "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds"])
-    for arm in arms.values():
-        interval = paired_interval(arm.delta) or ("", "")
-        writer.writerow([arm.squeeze, " ".join(map(str, arm.seeds)),
-                         _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
-                         _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval, arm.parameters or "",
-                         _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds))])
+    writer.writerow(CSV_HEADER)
+    for experiment, arms in tables:
+        for arm in arms.values():
+            interval = paired_interval(arm.delta) or ("", "")
+            writer.writerow([arm.squeeze, " ".join(map(str, arm.seeds)),
+                             _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
+                             _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval, arm.parameters or "",
+                             _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds)),
+                             experiment.arch, experiment.label])
     return buffer.getvalue()
 
 
@@ -207,22 +259,23 @@ def write_report(root: Path) -> Report:
     manifest = read_manifest(root)
     if not runs and not manifest:
         raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
-    sections, csv_parts, files = [], [], [root / "report.md", root / "report.csv"]
-    archs = sorted({run["arch"] for run in runs}) or [manifest.get("arch", "runs")]
-    for arch in archs:
-        arch_runs = [run for run in runs if run["arch"] == arch]
-        arms = summarize(arch_runs, manifest)
-        title = f"{arch} ({root.name})"
+    experiments, notes = group_experiments(runs)
+    if not experiments:  # asked for, nothing finished: the table of missing arms
+        experiments = [Experiment(manifest.get("arch", "runs"), {})]
+    sections, tables, files = [], [], [root / "report.md", root / "report.csv"]
+    for number, experiment in enumerate(experiments, 1):
+        arms = summarize(experiment.runs, manifest)
+        title = f"{experiment.arch} ({root.name})" + (f": {experiment.label}" if experiment.label else "")
         sections.append(markdown(table_rows(arms), title))
-        csv_parts.append(csv_text(arms))
-        suffix = "" if len(archs) == 1 else f"_{arch}"
-        if arch_runs:
+        tables.append((experiment, arms))
+        if experiment.runs:
+            suffix = "" if len(experiments) == 1 else f"_{number}"
             files += [root / f"top1{suffix}.png", root / f"curves{suffix}.png"]
             plot_top1(arms, files[-2], title)
-            plot_curves(arch_runs, files[-1], title)
-    text = "\n".join(sections)
+            plot_curves(experiment.runs, files[-1], title)
+    text = "\n".join(sections + [f"Note: {note}" for note in notes])
     write_text_atomic(root / "report.md", text)
-    write_text_atomic(root / "report.csv", "".join(csv_parts))
+    write_text_atomic(root / "report.csv", csv_text(tables))
     return Report(text, files)
 
 

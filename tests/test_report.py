@@ -9,12 +9,15 @@ from conftest import run_script
 from pipeline.report import main as report_main, paired_interval, write_report
 
 
-def write_result(root, squeeze, seed, top1, top5, epochs=2):
-    run_dir = root / f"resnet18-{squeeze}-x-s{seed}"
+def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", **resolved):
+    run_dir = root / f"resnet18-{squeeze}-{name}-s{seed}"
     run_dir.mkdir(parents=True)
+    config = {"model.arch": "resnet18", "model.squeeze": squeeze, "training.seed": seed, "training.epochs": epochs,
+              "logging.run_dir": str(run_dir), "model.se_kernel": "auto"}
     (run_dir / "result.json").write_text(json.dumps({
         "arch": "resnet18", "squeeze": squeeze, "seed": seed, "epochs": epochs, "finished_epochs": epochs,
-        "top1": top1, "top5": top5, "parameters": 11_000_000, "train_images_per_s": 1000.0 + seed}))
+        "top1": top1, "top5": top5, "parameters": 11_000_000, "train_images_per_s": 1000.0 + seed,
+        "config": config, **resolved}))
     (run_dir / "log.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "val_top1": top1 - 5 * (1 - e)}) + "\n"
                                                for e in range(epochs)))
 
@@ -47,6 +50,31 @@ def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
                                                         "failed": [{"squeeze": "std", "seed": 0}]}))
     text = write_report(tmp_path).text
     assert "| std | 63.00 | 81.00 | +1.00 | 1 (1 failed) |" in text  # one pair: no interval
+
+
+def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_path):
+    """train.py's default runs/ holds every recipe: a 16- and an 88-epoch run of seed 0 were pooled as two seeds
+    (and baseline's difference to itself was -2.00); so were runs of one recipe on 8 and on 4 GPUs."""
+    for epochs, base, gap, name in [(16, 67.0, 68.0, "rn18_16ep"), (88, 71.0, 72.5, "rn18_88ep")]:
+        write_result(tmp_path, "baseline", 0, base, 90.0, epochs, name, global_batch=1024)
+        write_result(tmp_path, "gap", 0, gap, 90.0, epochs, name, global_batch=1024)
+    write_result(tmp_path, "gap", 0, 68.0, 90.0, 16, "copy", global_batch=1024)  # the same run, another folder
+    write_result(tmp_path, "gap", 0, 60.0, 90.0, 16, "half", global_batch=512)
+    report = write_report(tmp_path)
+    tables = report.text.split("### ")[1:]
+    assert [table.splitlines()[0] for table in tables] == [
+        f"resnet18 ({tmp_path.name}): global_batch=1024, training.epochs=16",
+        f"resnet18 ({tmp_path.name}): global_batch=1024, training.epochs=88",
+        f"resnet18 ({tmp_path.name}): global_batch=512, training.epochs=16"]
+    assert "| baseline | 67.00 | 90.00 | +0.00 | 1 |" in tables[0] and "| gap | 68.00 | 90.00 | +1.00 | 1 |" in tables[0]
+    assert "| baseline | 71.00 | 90.00 | +0.00 | 1 |" in tables[1] and "| gap | 72.50 | 90.00 | +1.50 | 1 |" in tables[1]
+    assert "| gap | 60.00 | 90.00 | no baseline | 1 |" in tables[2]
+    assert f"Note: left out {tmp_path / 'resnet18-gap-rn18_16ep-s0'}: the same settings, squeeze and seed as " \
+           f"{tmp_path / 'resnet18-gap-copy-s0'}" in report.text
+    rows = (tmp_path / "report.csv").read_text().splitlines()
+    assert len(rows) == 6 and rows[0].endswith(",arch,experiment")
+    assert rows[3] == "baseline,0,71.0,,90.0,,0.0,,,11000000,1000.0,,resnet18,\"global_batch=1024, training.epochs=88\""
+    assert [path.name for path in report.files[2:]] == [f"{kind}_{n}.png" for n in (1, 2, 3) for kind in ("top1", "curves")]
 
 
 def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
