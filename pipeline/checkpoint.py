@@ -49,11 +49,13 @@ def restore_rng_states(states: Dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: Optional[torch.amp.GradScaler], epoch: int, config: Dict[str, Any],
-                    history: list) -> None:
-    """`epoch` is the last finished epoch (0-based); `history` the log lines so far. The checkpoint it
-    replaces is kept as PREVIOUS_CHECKPOINT_NAME beside it."""
+                    history: list, world_size: int) -> None:
+    """`epoch` is the last finished epoch (0-based); `history` the log lines so far; `world_size` the processes
+    that trained it (with the per-process batch, the global batch). The checkpoint it replaces is kept as
+    PREVIOUS_CHECKPOINT_NAME beside it."""
     save_atomic({
         "format_version": FORMAT_VERSION, "epoch": epoch, "config": config, "history": history,
+        "world_size": world_size,
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states(),
     }, path, Path(path).with_name(PREVIOUS_CHECKPOINT_NAME))

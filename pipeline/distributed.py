@@ -27,11 +27,16 @@ class World:
 
     def describe(self) -> str:
         """Where training runs, in one line: a GPU recipe started where torch sees no GPU says so at once."""
-        processes = f"{self.world_size} process{'es' if self.distributed else ''}"
         if self.device.type == "cuda":
-            return f"training on {torch.cuda.get_device_name(self.device)} (cuda:{self.device.index}), {processes}"
+            return (f"training on {torch.cuda.get_device_name(self.device)} (cuda:{self.device.index}), "
+                    f"{processes(self.world_size)}")
         return (f"training on the CPU: torch {torch.__version__} sees no CUDA GPU "
-                f"(torch.cuda.is_available() is False), {processes}")
+                f"(torch.cuda.is_available() is False), {processes(self.world_size)}")
+
+
+def processes(count: int) -> str:
+    """'1 process', '8 processes'."""
+    return f"{count} process{'es' if count != 1 else ''}"
 
 
 def init_world(backend: str = "auto", timeout_min: int = 30) -> World:

@@ -22,14 +22,15 @@ from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_co
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, resolution_at,
                            set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
-from pipeline.distributed import World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world
+from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world,
+                                  processes)
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
 from pipeline.errors import StorageError, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, FINAL_WEIGHTS_NAME, LOG_NAME, PREVIOUS_CHECKPOINT_NAME,
-                              RESULT_NAME, RunLock, is_finished, refuse_other_run, run_name)
+                              RESULT_NAME, RunDirError, RunLock, is_finished, refuse_other_run, run_name)
 from pipeline.schedule import lr_factor, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
@@ -111,6 +112,13 @@ def resume_state(run_dir: Path, config: Dict[str, Any], world: World) -> Optiona
     if warning and world.is_main:
         print(warning, flush=True)
     refuse_other_run(run_dir, state["config"], config, OTHER_RUN_REMEDY)
+    trained_by = state.get("world_size", world.world_size)  # not recorded before this check existed
+    if trained_by != world.world_size:
+        batch = config["training.batch_size"]
+        raise RunDirError(f"{run_dir} was trained by {processes(trained_by)} (global batch {trained_by * batch}); "
+                          f"resuming it with {processes(world.world_size)} would change the global batch and the "
+                          f"learning rate: resume it with {processes(trained_by)} (torchrun --nproc_per_node), or "
+                          "train anew in another --logging.run_dir")
     return state
 
 
@@ -194,7 +202,8 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started})
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
-            ckpt.save_checkpoint(run_dir / CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history)
+            ckpt.save_checkpoint(run_dir / CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history,
+                                 world.world_size)
             print(epoch_line(epoch, resolution, metrics, started, compile_mode != "none"), flush=True)
         barrier()
     result = summarize(config, history, parameters, world, global_batch, precision.name)

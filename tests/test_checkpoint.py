@@ -5,8 +5,11 @@ import torchvision
 
 from pipeline.checkpoint import (load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint,
                                  save_final_weights)
+from pipeline.distributed import World
 from pipeline.errors import StorageError
 from pipeline.models import build_model
+from pipeline.run_dir import RunDirError
+from pipeline.trainer import resume_state
 
 SETTINGS = {"arch": "resnet18", "squeeze": "baseline", "reduction": 16, "num_classes": 1000, "blurpool": False}
 
@@ -34,7 +37,7 @@ def save_two_checkpoints(run_dir):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for epoch in (0, 1):
-        save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, None, epoch, {"training.epochs": 2}, [])
+        save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, None, epoch, {"training.epochs": 2}, [], 1)
     return model, optimizer
 
 
@@ -59,7 +62,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path, monk
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4416 vs 4350")
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(StorageError, match=r"could not write .*checkpoint.pt: .*unexpected pos.*\(disk full\?\)"):
-        save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, None, 2, {}, [])
+        save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, None, 2, {}, [], 1)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert not [path for path in tmp_path.iterdir() if ".tmp-" in path.name]
 
@@ -69,3 +72,15 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path):
     junk.write_text("not a checkpoint")
     with pytest.raises(StorageError, match=r"notes.pt is not a readable weights file"):
         load_weights(junk)
+
+
+def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
+    """A 2-process run resumed in one process trained on at half the global batch and lr, without a word."""
+    config = {"training.epochs": 2, "training.batch_size": 64}
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "checkpoint.pt", model, torch.optim.SGD(model.parameters(), lr=0.1), None, 0, config,
+                    [], 2)
+    with pytest.raises(RunDirError, match=r"was trained by 2 processes \(global batch 128\); resuming it with 1 "
+                                          r"process would change the global batch .*resume it with 2 processes"):
+        resume_state(tmp_path, config, World(0, 1, 0, 1, torch.device("cpu")))
+    assert resume_state(tmp_path, config, World(1, 2, 1, 2, torch.device("cpu")))["epoch"] == 0
