@@ -151,10 +151,17 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
 
 
 def parse_squeezes(text: str) -> List[str]:
+    """--squeeze as arm names. An arm listed twice ran twice into one folder (and twice at once on two GPUs,
+    where the second failed on the first's lock); none at all wrote a manifest of no arms."""
     if text == "all":
         return squeeze_names()
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    return [check_squeeze_name(name, "--squeeze") for name in names]
+    names = [check_squeeze_name(name.strip(), "--squeeze") for name in text.split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"--squeeze {text!r}: name at least one arm (a comma list, e.g. baseline,gap), or 'all'")
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice:
+        raise ConfigError(f"--squeeze {text}: '{twice}' is listed twice; list each arm once (--seeds repeats them)")
+    return names
 
 
 def visible_gpus() -> List[str]:
@@ -202,8 +209,10 @@ def parse_command_line(argv: List[str]):
     args, rest = parser.parse_known_args(argv)
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
-    if args.gpus_per_run != "all" and not args.gpus_per_run.isdigit():
-        raise ConfigError(f"--gpus-per-run {args.gpus_per_run!r}: give a number or 'all'")
+    if args.first_seed < 0:
+        raise ConfigError(f"--first-seed {args.first_seed}: must be at least 0")
+    if args.gpus_per_run != "all" and not (args.gpus_per_run.isdigit() and int(args.gpus_per_run) >= 1):
+        raise ConfigError(f"--gpus-per-run {args.gpus_per_run!r}: give a number of at least 1, or 'all'")
     return args, rest
 
 

@@ -122,6 +122,23 @@ def test_gpus_that_are_not_visible_are_refused(text, visible, message):
     assert str(raised.value).startswith(message)
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--squeeze", "gap,gap"], "--squeeze gap,gap: 'gap' is listed twice; list each arm once (--seeds repeats them)"),
+    (["--squeeze", ""], "--squeeze '': name at least one arm (a comma list, e.g. baseline,gap), or 'all'"),
+    (["--squeeze", " , "], "--squeeze ' , ': name at least one arm"),
+    (["--first-seed", "-3"], "--first-seed -3: must be at least 0"),
+    (["--gpus-per-run", "0"], "--gpus-per-run '0': give a number of at least 1, or 'all'"),
+])
+def test_ablate_refuses_arms_and_seeds_that_make_no_ablation(arguments, message, tmp_path, capsys):
+    """gap,gap ran gap twice into one folder, '' wrote a manifest of no arms and reported success, and a negative
+    first seed was blamed on --seeds."""
+    root = tmp_path / "ablation"
+    assert ablate_main(["--cfg", "recipes/demo.yaml", "--runs-root", str(root), "--gpus", "none", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"ablate.py: error: {message}") and error.count("\n") == 1
+    assert not root.exists()
+
+
 def test_ablate_refuses_missing_data_or_gpus_before_any_run(tiny_betons, tmp_path, capsys, monkeypatch):
     """Each run failed alone before (twice each, a CPU run for a GPU that is not there)."""
     root = tmp_path / "ablation"
