@@ -15,8 +15,8 @@ from fastargs.validation import Checker
 
 from pipeline.errors import UserError
 from pipeline.kernels import SE_KERNELS
-from pipeline.models import ARCHITECTURES
-from pipeline.squeeze import squeeze_names
+from pipeline.models import ARCHITECTURES, largest_reduction
+from pipeline.squeeze import BASELINE, squeeze_names
 
 
 class ConfigError(UserError, ValueError):
@@ -230,7 +230,18 @@ def resolve(recipe: Optional[Path], overrides: Dict[str, Tuple[Any, str]]) -> Di
         given, source = values.get(key, (None, "defaults"))
         checker = config.entries[path].checker
         raise ConfigError(f"bad value {given!r} for {key} (from {source}); expected {checker.help()}")
-    return {key: config[key] for key in known}
+    resolved = {key: config[key] for key in known}
+    check_reduction(resolved, values)
+    return resolved
+
+
+def check_reduction(config: Dict[str, Any], values: Dict[str, Tuple[Any, str]]) -> None:
+    """A reduction ratio the model cannot take fails here in one line, not as build_model's ValueError."""
+    arch, reduction = config["model.arch"], config["model.reduction"]
+    if config["model.squeeze"] != BASELINE and reduction > largest_reduction(arch):
+        source = values.get("model.reduction", (None, "defaults"))[1]
+        raise ConfigError(f"model.reduction {reduction} (from {source}) leaves no hidden unit in {arch}'s first SE "
+                          f"blocks ({largest_reduction(arch)} channels); use at most {largest_reduction(arch)}")
 
 
 def parse_overrides(arguments: List[str]) -> Dict[str, Tuple[Any, str]]:

@@ -146,6 +146,13 @@ ARCHITECTURES: Dict[str, Tuple[Type[nn.Module], Tuple[int, int, int, int]]] = {
 SE_INIT_SEED_OFFSET = 1_000_003
 
 
+def largest_reduction(arch: str) -> int:
+    """The largest SE reduction ratio `arch` takes: its narrowest SE blocks (the first stage's, 64 channels per
+    block expansion) keep one hidden unit."""
+    block, _ = ARCHITECTURES[arch]
+    return 64 * block.expansion
+
+
 def check_arch_name(name: str, source: str = "arch") -> str:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown arch '{name}' (from {source}); choose one of: {', '.join(ARCHITECTURES)}")

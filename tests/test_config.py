@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, describe, parse_overrides, resolve
+from pipeline.models import build_model
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -82,3 +83,20 @@ def test_a_yaml_syntax_error_names_line_and_column(tmp_path):
     recipe.write_text("training:\n  epochs: 3\n  seed: [1, 2\n")
     with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML at line 4, column 1: "):
         resolve(recipe, {})
+
+
+@pytest.mark.parametrize("arch, largest", [("resnet18", 64), ("resnet50", 256)])
+def test_a_reduction_the_model_cannot_take_is_one_line(arch, largest):
+    """--model.reduction=1000 was build_model's ValueError traceback, after the data had been checked."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    fits = resolve(recipe, parse_overrides([f"--model.arch={arch}", f"--model.reduction={largest}"]))
+    assert fits["model.reduction"] == largest
+    build_model(arch, "gap", largest, num_classes=10)  # the largest ratio the config takes builds
+    with pytest.raises(ConfigError, match=rf"^model.reduction {largest + 1} \(from --model.reduction\) leaves no "
+                                          rf"hidden unit in {arch}'s first SE blocks \({largest} channels\); use at "
+                                          rf"most {largest}$"):
+        resolve(recipe, parse_overrides([f"--model.arch={arch}", f"--model.reduction={largest + 1}"]))
+    with pytest.raises(ValueError, match="leaves no hidden units"):
+        build_model(arch, "gap", largest + 1, num_classes=10)  # the limit is the model's own
+    baseline = ["--model.squeeze=baseline", f"--model.arch={arch}", f"--model.reduction={largest + 1}"]
+    assert resolve(recipe, parse_overrides(baseline))["model.reduction"] == largest + 1  # no SE block: any ratio
