@@ -31,6 +31,10 @@ from pipeline.trainer import check_data
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1
+# settings the runner gives each run, and the option that sets them: as a shared --section.key=value they came
+# after the runner's own and won (every seed trained --training.seed=5; every arm in one --logging.run_dir)
+PER_RUN_KEYS = {"model.squeeze": "--squeeze", "training.seed": "--seeds and --first-seed",
+                "logging.run_dir": "--runs-root", "logging.runs_root": "--runs-root"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,13 @@ def command_for(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> Tuple[
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={len(slot.devices)}", str(TRAIN_SCRIPT), *settings], env
     return [sys.executable, str(TRAIN_SCRIPT), *settings], env
+
+
+def check_shared_settings(overrides: Dict[str, Tuple[object, str]]) -> None:
+    """Refuse a shared setting that the runner sets per run."""
+    for key, (_, source) in overrides.items():
+        if key in PER_RUN_KEYS:
+            raise ConfigError(f"{source}: ablate.py sets {key} for each run; use {PER_RUN_KEYS[key]}")
 
 
 def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str]) -> List[Job]:
@@ -220,7 +231,9 @@ def main(argv: List[str]) -> int:
     try:
         args, rest = parse_command_line(argv)
         squeezes = parse_squeezes(args.squeeze)
-        config = resolve(args.cfg, parse_overrides(rest))  # fail now, not in every run
+        shared = parse_overrides(rest)
+        check_shared_settings(shared)
+        config = resolve(args.cfg, shared)  # fail now, not in every run
         check_data(config)
         gpus = choose_gpus(args.gpus, visible_gpus())
         slots = make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run))

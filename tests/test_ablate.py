@@ -128,10 +128,14 @@ def test_gpus_that_are_not_visible_are_refused(text, visible, message):
     (["--squeeze", " , "], "--squeeze ' , ': name at least one arm"),
     (["--first-seed", "-3"], "--first-seed -3: must be at least 0"),
     (["--gpus-per-run", "0"], "--gpus-per-run '0': give a number of at least 1, or 'all'"),
+    (["--training.seed=5"], "--training.seed: ablate.py sets training.seed for each run; use --seeds and --first-seed"),
+    (["--logging.run_dir", "/tmp/x"], "--logging.run_dir: ablate.py sets logging.run_dir for each run; use "
+                                      "--runs-root"),
+    (["--model.squeeze=gmp"], "--model.squeeze: ablate.py sets model.squeeze for each run; use --squeeze"),
 ])
 def test_ablate_refuses_arms_and_seeds_that_make_no_ablation(arguments, message, tmp_path, capsys):
-    """gap,gap ran gap twice into one folder, '' wrote a manifest of no arms and reported success, and a negative
-    first seed was blamed on --seeds."""
+    """gap,gap ran gap twice into one folder, '' wrote a manifest of no arms and reported success, a negative
+    first seed was blamed on --seeds, and a shared --training.seed=5 won over each run's seed (every seed the same)."""
     root = tmp_path / "ablation"
     assert ablate_main(["--cfg", "recipes/demo.yaml", "--runs-root", str(root), "--gpus", "none", *arguments]) == 2
     error = capsys.readouterr().err
@@ -144,6 +148,7 @@ def test_ablate_refuses_missing_data_or_gpus_before_any_run(tiny_betons, tmp_pat
     root = tmp_path / "ablation"
     arguments = ["--squeeze", "gap,std", "--runs-root", str(root),
                  *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
+    arguments.remove(f"--logging.run_dir={tmp_path / 'unused'}")  # the runner names each run's directory
     missing = tmp_path / "nowhere" / "train.beton"
     assert ablate_main([*arguments, "--gpus", "none", f"--data.train_dataset={missing}"]) == 2
     assert f"ablate.py: error: dataset {missing} does not exist; write it" in capsys.readouterr().err
