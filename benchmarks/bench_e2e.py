@@ -9,16 +9,20 @@ ImageNet storage settings). Target: end to end >= 0.9 x min(loader alone, model 
 import argparse
 import json
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from cli import at_least, names_from  # a sibling module: benchmarks run as scripts
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
 from pipeline.acceleration import Stopwatch, choose_precision, compile_mode_used, maybe_compile
+from pipeline.config import COMPILE_MODES
 from pipeline.cores import usable_cores
 from pipeline.data import DeviceAugment, LoaderSettings, train_loader
-from pipeline.models import build_model
+from pipeline.models import ARCHITECTURES, build_model
+from pipeline.squeeze import squeeze_names
 
 
 def timed(batches, device, steps: int, warmup: int, work) -> float:
@@ -36,21 +40,27 @@ def timed(batches, device, steps: int, warmup: int, work) -> float:
     return images / watch.elapsed()
 
 
-def main() -> None:
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, checked before anything runs (the device check's commands are tested here)."""
     gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet50" if gpu else "resnet18")
-    parser.add_argument("--squeeze", default="gap")
-    parser.add_argument("--res", type=int, default=192 if gpu else 64)
-    parser.add_argument("--batch", type=int, default=256 if gpu else 32)
-    parser.add_argument("--steps", type=int, default=200 if gpu else 10)
-    parser.add_argument("--warmup", type=int, default=20 if gpu else 3)
-    parser.add_argument("--workers", type=int, default=usable_cores())
-    parser.add_argument("--compile", default="none", help="torch.compile mode for the model, auto (as "
-                        "training.compile) or none")
-    parser.add_argument("--per-class", type=int, default=1280 if gpu else 100, help="photos per class (10)")
+    parser.add_argument("--arch", default="resnet50" if gpu else "resnet18", choices=list(ARCHITECTURES))
+    parser.add_argument("--squeeze", default="gap", choices=squeeze_names())
+    parser.add_argument("--res", type=at_least(16), default=192 if gpu else 64)
+    parser.add_argument("--batch", type=at_least(1), default=256 if gpu else 32)
+    parser.add_argument("--steps", type=at_least(1), default=200 if gpu else 10)
+    parser.add_argument("--warmup", type=at_least(0), default=20 if gpu else 3)
+    parser.add_argument("--workers", type=at_least(1), default=usable_cores())
+    parser.add_argument("--compile", default="none", type=names_from(COMPILE_MODES),
+                        help="torch.compile mode for the model, auto (as training.compile) or none")
+    parser.add_argument("--per-class", type=at_least(1), default=1280 if gpu else 100, help="photos per class (10)")
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    gpu = torch.cuda.is_available()
+    args = parse_arguments()
     device = torch.device("cuda" if gpu else "cpu")
     files = photo_set_files(args.data, args.per_class, seed=7)
     beton = args.data / f"train_{args.per_class}.beton"

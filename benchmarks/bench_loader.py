@@ -19,11 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 from queue import Empty
+from typing import List, Optional
 
 import psutil
 import torch
 from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from torchvision import datasets, transforms
+
+from cli import at_least  # a sibling module: benchmarks run as scripts
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
@@ -117,20 +120,25 @@ def in_fresh_process(label: str, time_limit: float, function, *args):
     return result
 
 
-def main() -> None:
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, checked before anything runs (the device check's commands are tested here)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=200, help="images per class (10 classes)")
-    parser.add_argument("--res", type=int, default=176)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=usable_cores())
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per configuration (median)")
+    parser.add_argument("--per-class", type=at_least(1), default=200, help="images per class (10 classes)")
+    parser.add_argument("--res", type=at_least(16), default=176)
+    parser.add_argument("--batch", type=at_least(1), default=256)
+    parser.add_argument("--workers", type=at_least(1), default=usable_cores())
+    parser.add_argument("--epochs", type=at_least(1), default=3, help="timed epochs per configuration (median)")
     parser.add_argument("--data", type=Path, default=Path("data/bench_photos"))
     parser.add_argument("--quick", action="store_true",
                         help="only the default storage and loader settings against torchvision, and the same "
                              "with ffcv's own decoder")
     parser.add_argument("--time-limit", type=float, default=600,
                         help="seconds one configuration may take (warm-up and timed epochs) before it is left out")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_arguments()
     files = photo_set_files(args.data, args.per_class, seed=7)
     progress(f"{len(files)} photos ready")
     classes = [str(i) for i in range(10)]

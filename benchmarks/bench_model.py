@@ -16,14 +16,18 @@ import argparse
 import contextlib
 import json
 import statistics
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times  # a sibling: run as a script
+from cli import at_least, names_from, resolutions  # siblings: benchmarks run as scripts
+from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times
 
 from pipeline.acceleration import Stopwatch, maybe_compile
-from pipeline.models import build_model
+from pipeline.config import COMPILE_MODES
+from pipeline.kernels import SE_KERNELS
+from pipeline.models import ARCHITECTURES, build_model
 from pipeline.squeeze import squeeze_names
 
 
@@ -155,27 +159,36 @@ def print_profiles(profiled: dict, batch: int) -> dict:
     return table
 
 
-def main() -> None:
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, checked before anything runs (the device check's commands are tested here)."""
     gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet50" if gpu else "resnet18")
-    parser.add_argument("--arms", default="all", help="comma list of squeeze arms, or all")
-    parser.add_argument("--se-kernel", default="torch,triton" if gpu else "torch",
+    arms = names_from(squeeze_names(), allow_all=True)
+    parser.add_argument("--arch", default="resnet50" if gpu else "resnet18", choices=list(ARCHITECTURES))
+    parser.add_argument("--arms", default="all", type=arms, help="comma list of squeeze arms, or all")
+    parser.add_argument("--se-kernel", default="torch,triton" if gpu else "torch", type=names_from(SE_KERNELS),
                         help="comma list of SE implementations to measure: torch, triton, closed-form, auto")
-    parser.add_argument("--res", default="192" if gpu else "64")
-    parser.add_argument("--batch", type=int, default=256 if gpu else 16)
-    parser.add_argument("--steps", type=int, default=30 if gpu else 3)
-    parser.add_argument("--warmup", type=int, default=8 if gpu else 1)
-    parser.add_argument("--modes", default="eager,compiled" if gpu else "eager",
+    parser.add_argument("--res", default="192" if gpu else "64", type=resolutions, help="comma list, px")
+    parser.add_argument("--batch", type=at_least(1), default=256 if gpu else 16)
+    parser.add_argument("--steps", type=at_least(1), default=30 if gpu else 3)
+    parser.add_argument("--warmup", type=at_least(0), default=8 if gpu else 1)
+    modes = ["eager", "compiled", *(mode for mode in COMPILE_MODES if mode not in ("none", "auto"))]
+    parser.add_argument("--modes", default="eager,compiled" if gpu else "eager", type=names_from(modes),
                         help="eager, compiled (default mode) or any torch.compile mode name")
-    parser.add_argument("--compiled-arms", default="gap,gmp,fca", help="arms measured compiled, or all")
-    parser.add_argument("--max-compiled", type=int, default=4, help="compiled models per resolution, peers first")
-    parser.add_argument("--rounds", type=int, default=3 if gpu else 1,
+    parser.add_argument("--compiled-arms", default="gap,gmp,fca", type=arms, help="arms measured compiled, or all")
+    parser.add_argument("--max-compiled", type=at_least(1), default=4,
+                        help="compiled models per resolution, peers first")
+    parser.add_argument("--rounds", type=at_least(1), default=3 if gpu else 1,
                         help="eager: time every model this many times in turn (median), so that a drift of the "
                              "GPU's clocks over the run does not favour the models measured first")
-    parser.add_argument("--profile-steps", type=int, default=0,
+    parser.add_argument("--profile-steps", type=at_least(0), default=0,
                         help="after timing, profile this many steps per model: busy time by kernel group")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    gpu = torch.cuda.is_available()
+    args = parse_arguments()
     device = torch.device("cuda" if gpu else "cpu")
     reference_name = f"torchvision {args.arch}"
     rows, ratios, profiled = [], {}, {}

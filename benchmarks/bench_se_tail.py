@@ -16,12 +16,14 @@ import argparse
 import json
 import sys
 import time
+from typing import List, Optional
 from unittest import mock
 
 import torch
 from torch import nn
 
-from kernel_profile import kernel_times, print_kernel_times  # a sibling module: benchmarks run as scripts
+from cli import at_least, names_from  # siblings: benchmarks run as scripts
+from kernel_profile import kernel_times, print_kernel_times
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import SqueezeExcite
 from pipeline.squeeze import STD_EPS, squeeze_names
@@ -119,15 +121,21 @@ def host_breakdown(z, identity, grad, repeats: int) -> dict:
     return {"module_us": module, "se_launch_us": launcher, "python_us": python, "per_launch_us": launches / 8}
 
 
-def main() -> None:
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, checked before anything runs (the device check's commands are tested here)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--squeezes", default=",".join(squeeze_names(include_baseline=False)))
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--res", type=int, default=192)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--profile", default="layer1,layer4",
+    squeezes = squeeze_names(include_baseline=False)
+    parser.add_argument("--squeezes", default=",".join(squeezes), type=names_from(squeezes))
+    parser.add_argument("--batch", type=at_least(1), default=256)
+    parser.add_argument("--res", type=at_least(32), default=192)
+    parser.add_argument("--repeats", type=at_least(1), default=20)
+    parser.add_argument("--profile", default="layer1,layer4", type=names_from([*STAGES, "none"]),
                         help="stages whose kernels are listed, comma-separated (or none)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_arguments()
     if not torch.cuda.is_available():
         print("bench_se_tail.py: needs a CUDA GPU (the fused kernels' speed is a GPU figure)", file=sys.stderr)
         sys.exit(2)

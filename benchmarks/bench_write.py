@@ -16,8 +16,11 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional
 
 from PIL import Image
+
+from cli import at_least  # a sibling module: benchmarks run as scripts
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.image_folder import find_split
@@ -63,11 +66,16 @@ def timed_write_imagenet(data_dir: Path, workers: int) -> float:
     return seconds
 
 
-def main() -> None:
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, checked before anything runs (the device check's commands are tested here)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=usable_cores())
-    parser.add_argument("--rounds", type=int, default=7, help="write_imagenet.py runs per source (median)")
-    args = parser.parse_args()
+    parser.add_argument("--workers", type=at_least(1), default=usable_cores())
+    parser.add_argument("--rounds", type=at_least(1), default=7, help="write_imagenet.py runs per source (median)")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_arguments()
     images = SAMPLE_ROOT / "images"
     if not (images / "train").is_dir():
         build_sample_folder(images)

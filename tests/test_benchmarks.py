@@ -1,8 +1,12 @@
 """The benchmarks' own logic, on the CPU: kernel_profile.py's groups, bench_model's rounds and profiled steps
 (so that a device check cannot fail on a slip that any machine would show)."""
+import importlib
 import importlib.util
 import json
 import os
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +73,42 @@ def test_bench_se_tail_host_breakdown_runs_on_cpu_tensors():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "host us per gap tail, forward + backward: module and autograd" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "['module_us', 'per_launch_us', 'python_us', 'se_launch_us']"
+
+
+def device_check_table():
+    """(the text of scripts/device_check.sh, {step: command} from its table)."""
+    text = (REPO / "scripts" / "device_check.sh").read_text()
+    return text, dict(re.findall(r'^\s+\[(\w+)\]="([^"]+)"', text, re.M))
+
+
+def test_every_device_check_step_parses_here(monkeypatch):
+    """A slip in the device check costs a device call (of 15 minutes a session): every step has a cap and a
+    command, the usage lines name real steps, every benchmark's arguments parse, every test file exists."""
+    text, commands = device_check_table()
+    caps = re.findall(r"\[(\w+)\]=\d+", re.search(r"declare -A cap=\(([^)]*)\)", text).group(1))
+    assert sorted(caps) == sorted(commands) and len(commands) > 10
+    assert set(re.search(r"^order=\(([^)]*)\)", text, re.M).group(1).split()) <= set(commands)
+    for usage in re.findall(r"^#\s+scripts/device_check\.sh ([\w ]+?)\s*(?:#|$)", text, re.M):
+        assert set(usage.split()) <= set(commands), usage
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the scripts import their siblings
+    parsed = 0
+    for step, command in commands.items():
+        words = shlex.split(command)
+        tests = [word for word in words if word.startswith("tests/")]
+        assert all((REPO / path.split("::")[0]).is_file() for path in tests), step
+        script = next((word for word in words if word.startswith("benchmarks/")), None)
+        if script:
+            module = importlib.import_module(Path(script).stem)
+            module.parse_arguments(words[words.index(script) + 1:])  # argparse exits 2 on a bad argument
+            parsed += 1
+    assert parsed >= 10
+
+
+@pytest.mark.parametrize("arguments", [["--compiled-arms", "gpa"], ["--se-kernel", "trition"], ["--modes", "fast"],
+                                       ["--res", "160,x"], ["--steps", "0"], ["--arch", "resnet99"]])
+def test_a_benchmark_argument_typo_fails_at_once(arguments, monkeypatch, capsys):
+    """A misspelt --compiled-arms measured nothing and exited 0, after minutes of a device lease."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    with pytest.raises(SystemExit) as raised:
+        importlib.import_module("bench_model").parse_arguments(arguments)
+    assert raised.value.code == 2 and f"argument {arguments[0]}:" in capsys.readouterr().err
