@@ -23,6 +23,8 @@ from typing import List, Optional
 
 import psutil
 import torch
+
+import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
 from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from torchvision import datasets, transforms
 

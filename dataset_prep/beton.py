@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
 from ffcv.fields import IntField, RGBImageField
 from ffcv.reader import Reader
 from ffcv.writer import DatasetWriter

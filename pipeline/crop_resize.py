@@ -16,6 +16,8 @@ so two runs of one seed (two arms of an ablation) trained on other crops.
 import math
 
 import numpy as np
+
+import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
 from ffcv.fields.rgb_image import (IMAGE_MODES, CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
                                    ResizedCropRGBImageDecoder)
 from ffcv.libffcv import imdecode, resize_crop

@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Tuple
 import numba
 import numpy as np
 import torch
+
+import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
 from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
