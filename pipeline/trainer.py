@@ -58,6 +58,10 @@ def parse_command_line(argv: List[str]):
         overrides["model.arch"] = (args.arch, "--arch")
     if args.eval_only and args.weights is None:
         raise ConfigError("--eval-only needs --weights PATH (a final.pt or checkpoint.pt)")
+    if args.weights is not None and args.weights.is_dir():  # a run directory: it was called "does not exist"
+        held = [name for name in (FINAL_WEIGHTS_NAME, CHECKPOINT_NAME) if (args.weights / name).is_file()]
+        raise ConfigError(f"--weights {args.weights} is a directory; give a weights file" +
+                          (f", e.g. {args.weights / held[0]}" if held else " (a final.pt or checkpoint.pt)"))
     if args.weights is not None and not args.weights.is_file():
         raise ConfigError(f"--weights {args.weights} does not exist")
     return args, resolve(args.cfg, overrides), overrides

@@ -285,3 +285,14 @@ print(tuple(first), tuple(second))
 """
     result = run_script(["-c", probe], timeout=120)
     assert result.stdout.strip() == "(16, 3, 32, 32) (16, 3, 64, 64)", result.stderr[-2000:]
+
+
+def test_weights_that_name_a_run_directory_say_which_file_to_give(tmp_path, capsys):
+    """--weights runs/x (the run directory, not its final.pt) was refused as "does not exist"."""
+    (tmp_path / "final.pt").write_bytes(b"")
+    recipe = str(REPO / "recipes" / "demo.yaml")
+    assert train_main(["--cfg", recipe, "--eval-only", "--weights", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"train.py: error: --weights {tmp_path} is a directory; give a weights file, "
+                                       f"e.g. {tmp_path / 'final.pt'}\n")
+    assert train_main(["--cfg", recipe, "--eval-only", "--weights", str(tmp_path / "nowhere.pt")]) == 2
+    assert capsys.readouterr().err == f"train.py: error: --weights {tmp_path / 'nowhere.pt'} does not exist\n"
