@@ -158,7 +158,8 @@ def main(argv: List[str]) -> int:
         splits = ["train", "val"] if args.split == "both" else [args.split]
         existing = [str(out_dir / f"{s}.beton") for s in splits if (out_dir / f"{s}.beton").exists()]
         if existing and not args.overwrite:
-            raise UsageError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
+            raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass "
+                             f"--overwrite to replace {'it' if len(existing) == 1 else 'them'}")
         make_out_dir(out_dir)
         children_die_with_this_process()  # scan and writer workers stop when this process is killed
         removed = remove_stale_temporaries(out_dir)

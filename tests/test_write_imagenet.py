@@ -142,8 +142,12 @@ def test_existing_output_needs_overwrite_and_is_kept(tmp_path, capsys):
     out.mkdir()
     (out / "train.beton").write_bytes(b"precious")
     assert main(write_args(tmp_path / "imagenet", out, "--split", "train")) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert f"{out / 'train.beton'} already exists; pass --overwrite to replace it\n" in capsys.readouterr().err
     assert (out / "train.beton").read_bytes() == b"precious"
+    (out / "val.beton").write_bytes(b"precious too")
+    assert main(write_args(tmp_path / "imagenet", out, "--split", "both")) == 2
+    assert (f"{out / 'train.beton'}, {out / 'val.beton'} already exist; pass --overwrite to replace them\n"
+            in capsys.readouterr().err)
     assert main(write_args(tmp_path / "imagenet", out, "--split", "train", "--overwrite")) == 0
     assert (out / "train.beton").stat().st_size > 1000
 
