@@ -50,6 +50,12 @@ def read_metadata(beton: Path) -> Dict:
     return json.loads(metadata_path(beton).read_text())
 
 
+def data_identity(metadata: Dict) -> str:
+    """What a run records of a beton in place of its path: a copy elsewhere (a node's local disk) is the same
+    data; a beton written again is not, whatever its path."""
+    return f"{metadata['num_samples']} images written {metadata.get('created', 'at an unrecorded time')}"
+
+
 def _versions() -> Dict[str, str]:
     # ffcv 1.0.2's own __version__ still says 0.0.3rc1: ask the installed distributions instead
     return {**{name: importlib.metadata.version(name) for name in ("ffcv", "numpy", "pillow", "torch")},

@@ -27,7 +27,7 @@ from pipeline.processes import die_with_parent
 from pipeline.report import MANIFEST_NAME, write_report
 from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
 from pipeline.squeeze import check_squeeze_name, squeeze_names
-from pipeline.trainer import check_data
+from pipeline.trainer import check_data, data_identities
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1
@@ -89,9 +89,10 @@ def check_shared_settings(overrides: Dict[str, Tuple[object, str]]) -> None:
             raise ConfigError(f"{source}: ablate.py sets {key} for each run; use {PER_RUN_KEYS[key]}")
 
 
-def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str]) -> List[Job]:
-    """The jobs not finished yet. A folder that holds a run with other settings, or is in use, is refused
-    before anything starts: skipping it would report the old run's numbers under the new settings."""
+def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str], data: Dict[str, str]) -> List[Job]:
+    """The jobs not finished yet (on the betons `data` identifies). A folder that holds a run with other
+    settings, or is in use, is refused before anything starts: skipping it would report the old run's numbers
+    under the new settings."""
     remedy = "pass another --runs-root for these settings, or delete that directory"
     shared, todo = parse_overrides(overrides), []
     for job in jobs:
@@ -101,7 +102,7 @@ def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str]) -> List[Job
         if job.run_dir.is_dir() and lock.is_held():
             raise RunDirError(f"{job.run_dir} is in use by {lock.holder()}; wait for it to end "
                               "(or stop it) before running this ablation")
-        if not is_finished(job.run_dir, config, remedy):
+        if not is_finished(job.run_dir, config, remedy, data):
             todo.append(job)
     return todo
 
@@ -234,13 +235,13 @@ def main(argv: List[str]) -> int:
         shared = parse_overrides(rest)
         check_shared_settings(shared)
         config = resolve(args.cfg, shared)  # fail now, not in every run
-        check_data(config)
+        data = data_identities(check_data(config))
         gpus = choose_gpus(args.gpus, visible_gpus())
         slots = make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run))
         root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         jobs = plan_jobs(squeezes, seeds, root, config["model.arch"], args.cfg.stem)
-        todo = runs_to_do(jobs, args.cfg, rest)
+        todo = runs_to_do(jobs, args.cfg, rest, data)
     except UserError as error:
         return report_user_error("ablate.py", error)
     root.mkdir(parents=True, exist_ok=True)

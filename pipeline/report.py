@@ -22,7 +22,7 @@ from scipy import stats
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.errors import UserError, report_user_error
-from pipeline.run_dir import RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
+from pipeline.run_dir import DATA_KEYS, RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
 MANIFEST_NAME = "ablation.json"
 ARM_KEYS = ("model.squeeze", "training.seed")  # the settings in which the runs of one table differ
-RESOLVED_KEYS = ("global_batch", "precision")  # result-changing, resolved at run time (8 GPUs x 512 is not 4 x 512)
+# result-changing, resolved at run time: 8 GPUs x 512 is not 4 x 512; the betons' identities stand for their paths
+RESOLVED_KEYS = ("global_batch", "precision", "data")
 LABEL_SETTINGS = 4  # at most this many settings name an experiment in its title
 
 
@@ -72,7 +73,8 @@ class Experiment:
 def experiment_settings(run: dict) -> Dict[str, Any]:
     """Every result-changing setting of a run except its squeeze and seed."""
     config = run.get("config") or {"model.arch": run["arch"], "training.epochs": run["epochs"]}
-    settings = {key: value for key, value in config.items() if not key.startswith(RESUME_FREE_KEYS + ARM_KEYS)}
+    free = RESUME_FREE_KEYS + ARM_KEYS + (DATA_KEYS if "data" in run else ())
+    settings = {key: value for key, value in config.items() if not key.startswith(free)}
     return settings | {key: run[key] for key in RESOLVED_KEYS if key in run}
 
 

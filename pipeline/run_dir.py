@@ -18,9 +18,13 @@ from pipeline.errors import UserError
 CONFIG_NAME, LOG_NAME, RESULT_NAME = "config.yaml", "log.jsonl", "result.json"
 CHECKPOINT_NAME, FINAL_WEIGHTS_NAME, TRAIN_LOG_NAME, LOCK_NAME = "checkpoint.pt", "final.pt", "train.log", ".lock"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"  # the one before: resumed from when checkpoint.pt is unreadable
+DATA_NAME = "data.json"  # what the betons held ({setting: identity}), written at every start
 # settings that change speed or output, not results: a run may resume (and count as finished) with other values
 RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.",
                     "model.se_kernel", "training.compile")
+# compared by what the betons hold where the run directory records it (DATA_NAME), not by where they lie: a
+# copy on a node's local disk is the same data (README, "Several nodes")
+DATA_KEYS = ("data.train_dataset", "data.val_dataset")
 
 
 class RunDirError(UserError):
@@ -31,20 +35,27 @@ def run_name(arch: str, squeeze: str, recipe: str, seed: int) -> str:
     return f"{arch}-{squeeze}-{recipe}-s{seed}"
 
 
-def first_difference(recorded: Dict[str, Any], requested: Dict[str, Any]) -> Optional[str]:
+def first_difference(recorded: Dict[str, Any], requested: Dict[str, Any], free: tuple = ()) -> Optional[str]:
     """The first result-changing setting whose value differs (None when the runs are the same run)."""
     for key, value in requested.items():
-        if not key.startswith(RESUME_FREE_KEYS) and recorded.get(key) != value:
+        if not key.startswith(RESUME_FREE_KEYS + free) and recorded.get(key) != value:
             return key
     return None
 
 
-def refuse_other_run(run_dir: Path, recorded: Dict[str, Any], requested: Dict[str, Any], remedy: str) -> None:
-    """Raise a one-line RunDirError when `run_dir` holds a run with other result-changing settings."""
-    key = first_difference(recorded, requested)
+def refuse_other_run(run_dir: Path, recorded: Dict[str, Any], requested: Dict[str, Any], remedy: str,
+                     data: Optional[Dict[str, str]] = None) -> None:
+    """Raise a one-line RunDirError when `run_dir` holds a run with other result-changing settings, or, given
+    the identities of the betons asked for (`data`), one trained on other betons."""
+    trained_on = read_json(Path(run_dir) / DATA_NAME) if data else None
+    key = first_difference(recorded, requested, DATA_KEYS if trained_on else ())
     if key is not None:
         raise RunDirError(f"{run_dir} holds a run with {key}={recorded.get(key)!r}, not {requested[key]!r}; "
                           f"{remedy}")
+    for key, identity in (data or {}).items() if trained_on else ():
+        if trained_on.get(key) != identity:
+            raise RunDirError(f"{run_dir} was trained on other data: its {key} held {trained_on.get(key)}, "
+                              f"{requested[key]} holds {identity}; {remedy}")
 
 
 def read_json(path: Path) -> Optional[Any]:
@@ -77,12 +88,13 @@ def recorded_config(run_dir: Path, result: Optional[Dict[str, Any]] = None) -> O
     return {f"{section}.{key}": value for section, values in (tree or {}).items() for key, value in values.items()}
 
 
-def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str) -> bool:
-    """True when `run_dir` finished the run `config` asks for; a run with other settings there is refused."""
+def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str, data: Optional[Dict[str, str]] = None) -> bool:
+    """True when `run_dir` finished the run `config` asks for (on the betons `data` identifies); a run with
+    other settings there is refused."""
     result = read_result(run_dir)
     recorded = recorded_config(run_dir, result)
     if recorded is not None:
-        refuse_other_run(run_dir, recorded, config, remedy)
+        refuse_other_run(run_dir, recorded, config, remedy, data)
     return bool(result) and result.get("finished_epochs") == config["training.epochs"]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from dataset_prep.beton import data_identity
 from pipeline import checkpoint as ckpt
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
@@ -29,8 +30,9 @@ from pipeline.errors import StorageError, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
-from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, FINAL_WEIGHTS_NAME, LOG_NAME, PREVIOUS_CHECKPOINT_NAME,
-                              RESULT_NAME, RunDirError, RunLock, is_finished, refuse_other_run, run_name)
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
+                              PREVIOUS_CHECKPOINT_NAME, RESULT_NAME, RunDirError, RunLock, is_finished,
+                              refuse_other_run, run_name)
 from pipeline.schedule import lr_factor, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
@@ -109,13 +111,14 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
 
-def resume_state(run_dir: Path, config: Dict[str, Any], world: World) -> Optional[Dict[str, Any]]:
+def resume_state(run_dir: Path, config: Dict[str, Any], world: World,
+                 data: Dict[str, str]) -> Optional[Dict[str, Any]]:
     state, warning = ckpt.load_latest_checkpoint(run_dir)
     if state is None:
         return None
     if warning and world.is_main:
         print(warning, flush=True)
-    refuse_other_run(run_dir, state["config"], config, OTHER_RUN_REMEDY)
+    refuse_other_run(run_dir, state["config"], config, OTHER_RUN_REMEDY, data)
     trained_by = state.get("world_size", world.world_size)  # not recorded before this check existed
     if trained_by != world.world_size:
         batch = config["training.batch_size"]
@@ -174,7 +177,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
                           config["training.weight_decay"], config["training.decay_norm_and_bias"])
     scaler = precision.grad_scaler()
     history, first_epoch = [], 0
-    state = resume_state(run_dir, config, world)
+    state = resume_state(run_dir, config, world, data_identities(metadata))
     if state is not None:
         history, first_epoch = restore(state, model, optimizer, scaler)
         if world.is_main:
@@ -210,7 +213,8 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
                                  world.world_size)
             print(epoch_line(epoch, resolution, metrics, started, compile_mode != "none"), flush=True)
         barrier()
-    result = summarize(config, history, parameters, world, global_batch, precision.name)
+    result = summarize(config, history, parameters, world, global_batch, precision.name) | {
+        "data": data_identities(metadata)}
     if world.is_main:
         ckpt.save_final_weights(run_dir / FINAL_WEIGHTS_NAME, network, model_settings(config, num_classes))
         write_text_atomic(run_dir / RESULT_NAME, json.dumps(result, indent=1) + "\n")
@@ -300,6 +304,11 @@ def check_data(config: Dict[str, Any]) -> Tuple[dict, dict]:
     return train_meta, val_meta
 
 
+def data_identities(metadata: Tuple[dict, dict]) -> Dict[str, str]:
+    """{data setting: what its beton holds}: a run directory is matched on these, not on the betons' paths."""
+    return {key: data_identity(meta) for key, meta in zip(DATA_KEYS, metadata)}
+
+
 def check_batch_fits(config: Dict[str, Any], train_meta: dict, world: World) -> None:
     per_process = train_meta["num_samples"] // world.world_size
     if config["training.batch_size"] > per_process:
@@ -325,7 +334,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
     check_batch_fits(config, metadata[0], world)
     if resume_required and not any((run_dir / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)):
         raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
-    if is_finished(run_dir, config, OTHER_RUN_REMEDY):
+    if is_finished(run_dir, config, OTHER_RUN_REMEDY, data_identities(metadata)):
         if world.is_main:
             print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
         return
@@ -338,6 +347,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
                 print(f"removed {len(removed)} temporary file(s) left by dead processes: "
                       f"{', '.join(path.name for path in removed)}")
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
+            write_text_atomic(run_dir / DATA_NAME, json.dumps(data_identities(metadata), indent=1) + "\n")
             print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
         barrier()
         result = train(config, run_dir, world, metadata)

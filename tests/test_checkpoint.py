@@ -82,5 +82,5 @@ def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
                     [], 2)
     with pytest.raises(RunDirError, match=r"was trained by 2 processes \(global batch 128\); resuming it with 1 "
                                           r"process would change the global batch .*resume it with 2 processes"):
-        resume_state(tmp_path, config, World(0, 1, 0, 1, torch.device("cpu")))
-    assert resume_state(tmp_path, config, World(1, 2, 1, 2, torch.device("cpu")))["epoch"] == 0
+        resume_state(tmp_path, config, World(0, 1, 0, 1, torch.device("cpu")), {})
+    assert resume_state(tmp_path, config, World(1, 2, 1, 2, torch.device("cpu")), {})["epoch"] == 0

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipeline.atomic import remove_stale_temporaries
-from pipeline.run_dir import RESULT_NAME, RunDirError, RunLock, first_difference, is_finished
+from pipeline.run_dir import DATA_NAME, RESULT_NAME, RunDirError, RunLock, first_difference, is_finished
 
 CONFIG = {"training.epochs": 2, "lr.lr": 0.4, "model.squeeze": "gmp", "logging.run_dir": "a", "model.se_kernel": "auto"}
 
@@ -43,6 +43,25 @@ def test_a_folder_holding_a_run_with_other_settings_is_refused(tmp_path):
     run_dir = finished_run(tmp_path / "r")
     with pytest.raises(RunDirError, match=r"holds a run with lr.lr=0.4, not 0.2; use another root"):
         is_finished(run_dir, CONFIG | {"lr.lr": 0.2}, "use another root")
+
+
+def test_betons_are_matched_by_what_they_hold_not_where_they_lie(tmp_path):
+    """Betons copied to a node's local disk (README, "Several nodes") made a run "another run" by its path alone."""
+    shared = CONFIG | {"data.train_dataset": "/shared/train.beton"}
+    moved = shared | {"data.train_dataset": "/local/train.beton"}
+    held = {"data.train_dataset": "2000 images written 2026-11-26T17:19"}
+    old = finished_run(tmp_path / "old", shared)  # from before the run directory recorded its data: by path
+    with pytest.raises(RunDirError, match=r"holds a run with data.train_dataset='/shared/train.beton', not "):
+        is_finished(old, moved, "fix it", held)
+    run_dir = finished_run(tmp_path / "r", shared)
+    (run_dir / DATA_NAME).write_text(json.dumps(held))
+    assert is_finished(run_dir, moved, "fix it", held) is True
+    with pytest.raises(RunDirError, match=r"r was trained on other data: its data.train_dataset held 2000 images "
+                                          r"written 2026-11-26T17:19, /local/train.beton holds 2000 images written "
+                                          r"2026-11-27T09:00; fix it"):
+        is_finished(run_dir, moved, "fix it", {"data.train_dataset": "2000 images written 2026-11-27T09:00"})
+    with pytest.raises(RunDirError, match=r"holds a run with lr.lr=0.4, not 0.2"):
+        is_finished(run_dir, moved | {"lr.lr": 0.2}, "fix it", held)  # other settings are still compared
 
 
 def test_a_locked_run_directory_names_its_holder(tmp_path):

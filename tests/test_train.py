@@ -84,11 +84,16 @@ def test_sigkill_mid_run_then_resume_ends_at_the_right_epoch(tiny_betons, tmp_pa
     finally:
         process.kill()
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] in (0, 1)
-    resumed = run_script(arguments[1:])
+    copied = shutil.copytree(tiny_betons, tmp_path / "local", ignore=shutil.ignore_patterns("images"))
+    resumed = run_script(arguments[1:] + [f"--data.train_dataset={copied / 'train.beton'}",
+                                          f"--data.val_dataset={copied / 'val.beton'}"])  # moved: the same data
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     assert [line["epoch"] for line in read_log(run_dir)] == [1, 2, 3]
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2
+    recorded = json.loads((run_dir / "data.json").read_text())
+    assert json.loads((run_dir / "result.json").read_text())["data"] == recorded
+    assert recorded["data.train_dataset"].startswith("120 images written ")
 
 
 def test_two_process_gloo_metrics_equal_one_process_eval(tiny_betons, tmp_path):
