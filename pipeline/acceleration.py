@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.kernels import gpu_too_old_for_triton
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,14 @@ def compile_mode_used(choice: str, device: torch.device, distributed: bool) -> s
     configuration measured, benchmarks/RESULTS.md), default under DDP (there the graphs are split at the gradient
     buckets, and BatchNorm's running statistics, mutated inside the pieces, are reported to keep CUDA graphs off
     with a large slowdown: pytorch/pytorch#139207), none on the CPU (compiling costs more than it saves in the
-    short runs a CPU does). Any other value as given."""
+    short runs a CPU does) and on GPUs Triton does not compile for. Any other value as given (refused there)."""
+    too_old = gpu_too_old_for_triton(device)
+    if choice not in ("auto", "none") and too_old:
+        raise UserError(f"training.compile={choice} needs a GPU of CUDA capability 7.0 or newer (inductor compiles "
+                        f"with Triton): {too_old}; use training.compile=none (or auto)")
     if choice != "auto":
         return choice
-    if device.type != "cuda":
+    if device.type != "cuda" or too_old:
         return "none"
     return "default" if distributed else "reduce-overhead"
 

@@ -359,7 +359,8 @@ def main(argv: List[str]) -> int:
     try:
         args, config, explicit = parse_command_line(argv)
         world = init_world(config["dist.backend"], config["dist.timeout_min"])
-        se_kernel_used(config, world)  # settings that cannot run here fail before the run directory exists
+        compile_used(config, world)  # settings that cannot run here fail before the run directory exists
+        se_kernel_used(config, world)
         choose_precision(config["training.precision"], world.device)
         if args.eval_only:
             metrics = evaluate_weights(config, args.weights, world, explicit)

@@ -93,3 +93,29 @@ def test_only_models_with_per_size_tensors_get_the_warm_up():
 def test_unwrap_reaches_the_plain_model():
     model = two_size_model("gap")
     assert acceleration.unwrap(compile_like_training(model)) is model
+
+
+def test_a_gpu_triton_does_not_compile_for_runs_eager_torch_ops(monkeypatch, request):
+    """On a Pascal GPU (the P100 of free notebook services, CUDA capability 6.0) the defaults ran the SE tails as
+    Triton kernels (se_kernel=auto) and the GPU recipes compiled with inductor (training.compile=auto): both
+    need Triton, which does not compile for it, so the first step failed deep inside the compiler."""
+    from pipeline.errors import UserError
+    from pipeline.kernels import KernelUnavailableError, gpu_too_old_for_triton, resolve_se_kernel
+    gpu_too_old_for_triton.cache_clear()  # it caches each GPU's answer: the fake GPUs' must not outlive the test
+    request.addfinalizer(gpu_too_old_for_triton.cache_clear)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    gpu = torch.device("cuda", 0)
+    assert resolve_se_kernel("auto", gpu, True) == "torch"
+    assert acceleration.compile_mode_used("auto", gpu, distributed=False) == "none"
+    with pytest.raises(KernelUnavailableError, match=r"^se_kernel=triton needs a GPU of CUDA capability 7.0 or newer "
+                                                     r"\(Triton's\): Tesla P100-PCIE-16GB is CUDA capability 6.0"):
+        resolve_se_kernel("triton", gpu, True)
+    with pytest.raises(UserError, match=r"^training.compile=default needs a GPU of CUDA capability 7.0 or newer .*"
+                                        r"Tesla P100-PCIE-16GB is CUDA capability 6.0; use training.compile=none"):
+        acceleration.compile_mode_used("default", gpu, distributed=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4: Triton's
+    gpu_too_old_for_triton.cache_clear()
+    assert resolve_se_kernel("auto", gpu, True) == "triton"
+    assert acceleration.compile_mode_used("auto", gpu, distributed=False) == "reduce-overhead"

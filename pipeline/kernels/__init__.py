@@ -7,8 +7,10 @@ kernels' algorithm in torch ops (any device; for torch.compile to generate the k
 eager mode and under torch.compile's reduce-overhead mode (CUDA graphs), inductor's own code for the torch ops
 in its other modes.
 """
+import functools
 import importlib.util
 import os
+from typing import Optional
 
 import torch
 
@@ -36,6 +38,7 @@ def check_se_kernel(choice: str, source: str = "se_kernel") -> str:
 
 
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # found without importing it
+TRITON_MIN_CAPABILITY = (7, 0)  # torch's own test before inductor uses Triton (device_interface.is_triton_capable)
 
 
 def triton_available() -> bool:
@@ -47,6 +50,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.lru_cache(maxsize=None)  # asked at every SE tail's forward (`auto`): the answer is the GPU's
+def gpu_too_old_for_triton(device: torch.device) -> Optional[str]:
+    """'<GPU name> is CUDA capability 6.0' for a GPU Triton does not compile for (below 7.0: Pascal, e.g. the P100
+    of free notebook services), else None. torch.compile's inductor needs Triton there too."""
+    if device.type != "cuda" or not torch.cuda.is_available():  # no GPU to ask: nothing runs there anyway
+        return None
+    if torch.cuda.get_device_capability(device) >= TRITON_MIN_CAPABILITY:
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} is CUDA capability {major}.{minor}"
+
+
 def triton_unavailable_reason(device: torch.device):
     """Why se_kernel=triton cannot run on `device` (None when it can)."""
     if not triton_available():
@@ -54,6 +69,10 @@ def triton_unavailable_reason(device: torch.device):
     if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
         return (f"se_kernel=triton runs on CUDA tensors, not {device.type} (CPU only with TRITON_INTERPRET=1 "
                 "set before triton is imported); use se_kernel=auto or torch")
+    too_old = gpu_too_old_for_triton(device)
+    if too_old:
+        return (f"se_kernel=triton needs a GPU of CUDA capability 7.0 or newer (Triton's): {too_old}; use "
+                "se_kernel=auto")
     return None
 
 
@@ -67,7 +86,7 @@ def resolve_se_kernel(choice: str, device: torch.device, channels_last: bool, co
         return "triton"
     if choice != "auto":
         return choice
-    if device.type == "cuda" and triton_available() and channels_last and (
+    if device.type == "cuda" and triton_unavailable_reason(device) is None and channels_last and (
             compile_mode == "none" or compile_mode in KERNEL_COMPILE_MODES):
         return "triton"
     return "torch"
