@@ -31,10 +31,12 @@ class Precision:
 
 
 def choose_precision(requested: str, device: torch.device) -> Precision:
-    """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU (CPU bf16 is slower here)."""
+    """auto: bf16 on GPUs that compute in it (capability 8.0 and newer), fp16 on older GPUs, fp32 on the CPU
+    (CPU bf16 is slower here). torch's bf16 test counts emulation as support by default: it said bf16 on a T4
+    or V100, which has no bf16 arithmetic."""
     if requested == "auto":
         if device.type == "cuda":
-            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            requested = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         else:
             requested = "fp32"
     if requested == "fp16" and device.type != "cuda":

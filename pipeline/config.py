@@ -146,7 +146,7 @@ def declare(config: Config) -> Config:
         decay_norm_and_bias=Param(TrueFalse(), "apply weight decay to BN parameters and biases too",
                                   default=False),
         label_smoothing=Param(Number(float, 0, 1), "label smoothing", default=0.1),
-        precision=Param(Choice(PRECISIONS), "auto = bf16 on GPUs that have it, else fp16 + GradScaler "
+        precision=Param(Choice(PRECISIONS), "auto = bf16 on GPUs that compute in it (8.0+), else fp16 + GradScaler "
                         "on GPUs, fp32 on CPU", default="auto"),
         channels_last=Param(TrueFalse(), "NHWC memory format", default=True),
         compile=Param(Choice(COMPILE_MODES), "torch.compile mode; auto = reduce-overhead on one GPU, default "

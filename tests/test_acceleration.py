@@ -119,3 +119,13 @@ def test_a_gpu_triton_does_not_compile_for_runs_eager_torch_ops(monkeypatch, req
     gpu_too_old_for_triton.cache_clear()
     assert resolve_se_kernel("auto", gpu, True) == "triton"
     assert acceleration.compile_mode_used("auto", gpu, distributed=False) == "reduce-overhead"
+
+
+def test_auto_precision_is_fp16_on_gpus_without_bf16_arithmetic(monkeypatch):
+    """torch.cuda.is_bf16_supported() counts emulation as support, so auto chose bf16 on a T4 (Colab, Kaggle)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # a bf16 tensor: made
+    for major, expected in [(7, "fp16"), (8, "bf16"), (9, "bf16")]:
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, major=major: mock.Mock(major=major))
+        assert acceleration.choose_precision("auto", torch.device("cuda", 0)).name == expected
