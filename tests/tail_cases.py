@@ -69,6 +69,7 @@ def run_tail(se, bn, z, identity, grad, kernel: str, training: bool, identity_bn
 CASES = {  # name: (batch, channels, height, width, dtype, training, input kind)
     "fp32": (2, 48, 7, 7, torch.float32, True, "normal"),
     "bf16": (2, 48, 7, 7, torch.bfloat16, True, "normal"),
+    "fp16": (2, 48, 7, 7, torch.float16, True, "normal"),  # auto precision on GPUs without bf16 (a T4, a V100)
     "eval": (2, 48, 3, 5, torch.float32, False, "normal"),
     "1x1": (3, 48, 1, 1, torch.float32, True, "normal"),
     "B1-C80-bf16": (1, 80, 3, 5, torch.bfloat16, True, "normal"),
