@@ -88,9 +88,17 @@ def recorded_config(run_dir: Path, result: Optional[Dict[str, Any]] = None) -> O
     return {f"{section}.{key}": value for section, values in (tree or {}).items() for key, value in values.items()}
 
 
+def has_trained(run_dir: Path) -> bool:
+    """Whether `run_dir` holds anything trained: a result or a checkpoint. A run that stopped before its first
+    epoch ended (out of GPU memory at its first step) leaves only config.yaml: nothing to keep from other settings."""
+    return any((Path(run_dir) / name).is_file() for name in (RESULT_NAME, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME))
+
+
 def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str, data: Optional[Dict[str, str]] = None) -> bool:
     """True when `run_dir` finished the run `config` asks for (on the betons `data` identifies); a run with
-    other settings there is refused."""
+    other settings there is refused (one that trained nothing is not)."""
+    if not has_trained(run_dir):
+        return False
     result = read_result(run_dir)
     recorded = recorded_config(run_dir, result)
     if recorded is not None:

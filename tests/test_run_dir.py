@@ -8,7 +8,8 @@ import time
 import pytest
 
 from pipeline.atomic import remove_stale_temporaries
-from pipeline.run_dir import DATA_NAME, RESULT_NAME, RunDirError, RunLock, first_difference, is_finished
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, RESULT_NAME, RunDirError, RunLock,
+                              first_difference, is_finished)
 
 CONFIG = {"training.epochs": 2, "lr.lr": 0.4, "model.squeeze": "gmp", "logging.run_dir": "a", "model.se_kernel": "auto"}
 
@@ -43,6 +44,18 @@ def test_a_folder_holding_a_run_with_other_settings_is_refused(tmp_path):
     run_dir = finished_run(tmp_path / "r")
     with pytest.raises(RunDirError, match=r"holds a run with lr.lr=0.4, not 0.2; use another root"):
         is_finished(run_dir, CONFIG | {"lr.lr": 0.2}, "use another root")
+
+
+def test_a_run_that_trained_nothing_may_start_again_with_other_settings(tmp_path):
+    """Out of GPU memory at its first step, a run leaves only config.yaml; the smaller batch that fixes it was
+    refused as "another run" until the folder was deleted."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / CONFIG_NAME).write_text("training:\n  epochs: 2\n  batch_size: 1024\n")
+    assert is_finished(run_dir, {"training.epochs": 2, "training.batch_size": 512}, "fix it") is False
+    (run_dir / CHECKPOINT_NAME).write_bytes(b"epoch 1")  # once an epoch is kept, other settings are another run
+    with pytest.raises(RunDirError, match=r"holds a run with training.batch_size=1024, not 512; fix it"):
+        is_finished(run_dir, {"training.epochs": 2, "training.batch_size": 512}, "fix it")
 
 
 def test_betons_are_matched_by_what_they_hold_not_where_they_lie(tmp_path):
