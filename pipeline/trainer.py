@@ -355,6 +355,23 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
         print(json.dumps(result))
 
 
+def out_of_memory(config: Dict[str, Any], world: World, evaluating: bool) -> UserError:
+    """A batch too large for this GPU (a recipe from a bigger one), in one line that says what to change: it was
+    CUDA's traceback. Whatever finished stays: the checkpoint of the last finished epoch."""
+    device, where = world.device, str(world.device)
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}, {torch.cuda.mem_get_info(device)[1] / 2**30:.0f} GiB"
+    if evaluating:
+        return UserError(f"out of GPU memory ({where}) at validation.batch_size {config['validation.batch_size']}: "
+                         "lower --validation.batch_size")
+    advice = "lower --training.batch_size (a new run: the lr follows the global batch)"
+    if compile_used(config, world) == "reduce-overhead":
+        advice += (", or pass --training.compile=default (CUDA graphs keep a memory pool of their own; a run may "
+                   "resume with it)")
+    return UserError(f"out of GPU memory ({where}) at training.batch_size {config['training.batch_size']} per GPU, "
+                     f"up to {config['resolution.max_res']} px: {advice}")
+
+
 def main(argv: List[str]) -> int:
     try:
         args, config, explicit = parse_command_line(argv)
@@ -374,6 +391,8 @@ def main(argv: List[str]) -> int:
         return 0
     except UserError as error:
         return report_user_error("train.py", error)
+    except torch.cuda.OutOfMemoryError:
+        return report_user_error("train.py", out_of_memory(config, world, args.eval_only))
     except NonFiniteLossError as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 1

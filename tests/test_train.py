@@ -301,3 +301,14 @@ def test_weights_that_name_a_run_directory_say_which_file_to_give(tmp_path, caps
                                        f"e.g. {tmp_path / 'final.pt'}\n")
     assert train_main(["--cfg", recipe, "--eval-only", "--weights", str(tmp_path / "nowhere.pt")]) == 2
     assert capsys.readouterr().err == f"train.py: error: --weights {tmp_path / 'nowhere.pt'} does not exist\n"
+
+
+def test_out_of_gpu_memory_is_one_line_that_says_what_to_change(monkeypatch, capsys):
+    """A recipe from a bigger GPU (rn18's 1,024 per GPU on a 16 GB card) ended in CUDA's traceback."""
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.53 GiB")
+    monkeypatch.setattr("pipeline.trainer.run_in_directory", out_of_memory)
+    assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml")]) == 2
+    assert capsys.readouterr().err == ("train.py: error: out of GPU memory (cpu) at training.batch_size 64 per GPU, up "
+                                       "to 32 px: lower --training.batch_size (a new run: the lr follows the global "
+                                       "batch)\n")
