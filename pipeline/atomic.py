@@ -2,6 +2,8 @@
 import contextlib
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,25 +20,46 @@ def temporary_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C within the block takes effect when it ends. torch.save turned an interrupt in mid-checkpoint into a
+    short-write RuntimeError, which was reported as a full disk. Only the main thread receives signals, and a
+    SIGINT that is ignored (a background job) stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, None):
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", previous: Optional[Path] = None):
     """A handle on a temp file beside `path`, renamed onto `path` only when the block finishes without error;
     with `previous`, the file it replaces is kept under that name. A failed write (disk full, read-only
-    folder) is a one-line StorageError naming the file, and leaves the old file as it was."""
+    folder) is a one-line StorageError naming the file, and leaves the old file as it was. Ctrl-C waits for the
+    write to end (the files written so are small: logs, results, checkpoints)."""
     path = Path(path)
     temporary = temporary_path(path)
-    try:
-        with open(temporary, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise StorageError(f"could not write {path}: {error.strerror or error}; free space on its filesystem or "
-                           "choose a writable folder (the previous file, if any, is intact)") from None
-    finally:
-        temporary.unlink(missing_ok=True)
+    with interrupts_deferred():
+        try:
+            with open(temporary, mode) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            if previous is not None and path.exists():
+                os.replace(path, previous)
+            os.replace(temporary, path)
+        except OSError as error:
+            raise StorageError(f"could not write {path}: {error.strerror or error}; free space on its filesystem "
+                               "or choose a writable folder (the previous file, if any, is intact)") from None
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

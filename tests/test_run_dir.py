@@ -1,13 +1,14 @@
 """The run-directory contract: what 'finished' means, refusing another run's folder, the lock, stale temp files."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from pipeline.atomic import remove_stale_temporaries
+from pipeline.atomic import atomic_open, remove_stale_temporaries
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, RESULT_NAME, RunDirError, RunLock,
                               first_difference, is_finished)
 
@@ -111,3 +112,16 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
         path.write_text("x")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted([stale, stale_failures])
     assert live.exists() and kept.exists() and not stale.exists()
+
+
+def test_ctrl_c_during_an_atomic_write_takes_effect_once_the_file_is_whole(tmp_path):
+    """Ctrl-C in mid-checkpoint became torch.save's short-write error, reported as a full disk."""
+    target = tmp_path / "checkpoint.pt"
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(target, "wb") as handle:
+            handle.write(b"first half, ")
+            os.kill(os.getpid(), signal.SIGINT)
+            handle.write(b"second half")
+    assert target.read_bytes() == b"first half, second half"
+    assert signal.getsignal(signal.SIGINT) is handler
