@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.atomic import write_text_atomic
 from pipeline.config import ConfigError, parse_overrides, resolve
-from pipeline.errors import USAGE_EXIT, UserError, report_user_error
+from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
 from pipeline.processes import die_with_parent
 from pipeline.report import MANIFEST_NAME, write_report
 from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
@@ -251,7 +251,12 @@ def main(argv: List[str]) -> int:
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
           f"{len(slots)} slot(s): {', '.join(','.join(s.devices) or 'cpu' for s in slots)}", flush=True)
     started = time.time()
-    outcome = run_schedule(todo, slots, lambda job, slot: launch_process(job, slot, args.cfg, rest))
+    try:
+        outcome = run_schedule(todo, slots, lambda job, slot: launch_process(job, slot, args.cfg, rest))
+    except KeyboardInterrupt:  # Ctrl-C: the runs in progress were stopped (run_schedule), each keeps its epochs
+        print(f"ablate.py: interrupted; the finished runs and epochs are kept in {root}: the same command "
+              "continues the ablation", file=sys.stderr)
+        return INTERRUPTED_EXIT
     manifest["failed"] = [{"squeeze": job.squeeze, "seed": job.seed, "run_dir": str(job.run_dir)}
                           for job in outcome["failed"]]
     write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")

@@ -26,7 +26,7 @@ from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world,
                                   processes)
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
-from pipeline.errors import StorageError, UserError, report_user_error
+from pipeline.errors import INTERRUPTED_EXIT, StorageError, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
@@ -387,7 +387,12 @@ def main(argv: List[str]) -> int:
                 print(json.dumps(metrics))
             return 0
         run_dir = Path(config["logging.run_dir"]) if config["logging.run_dir"] else default_run_dir(config, args.cfg)
-        run_in_directory(config, run_dir, world, args.resume)
+        try:
+            run_in_directory(config, run_dir, world, args.resume)
+        except KeyboardInterrupt:  # Ctrl-C: say what is kept, not where the interpreter happened to be
+            print(f"train.py: interrupted; the epochs finished so far are kept in {run_dir}: the same command "
+                  "resumes after the last of them", file=sys.stderr)
+            return INTERRUPTED_EXIT
         return 0
     except UserError as error:
         return report_user_error("train.py", error)

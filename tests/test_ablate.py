@@ -143,6 +143,20 @@ def test_ablate_refuses_arms_and_seeds_that_make_no_ablation(arguments, message,
     assert not root.exists()
 
 
+def test_ctrl_c_says_the_same_command_continues(tiny_betons, tmp_path, capsys, monkeypatch):
+    """Ctrl-C printed a traceback from the runner's polling loop."""
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ablate, "run_schedule", interrupted)
+    root = tmp_path / "ablation"
+    arguments = ["--squeeze", "gap", "--gpus", "none", "--runs-root", str(root),
+                 *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
+    arguments.remove(f"--logging.run_dir={tmp_path / 'unused'}")
+    assert ablate_main(arguments) == 130
+    assert capsys.readouterr().err == (f"ablate.py: interrupted; the finished runs and epochs are kept in {root}: "
+                                       "the same command continues the ablation\n")
+
+
 def test_ablate_refuses_missing_data_or_gpus_before_any_run(tiny_betons, tmp_path, capsys, monkeypatch):
     """Each run failed alone before (twice each, a CPU run for a GPU that is not there)."""
     root = tmp_path / "ablation"

@@ -312,3 +312,14 @@ def test_out_of_gpu_memory_is_one_line_that_says_what_to_change(monkeypatch, cap
     assert capsys.readouterr().err == ("train.py: error: out of GPU memory (cpu) at training.batch_size 64 per GPU, up "
                                        "to 32 px: lower --training.batch_size (a new run: the lr follows the global "
                                        "batch)\n")
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_path):
+    """Ctrl-C printed a traceback into autograd's engine."""
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("pipeline.trainer.run_in_directory", interrupted)
+    run_dir = tmp_path / "run"
+    assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), f"--logging.run_dir={run_dir}"]) == 130
+    assert capsys.readouterr().err == (f"train.py: interrupted; the epochs finished so far are kept in {run_dir}: the "
+                                       "same command resumes after the last of them\n")
