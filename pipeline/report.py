@@ -260,6 +260,8 @@ def write_report(root: Path) -> Report:
     runs = read_runs(root)
     manifest = read_manifest(root)
     if not runs and not manifest:
+        if (root / RESULT_NAME).is_file():  # a run directory itself: it was told to train first
+            raise UserError(f"{root} is a run directory; give the folder that holds run directories: {root.parent}")
         raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
     experiments, notes = group_experiments(runs)
     if not experiments:  # asked for, nothing finished: the table of missing arms

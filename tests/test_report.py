@@ -84,6 +84,16 @@ def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "holds no finished run" in result.stderr
 
 
+def test_report_on_a_run_directory_names_its_parent(tmp_path, capsys):
+    """report.py runs/x (one run, not the folder of runs) said to train first."""
+    write_result(tmp_path, "gap", 0, 70.0, 90.0)
+    run_dir = tmp_path / "resnet18-gap-x-s0"
+    assert report_main([str(run_dir)]) == 2
+    assert capsys.readouterr().err == (f"report.py: error: {run_dir} is a run directory; give the folder that holds "
+                                       f"run directories: {tmp_path}\n")
+    assert report_main([str(tmp_path)]) == 0
+
+
 def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
     assert report_main([str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
