@@ -209,7 +209,8 @@ def choose_gpus(text: Optional[str], visible: Sequence[str]) -> List[str]:
 
 def parse_command_line(argv: List[str]):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Any other --section.key=value "
-                                     "is passed to every run (see `python pipeline/train.py --help`).")
+                                     "is passed to every run (see `python pipeline/train.py --help`), except "
+                                     f"those the runner sets per run: {', '.join(PER_RUN_KEYS)}.")
     parser.add_argument("--cfg", type=Path, required=True, help="recipe of every run")
     parser.add_argument("--squeeze", default="all", help="'all' (every registered arm) or a comma list")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds per arm")
