@@ -238,10 +238,11 @@ def resolve(recipe: Optional[Path], overrides: Dict[str, Tuple[Any, str]]) -> Di
 def check_reduction(config: Dict[str, Any], values: Dict[str, Tuple[Any, str]]) -> None:
     """A reduction ratio the model cannot take fails here in one line, not as build_model's ValueError."""
     arch, reduction = config["model.arch"], config["model.reduction"]
-    if config["model.squeeze"] != BASELINE and reduction > largest_reduction(arch):
+    largest = largest_reduction(arch)
+    if config["model.squeeze"] != BASELINE and reduction > largest:
         source = values.get("model.reduction", (None, "defaults"))[1]
         raise ConfigError(f"model.reduction {reduction} (from {source}) leaves no hidden unit in {arch}'s first SE "
-                          f"blocks ({largest_reduction(arch)} channels); use at most {largest_reduction(arch)}")
+                          f"blocks ({largest} channels); use at most {largest}")
 
 
 def parse_overrides(arguments: List[str]) -> Dict[str, Tuple[Any, str]]:

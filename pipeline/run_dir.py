@@ -52,7 +52,9 @@ def refuse_other_run(run_dir: Path, recorded: Dict[str, Any], requested: Dict[st
     if key is not None:
         raise RunDirError(f"{run_dir} holds a run with {key}={recorded.get(key)!r}, not {requested[key]!r}; "
                           f"{remedy}")
-    for key, identity in (data or {}).items() if trained_on else ():
+    if not trained_on:
+        return
+    for key, identity in data.items():
         if trained_on.get(key) != identity:
             raise RunDirError(f"{run_dir} was trained on other data: its {key} held {trained_on.get(key)}, "
                               f"{requested[key]} holds {identity}; {remedy}")
@@ -88,10 +90,15 @@ def recorded_config(run_dir: Path, result: Optional[Dict[str, Any]] = None) -> O
     return {f"{section}.{key}": value for section, values in (tree or {}).items() for key, value in values.items()}
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint to resume from (the current one, or the one before it)."""
+    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME))
+
+
 def has_trained(run_dir: Path) -> bool:
     """Whether `run_dir` holds anything trained: a result or a checkpoint. A run that stopped before its first
     epoch ended (out of GPU memory at its first step) leaves only config.yaml: nothing to keep from other settings."""
-    return any((Path(run_dir) / name).is_file() for name in (RESULT_NAME, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME))
+    return (Path(run_dir) / RESULT_NAME).is_file() or has_checkpoint(run_dir)
 
 
 def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str, data: Optional[Dict[str, str]] = None) -> bool:

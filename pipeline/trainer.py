@@ -31,8 +31,8 @@ from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
-                              PREVIOUS_CHECKPOINT_NAME, RESULT_NAME, RunDirError, RunLock, is_finished,
-                              refuse_other_run, run_name)
+                              RESULT_NAME, RunDirError, RunLock, has_checkpoint, is_finished, refuse_other_run,
+                              run_name)
 from pipeline.schedule import lr_factor, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
@@ -332,7 +332,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
     """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
     metadata = check_data(config)  # before anything is created
     check_batch_fits(config, metadata[0], world)
-    if resume_required and not any((run_dir / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)):
+    if resume_required and not has_checkpoint(run_dir):
         raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
     if is_finished(run_dir, config, OTHER_RUN_REMEDY, data_identities(metadata)):
         if world.is_main:

@@ -56,10 +56,10 @@ def gpu_too_old_for_triton(device: torch.device) -> Optional[str]:
     of free notebook services), else None. torch.compile's inductor needs Triton there too."""
     if device.type != "cuda" or not torch.cuda.is_available():  # no GPU to ask: nothing runs there anyway
         return None
-    if torch.cuda.get_device_capability(device) >= TRITON_MIN_CAPABILITY:
+    capability = torch.cuda.get_device_capability(device)
+    if capability >= TRITON_MIN_CAPABILITY:
         return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"{torch.cuda.get_device_name(device)} is CUDA capability {major}.{minor}"
+    return f"{torch.cuda.get_device_name(device)} is CUDA capability {capability[0]}.{capability[1]}"
 
 
 def triton_unavailable_reason(device: torch.device):
