@@ -232,6 +232,7 @@ def resolve(recipe: Optional[Path], overrides: Dict[str, Tuple[Any, str]]) -> Di
         raise ConfigError(f"bad value {given!r} for {key} (from {source}); expected {checker.help()}")
     resolved = {key: config[key] for key in known}
     check_reduction(resolved, values)
+    check_ramp(resolved, values)
     return resolved
 
 
@@ -243,6 +244,16 @@ def check_reduction(config: Dict[str, Any], values: Dict[str, Tuple[Any, str]]) 
         source = values.get("model.reduction", (None, "defaults"))[1]
         raise ConfigError(f"model.reduction {reduction} (from {source}) leaves no hidden unit in {arch}'s first SE "
                           f"blocks ({largest} channels); use at most {largest}")
+
+
+def check_ramp(config: Dict[str, Any], values: Dict[str, Tuple[Any, str]]) -> None:
+    """Progressive resizing grows the resolution (ffcv-imagenet asserts it); min_res is unused without a ramp."""
+    low, high = config["resolution.min_res"], config["resolution.max_res"]
+    if config["resolution.end_ramp"] > config["resolution.start_ramp"] and low > high:
+        sources = [values.get(f"resolution.{key}", (None, "defaults"))[1] for key in ("min_res", "max_res")]
+        raise ConfigError(f"resolution.min_res {low} (from {sources[0]}) is larger than resolution.max_res {high} "
+                          f"(from {sources[1]}); the resolution ramps up from min_res to max_res: raise max_res or "
+                          "lower min_res")
 
 
 def parse_overrides(arguments: List[str]) -> Dict[str, Tuple[Any, str]]:

@@ -35,12 +35,24 @@ class DataError(UserError, ValueError):
 
 
 def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
-    """ffcv-imagenet's progressive resizing: min_res until start_ramp, linear to max_res at end_ramp, rounded
-    to a multiple of 32 px (fewer distinct sizes: fewer cudnn/compile variants)."""
-    if end_ramp <= start_ramp:
+    """ffcv-imagenet's progressive resizing: min_res up to start_ramp, max_res from end_ramp on, linear between
+    and rounded to a multiple of 32 px there (fewer distinct sizes: fewer cudnn/compile variants)."""
+    if end_ramp <= start_ramp or epoch >= end_ramp:
         return max_res
+    if epoch <= start_ramp:
+        return min_res
     resolution = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
-    return int(np.round(resolution / RESOLUTION_STEP)) * RESOLUTION_STEP
+    return int(np.clip(np.round(resolution / RESOLUTION_STEP) * RESOLUTION_STEP, min_res, max_res))
+
+
+def ramp_shortfall(epochs: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> Optional[str]:
+    """A line saying that the run ends before its ramp reaches max_res (a recipe shortened with
+    --training.epochs), else None: not an error, but the resolution is not what the recipe says."""
+    last = resolution_at(epochs - 1, min_res, max_res, start_ramp, end_ramp)
+    if last == max_res:
+        return None
+    return (f"resolution.end_ramp {end_ramp} is past training.epochs {epochs}: the last epoch trains at {last} px, "
+            f"not resolution.max_res {max_res}")
 
 
 def check_beton(path: str, num_classes: Optional[int], against: Optional[str] = None) -> dict:

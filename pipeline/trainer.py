@@ -21,8 +21,8 @@ from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
                                    tune_convolutions, wrap_ddp)
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
-from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, resolution_at,
-                           set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
+from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, ramp_shortfall,
+                           resolution_at, set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world,
                                   processes)
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -164,9 +164,14 @@ def average_over_ranks(metrics: Dict[str, float], world: World) -> None:
     metrics["train_loss"], metrics["train_images_per_s"] = summed[0] / world.world_size, summed[1]
 
 
+def resolution_settings(config: Dict[str, Any]) -> List[int]:
+    """min_res, max_res, start_ramp, end_ramp: resolution_at's arguments after the epoch."""
+    return [config[f"resolution.{key}"] for key in ("min_res", "max_res", "start_ramp", "end_ramp")]
+
+
 def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[dict, dict]) -> Dict[str, Any]:
     epochs = config["training.epochs"]
-    resolution_args = [config[f"resolution.{k}"] for k in ("min_res", "max_res", "start_ramp", "end_ramp")]
+    resolution_args = resolution_settings(config)
     train_data, val_data, num_classes = build_data(config, world, resolution_at(0, *resolution_args), metadata)
     model = build_network(config, num_classes, world)
     parameters = sum(p.numel() for p in model.parameters())
@@ -349,6 +354,9 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
             write_text_atomic(run_dir / DATA_NAME, json.dumps(data_identities(metadata), indent=1) + "\n")
             print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
+            shortfall = ramp_shortfall(config["training.epochs"], *resolution_settings(config))
+            if shortfall:
+                print(f"note: {shortfall}", flush=True)
         barrier()
         result = train(config, run_dir, world, metadata)
     if world.is_main:

@@ -100,3 +100,16 @@ def test_a_reduction_the_model_cannot_take_is_one_line(arch, largest):
         build_model(arch, "gap", largest + 1, num_classes=10)  # the limit is the model's own
     baseline = ["--model.squeeze=baseline", f"--model.arch={arch}", f"--model.reduction={largest + 1}"]
     assert resolve(recipe, parse_overrides(baseline))["model.reduction"] == largest + 1  # no SE block: any ratio
+
+
+def test_a_ramp_that_shrinks_the_resolution_is_refused():
+    """ffcv-imagenet asserts min_res <= max_res; here --resolution.min_res=224 on an rn50 recipe trained from 224
+    down to 192 px without a word."""
+    recipe = RECIPES[0].parent / "rn50_16ep.yaml"
+    with pytest.raises(ConfigError, match=r"^resolution.min_res 224 \(from --resolution.min_res\) is larger than "
+                                          r"resolution.max_res 192 \(from recipes/_ffcv_imagenet.yaml|.*\); the "
+                                          r"resolution ramps up from min_res to max_res: raise max_res or lower "
+                                          r"min_res$"):
+        resolve(recipe, parse_overrides(["--resolution.min_res=224"]))
+    no_ramp = ["--resolution.min_res=224", "--resolution.start_ramp=0", "--resolution.end_ramp=0"]
+    assert resolve(recipe, parse_overrides(no_ramp))["resolution.min_res"] == 224  # unused: max_res throughout

@@ -1,7 +1,7 @@
 """Learning-rate schedules and progressive resizing at known points."""
 import pytest
 
-from pipeline.data import resolution_at, shard_indices
+from pipeline.data import ramp_shortfall, resolution_at, shard_indices
 from pipeline.schedule import WARMUP_START, lr_factor, scaled_lr
 
 
@@ -39,6 +39,23 @@ def test_progressive_resizing_wide_ramp():
     # np.round rounds halves to even, as in ffcv-imagenet: 176 -> 192, 208 -> 192
     assert [resolution_at(e, 160, 224, 10, 14) for e in (9, 10, 11, 12, 13, 14)] == [160, 160, 192, 192, 192, 224]
     assert resolution_at(0, 160, 192, 0, 0) == 192  # no ramp: max_res throughout
+
+
+def test_the_ramps_ends_are_the_resolutions_asked_for():
+    """As ffcv-imagenet: min_res up to start_ramp, max_res from end_ramp on, only the ramp between rounded. A
+    max_res of 200 used to train at 192, and a fixed 200 at 200: the same setting, two meanings."""
+    assert [resolution_at(e, 176, 200, 2, 6) for e in (0, 2, 3, 4, 6, 9)] == [176, 176, 192, 192, 200, 200]
+    # the ramp's rounded steps stay between its ends (205 rounds to 192)
+    assert [resolution_at(e, 200, 210, 0, 2) for e in range(3)] == [200, 200, 210]
+
+
+def test_a_ramp_past_the_last_epoch_is_named():
+    """rn18_16ep with --training.epochs=2 (README's example) never left 160 px, and nothing said so."""
+    assert ramp_shortfall(2, 160, 192, 11, 13) == ("resolution.end_ramp 13 is past training.epochs 2: the last "
+                                                   "epoch trains at 160 px, not resolution.max_res 192")
+    assert ramp_shortfall(16, 160, 192, 11, 13) is None
+    assert ramp_shortfall(12, 160, 192, 11, 13) is not None  # epoch 12 (index 11) is still at 160
+    assert ramp_shortfall(2, 160, 192, 0, 0) is None  # no ramp: max_res throughout
 
 
 @pytest.mark.parametrize("samples, world", [(49, 2), (50, 3), (7, 4), (1000, 8)])
