@@ -11,6 +11,8 @@ job's GPUs). Extra `--section.key=value` settings go to every run.
 """
 import argparse
 import collections
+import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -22,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.atomic import write_text_atomic
 from pipeline.config import ConfigError, parse_overrides, resolve
+from pipeline.cores import core_ranges, share_cores
 from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
 from pipeline.processes import die_with_parent
 from pipeline.report import MANIFEST_NAME, write_report
@@ -46,8 +49,14 @@ class Job:
 
 @dataclass(frozen=True)
 class Slot:
-    """The GPUs one run gets, as its CUDA_VISIBLE_DEVICES entries (empty: the CPU)."""
+    """The GPUs one run gets, as its CUDA_VISIBLE_DEVICES entries (empty: the CPU), and the CPU cores it may run
+    on (empty: this process's)."""
     devices: Tuple[str, ...] = ()
+    cores: Tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        where = ",".join(self.devices) or "cpu"
+        return where + (f" (cores {core_ranges(self.cores)})" if self.cores else "")
 
 
 def plan_jobs(squeezes: Sequence[str], seeds: Sequence[int], root: Path, arch: str, recipe: str) -> List[Job]:
@@ -63,6 +72,21 @@ def make_slots(gpus: Sequence[str], gpus_per_run: Optional[int]) -> List[Slot]:
     if size < 1 or len(gpus) % size:
         raise ConfigError(f"--gpus-per-run {size} does not divide the {len(gpus)} GPUs in --gpus")
     return [Slot(tuple(gpus[start:start + size])) for start in range(0, len(gpus), size)]
+
+
+def pin_cores(slots: List[Slot]) -> List[Slot]:
+    """Runs side by side get disjoint blocks of the cores (share_cores), so that each one's loader threads
+    (its share of its affinity) add up to the node's cores instead of eight times them."""
+    if len(slots) < 2:
+        return slots
+    return [dataclasses.replace(slot, cores=cores) for slot, cores in zip(slots, share_cores(len(slots)))]
+
+
+def enter_slot(cores: Tuple[int, ...]) -> None:
+    """In a run's process before it starts: die with the runner, and run on the slot's cores."""
+    die_with_parent()
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 def job_settings(job: Job, cfg: Path, overrides: List[str]) -> List[str]:
@@ -115,7 +139,7 @@ def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> sub
     log.write(f"\n$ {' '.join(command)}\n")
     log.flush()
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            preexec_fn=die_with_parent)
+                            preexec_fn=functools.partial(enter_slot, slot.cores))
 
 
 def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[Job, Slot], subprocess.Popen],
@@ -238,7 +262,7 @@ def main(argv: List[str]) -> int:
         config = resolve(args.cfg, shared)  # fail now, not in every run
         data = data_identities(check_data(config))
         gpus = choose_gpus(args.gpus, visible_gpus())
-        slots = make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run))
+        slots = pin_cores(make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run)))
         root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         jobs = plan_jobs(squeezes, seeds, root, config["model.arch"], args.cfg.stem)
@@ -250,7 +274,7 @@ def main(argv: List[str]) -> int:
                 "overrides": rest, "failed": []}
     write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
-          f"{len(slots)} slot(s): {', '.join(','.join(s.devices) or 'cpu' for s in slots)}", flush=True)
+          f"{len(slots)} slot(s): {'; '.join(slot.describe() for slot in slots)}", flush=True)
     started = time.time()
     try:
         outcome = run_schedule(todo, slots, lambda job, slot: launch_process(job, slot, args.cfg, rest))

@@ -1,5 +1,7 @@
-"""The CPU cores this process may run on: the default count of loader threads and writer processes."""
+"""The CPU cores this process may run on, and how runs that share a node split them."""
 import os
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Tuple
 
 
 def usable_cores() -> int:
@@ -8,3 +10,46 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def cpu_topology(cpu: int) -> Tuple[int, int]:
+    """(socket, physical core) of a logical CPU, from Linux's sysfs: hyperthread siblings share both."""
+    folder = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    try:
+        return int((folder / "physical_package_id").read_text()), int((folder / "core_id").read_text())
+    except (OSError, ValueError):
+        return 0, cpu
+
+
+def share_cores(parts: int, cores: Optional[Iterable[int]] = None,
+                topology: Callable[[int], Tuple[int, int]] = cpu_topology) -> List[Tuple[int, ...]]:
+    """This process's cores (or `cores`) in `parts` disjoint blocks, one per run that shares the node. Each run
+    sizes its loader by its own affinity, so without blocks eight runs on eight GPUs each started a thread per
+    core of the whole node. A block keeps a socket's cores together and hyperthread siblings in one block
+    where the sizes allow. Empty blocks (no pinning) where the affinity is unknown; all cores in every block
+    when there are fewer cores than parts."""
+    if cores is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return [()] * parts
+        cores = os.sched_getaffinity(0)
+    ordered = sorted(cores, key=lambda cpu: (*topology(cpu), cpu))
+    if len(ordered) < parts:
+        return [tuple(sorted(ordered))] * parts
+    size, extra = divmod(len(ordered), parts)
+    blocks, start = [], 0
+    for index in range(parts):
+        end = start + size + (index < extra)
+        blocks.append(tuple(sorted(ordered[start:end])))
+        start = end
+    return blocks
+
+
+def core_ranges(cores: Iterable[int]) -> str:
+    """'0-11,48-59' for those cores, as taskset and /proc write them."""
+    spans: List[List[int]] = []
+    for cpu in sorted(cores):
+        if spans and cpu == spans[-1][1] + 1:
+            spans[-1][1] = cpu
+        else:
+            spans.append([cpu, cpu])
+    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in spans)

@@ -1,4 +1,5 @@
 """Ablation runner: the scheduler with a mocked launcher; skip, resume, refusal and orphans for real."""
+import os
 import subprocess
 import sys
 import time
@@ -8,9 +9,11 @@ import pytest
 
 from conftest import REPO, run_script, tiny_settings
 from pipeline import ablate
-from pipeline.ablate import Job, Slot, choose_gpus, command_for, make_slots, plan_jobs, run_schedule, visible_gpus
+from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process, make_slots, pin_cores, plan_jobs,
+                             run_schedule, visible_gpus)
 from pipeline.ablate import main as ablate_main
 from pipeline.config import ConfigError
+from pipeline.cores import core_ranges, share_cores
 from pipeline.run_dir import RunLock
 
 
@@ -71,6 +74,36 @@ def test_all_gpus_per_run_uses_torchrun(tmp_path):
     assert make_slots(["0", "1", "2", "3"], 2) == [Slot(("0", "1")), Slot(("2", "3"))]
     with pytest.raises(ConfigError, match="does not divide"):
         make_slots(["0", "1", "2"], 2)
+
+
+def two_socket_topology(cpu):
+    """8 logical CPUs: sockets 0 (CPUs 0, 1, 4, 5) and 1 (2, 3, 6, 7); CPU n and n + 4 are hyperthread siblings."""
+    return (cpu % 4) // 2, cpu % 4
+
+
+def test_runs_side_by_side_get_disjoint_blocks_of_cores():
+    """Eight runs on eight GPUs each sized its loader by the node's every core (8 x 96 threads on 96 cores)."""
+    cores = range(8)
+    assert share_cores(2, cores, two_socket_topology) == [(0, 1, 4, 5), (2, 3, 6, 7)]  # a socket each
+    assert share_cores(4, cores, two_socket_topology) == [(0, 4), (1, 5), (2, 6), (3, 7)]  # siblings together
+    assert share_cores(3, cores, two_socket_topology) == [(0, 1, 4), (2, 5, 6), (3, 7)]
+    assert share_cores(16, cores, two_socket_topology) == [tuple(cores)] * 16  # too few to split
+    blocks = share_cores(8, range(96))
+    assert sorted(cpu for block in blocks for cpu in block) == list(range(96)) and {len(b) for b in blocks} == {12}
+    assert core_ranges((0, 1, 2, 48, 49, 7)) == "0-2,7,48-49"
+    assert pin_cores([Slot()]) == [Slot()]  # one run at a time keeps the runner's cores
+
+
+def test_a_run_starts_on_its_slots_cores(tmp_path, monkeypatch):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nprint('cores', sorted(os.sched_getaffinity(0)))\n")
+    monkeypatch.setattr("pipeline.ablate.TRAIN_SCRIPT", probe)
+    available = sorted(os.sched_getaffinity(0))
+    slots = pin_cores(make_slots(["0", "1"], 1))
+    assert [slot.cores for slot in slots] == share_cores(2) and slots[0].devices == ("0",)
+    job = Job("gap", 0, tmp_path / "run")
+    assert launch_process(job, Slot(("0",), (available[-1],)), Path("recipes/sample.yaml"), []).wait() == 0
+    assert f"cores [{available[-1]}]" in (job.run_dir / "train.log").read_text()
 
 
 def test_cpu_runs_one_after_another(tmp_path):
