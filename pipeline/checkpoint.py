@@ -5,7 +5,7 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +39,11 @@ def rng_states() -> Dict[str, Any]:
     return states
 
 
-def restore_rng_states(states: Dict[str, Any]) -> None:
+def restore_rng_states(states: Any, rank: int = 0) -> None:
+    """This rank's states: checkpoints hold a list, one per rank (older ones rank 0's alone, given to every rank,
+    which made the `random` arm draw rank 0's numbers on every rank after a resume)."""
+    if isinstance(states, list):
+        states = states[rank]
     torch.set_rng_state(states["torch"])
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
@@ -49,15 +53,15 @@ def restore_rng_states(states: Dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: Optional[torch.amp.GradScaler], epoch: int, config: Dict[str, Any],
-                    history: list, world_size: int) -> None:
+                    history: list, world_size: int, rng: Optional[List[Dict[str, Any]]] = None) -> None:
     """`epoch` is the last finished epoch (0-based); `history` the log lines so far; `world_size` the processes
-    that trained it (with the per-process batch, the global batch). The checkpoint it replaces is kept as
-    PREVIOUS_CHECKPOINT_NAME beside it."""
+    that trained it (with the per-process batch, the global batch); `rng` every rank's random states (default:
+    this process's). The checkpoint it replaces is kept as PREVIOUS_CHECKPOINT_NAME beside it."""
     save_atomic({
         "format_version": FORMAT_VERSION, "epoch": epoch, "config": config, "history": history,
         "world_size": world_size,
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states(),
+        "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng or [rng_states()],
     }, path, Path(path).with_name(PREVIOUS_CHECKPOINT_NAME))
 
 

@@ -2,11 +2,14 @@
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from pipeline.errors import UserError
+
+Value = TypeVar("Value")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,34 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     if dist.is_available() and dist.is_initialized():
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def from_main(world: World, compute: Callable[[], Value]) -> Value:
+    """What `compute()` returns on rank 0, on every rank; an exception it raises there is raised on every rank.
+    Only rank 0 writes the run directory, so only its view of it counts: on nodes that share no disk the other
+    ranks' copy of the folder is empty, and ranks that each read their own resumed different epochs."""
+    if not world.distributed:
+        return compute()
+    outcome: List[Any] = [None]
+    if world.is_main:
+        try:
+            outcome[0] = (compute(), None)
+        except Exception as error:  # every rank raises it, not only rank 0 while the others wait
+            outcome[0] = (None, error)
+    dist.broadcast_object_list(outcome, src=0)
+    value, error = outcome[0]
+    if error is not None:
+        raise error
+    return value
+
+
+def gather_to_main(world: World, value: Value) -> Optional[List[Value]]:
+    """[rank 0's value, rank 1's, ...] on rank 0, None on the others."""
+    if not world.distributed:
+        return [value]
+    gathered: Optional[List[Any]] = [None] * world.world_size if world.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
 
 
 def barrier() -> None:

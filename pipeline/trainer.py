@@ -23,8 +23,8 @@ from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_co
 from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, ramp_shortfall,
                            resolution_at, set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
-from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, init_world,
-                                  processes)
+from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
+                                  gather_to_main, init_world, processes)
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
 from pipeline.errors import INTERRUPTED_EXIT, StorageError, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
@@ -139,13 +139,13 @@ def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: 
     return text + f" | {time.time() - started:.0f} s"
 
 
-def restore(state: Dict[str, Any], model, optimizer, scaler) -> Tuple[list, int]:
+def restore(state: Dict[str, Any], model, optimizer, scaler, rank: int) -> Tuple[list, int]:
     """Load a checkpoint's states in place; returns (log so far, first epoch to run)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
-    ckpt.restore_rng_states(state["rng"])
+    ckpt.restore_rng_states(state["rng"], rank)
     return state["history"], state["epoch"] + 1
 
 
@@ -182,9 +182,9 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
                           config["training.weight_decay"], config["training.decay_norm_and_bias"])
     scaler = precision.grad_scaler()
     history, first_epoch = [], 0
-    state = resume_state(run_dir, config, world, data_identities(metadata))
+    state = from_main(world, lambda: resume_state(run_dir, config, world, data_identities(metadata)))
     if state is not None:
-        history, first_epoch = restore(state, model, optimizer, scaler)
+        history, first_epoch = restore(state, model, optimizer, scaler, world.rank)
         if world.is_main:
             print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
     tune_convolutions(world.device)
@@ -212,10 +212,11 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
             metrics.update(evaluate(ckpt.unwrap(network), val_data, val_augment, precision,
                                     config["validation.flip_tta"], world.device))
         history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started})
+        rng = gather_to_main(world, ckpt.rng_states())
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
             ckpt.save_checkpoint(run_dir / CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history,
-                                 world.world_size)
+                                 world.world_size, rng)
             print(epoch_line(epoch, resolution, metrics, started, compile_mode != "none"), flush=True)
         barrier()
     result = summarize(config, history, parameters, world, global_batch, precision.name) | {
@@ -333,13 +334,19 @@ def make_run_dir(run_dir: Path) -> None:
                            "--logging.run_dir (or --logging.runs_root)") from None
 
 
+def finished_already(run_dir: Path, config: Dict[str, Any], resume_required: bool, data: Dict[str, str]) -> bool:
+    """True when `run_dir` holds this run finished; raises where it holds another run, or no checkpoint where
+    --resume insists on one."""
+    if resume_required and not has_checkpoint(run_dir):
+        raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
+    return is_finished(run_dir, config, OTHER_RUN_REMEDY, data)
+
+
 def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume_required: bool) -> None:
     """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
     metadata = check_data(config)  # before anything is created
     check_batch_fits(config, metadata[0], world)
-    if resume_required and not has_checkpoint(run_dir):
-        raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
-    if is_finished(run_dir, config, OTHER_RUN_REMEDY, data_identities(metadata)):
+    if from_main(world, lambda: finished_already(run_dir, config, resume_required, data_identities(metadata))):
         if world.is_main:
             print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
         return

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +118,57 @@ def test_two_process_gloo_metrics_equal_one_process_eval(tiny_betons, tmp_path):
     assert metrics["val_images"] == 49
     assert (metrics["val_top1"], metrics["val_top5"]) == (trained["top1"], trained["top5"])
     assert metrics["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(tmp_path, betons, *extra, status=0):
+    """One process per "node", each in a folder of its own holding `run`: nodes whose disks are not shared (the
+    same relative --logging.run_dir on each). Returns both processes' output, after checking their `status`."""
+    port, processes = free_port(), []
+    for rank in range(2):
+        node = tmp_path / f"node{rank}"
+        node.mkdir(exist_ok=True)
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        processes.append(subprocess.Popen(
+            [sys.executable, str(REPO / "pipeline" / "train.py"), *tiny_settings(betons, Path("run"), *extra),
+             "--dist.timeout_min=1"], cwd=node, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [process.communicate(timeout=200)[0] for process in processes]
+    assert [process.returncode for process in processes] == [status, status], outputs
+    return outputs
+
+
+def test_nodes_that_share_no_disk_resume_from_rank_0s_run_directory(tiny_betons, tmp_path):
+    """Only rank 0 writes the run directory. Each rank read it on its own: on a second node without that
+    folder, rank 1 started at epoch 1 while rank 0 resumed, so their collectives paired different epochs (and a
+    finished run trained again on rank 1 only, alone). And every rank took rank 0's random state on resume:
+    the `random` arm drew rank 0's numbers on every rank."""
+    settings = ("--training.epochs=2", "--squeeze", "random", "--training.batch_size=8")
+    two_nodes(tmp_path, tiny_betons, *settings)
+    run_dir = tmp_path / "node0" / "run"
+    uninterrupted = read_log(run_dir)
+    assert not (tmp_path / "node1" / "run").exists()
+    # rank 0's folder as a kill during epoch 2 leaves it
+    (run_dir / "checkpoint.prev.pt").replace(run_dir / "checkpoint.pt")
+    for name in ("result.json", "final.pt"):
+        (run_dir / name).unlink()
+    (run_dir / "log.jsonl").write_text(json.dumps(uninterrupted[0]) + "\n")
+    outputs = two_nodes(tmp_path, tiny_betons, *settings)
+    assert "resuming run after epoch 1 of 2" in outputs[0]
+    resumed = read_log(run_dir)
+    assert [line["epoch"] for line in resumed] == [1, 2]
+    for key in ("train_loss", "val_top1", "val_loss"):
+        assert resumed[1][key] == pytest.approx(uninterrupted[1][key], rel=1e-6), key
+    outputs = two_nodes(tmp_path, tiny_betons, *settings)  # finished: neither rank trains again
+    assert "run already finished" in outputs[0] and "epoch 1:" not in "".join(outputs)
+    outputs = two_nodes(tmp_path, tiny_betons, *settings, "--training.label_smoothing=0.2", status=2)
+    assert all("run holds a run with training.label_smoothing=0.1, not 0.2" in out and "Traceback" not in out
+               for out in outputs), outputs  # refused on every rank, not on rank 0 alone
 
 
 @pytest.mark.parametrize("extra, message", [
