@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,20 +23,19 @@ from pipeline.config import ConfigError, describe, parse_overrides, resolve, set
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, ramp_shortfall,
                            resolution_at, set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
-                                  gather_to_main, init_world, processes)
+                                  gather_to_main, init_world)
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
-from pipeline.errors import INTERRUPTED_EXIT, StorageError, UserError, report_user_error
+from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
+from pipeline.resume import finished_already, make_run_dir, restore, resume_state
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
-                              RESULT_NAME, RunDirError, RunLock, has_checkpoint, is_finished, refuse_other_run,
-                              run_name)
+                              RESULT_NAME, RunLock, run_name)
 from pipeline.schedule import lr_factor, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
 MODEL_KEYS = tuple(f"model.{name}" for name in ckpt.MODEL_SETTING_NAMES)
-OTHER_RUN_REMEDY = "choose another --logging.run_dir or delete that directory"
 
 
 def parse_command_line(argv: List[str]):
@@ -111,24 +109,6 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
 
-def resume_state(run_dir: Path, config: Dict[str, Any], world: World,
-                 data: Dict[str, str]) -> Optional[Dict[str, Any]]:
-    state, warning = ckpt.load_latest_checkpoint(run_dir)
-    if state is None:
-        return None
-    if warning and world.is_main:
-        print(warning, flush=True)
-    refuse_other_run(run_dir, state["config"], config, OTHER_RUN_REMEDY, data)
-    trained_by = state.get("world_size", world.world_size)  # not recorded before this check existed
-    if trained_by != world.world_size:
-        batch = config["training.batch_size"]
-        raise RunDirError(f"{run_dir} was trained by {processes(trained_by)} (global batch {trained_by * batch}); "
-                          f"resuming it with {processes(world.world_size)} would change the global batch and the "
-                          f"learning rate: resume it with {processes(trained_by)} (torchrun --nproc_per_node), or "
-                          "train anew in another --logging.run_dir")
-    return state
-
-
 def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: float, compiled: bool) -> str:
     text = (f"epoch {epoch + 1}: res {resolution} lr {metrics['lr']:.4g} loss {metrics['train_loss']:.4f} "
             f"{metrics['train_images_per_s']:.0f} img/s")
@@ -137,16 +117,6 @@ def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: 
     if "val_top1" in metrics:
         text += f" | val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f}"
     return text + f" | {time.time() - started:.0f} s"
-
-
-def restore(state: Dict[str, Any], model, optimizer, scaler, rank: int) -> Tuple[list, int]:
-    """Load a checkpoint's states in place; returns (log so far, first epoch to run)."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    ckpt.restore_rng_states(state["rng"], rank)
-    return state["history"], state["epoch"] + 1
 
 
 def lr_schedule(config: Dict[str, Any], peak_lr: float, iterations: int) -> Callable[[int, int], float]:
@@ -321,25 +291,6 @@ def check_batch_fits(config: Dict[str, Any], train_meta: dict, world: World) -> 
         raise ConfigError(f"training.batch_size {config['training.batch_size']} is larger than the {per_process} "
                           f"train images per process of {config['data.train_dataset']}; lower it (batches that "
                           "are not full are dropped)")
-
-
-def make_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise StorageError(f"cannot write in {run_dir}: {error.strerror or error}; choose a writable "
-                           "--logging.run_dir (or --logging.runs_root)") from None
-
-
-def finished_already(run_dir: Path, config: Dict[str, Any], resume_required: bool, data: Dict[str, str]) -> bool:
-    """True when `run_dir` holds this run finished; raises where it holds another run, or no checkpoint where
-    --resume insists on one."""
-    if resume_required and not has_checkpoint(run_dir):
-        raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
-    return is_finished(run_dir, config, OTHER_RUN_REMEDY, data)
 
 
 def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume_required: bool) -> None:

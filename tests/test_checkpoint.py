@@ -8,8 +8,8 @@ from pipeline.checkpoint import (load_checkpoint, load_latest_checkpoint, load_w
 from pipeline.distributed import World
 from pipeline.errors import StorageError
 from pipeline.models import build_model
+from pipeline.resume import resume_state
 from pipeline.run_dir import RunDirError
-from pipeline.trainer import resume_state
 
 SETTINGS = {"arch": "resnet18", "squeeze": "baseline", "reduction": 16, "num_classes": 1000, "blurpool": False}
 
