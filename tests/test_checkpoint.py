@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.checkpoint import (load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint,
-                                 save_final_weights)
+from pipeline.checkpoint import (load_checkpoint, load_latest_checkpoint, load_weights, restore_rng_states,
+                                 rng_states, save_checkpoint, save_final_weights)
 from pipeline.distributed import World
 from pipeline.errors import StorageError
 from pipeline.models import build_model
@@ -84,3 +84,21 @@ def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
                                           r"process would change the global batch .*resume it with 2 processes"):
         resume_state(tmp_path, config, World(0, 1, 0, 1, torch.device("cpu")), {})
     assert resume_state(tmp_path, config, World(1, 2, 1, 2, torch.device("cpu")), {})["epoch"] == 0
+
+
+def test_each_rank_resumes_with_its_own_random_state(tmp_path):
+    """Checkpoints held rank 0's random state alone, and every rank took it on resume: the `random` arm then drew
+    rank 0's numbers on every rank."""
+    model = torch.nn.Linear(2, 2)
+    states = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        states.append(rng_states())
+    save_checkpoint(tmp_path / "checkpoint.pt", model, torch.optim.SGD(model.parameters(), lr=0.1), None, 0, {}, [],
+                    2, states)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["rng"]
+    for rank in range(2):
+        restore_rng_states(saved, rank)
+        drawn = torch.rand(3)
+        torch.manual_seed(100 + rank)
+        assert torch.equal(drawn, torch.rand(3)), rank

@@ -97,19 +97,47 @@ def test_sigkill_mid_run_then_resume_ends_at_the_right_epoch(tiny_betons, tmp_pa
     assert recorded["data.train_dataset"].startswith("120 images written ")
 
 
-def test_two_process_gloo_metrics_equal_one_process_eval(tiny_betons, tmp_path):
-    # 49 val images: rank 0 gets 24, rank 1 gets 25. A val batch of 8 divides 24, so both runs push the same
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(tmp_path, betons, *extra, status=0):
+    """torchrun on two "nodes" of one process each, each started in a folder of its own that holds `run`: nodes
+    whose disks are not shared (the same relative --logging.run_dir on each). Returns both nodes' output, after
+    checking their exit `status`."""
+    port, launchers = free_port(), []
+    for rank in range(2):
+        node = tmp_path / f"node{rank}"
+        node.mkdir(exist_ok=True)
+        launchers.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+             "--master_addr=127.0.0.1", f"--master_port={port}", str(REPO / "pipeline" / "train.py"),
+             *tiny_settings(betons, Path("run"), *extra), "--dist.timeout_min=1"],
+            cwd=node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [launcher.communicate(timeout=200)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [status, status], outputs
+    return outputs
+
+
+def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(tiny_betons, tmp_path):
+    """Two gloo processes (torchrun, one per node): val metrics equal to a 1-process eval of final.pt, and a
+    resume where only rank 0's node holds the run directory. Each rank used to read the folder on its own: on
+    a node without it, rank 1 started at epoch 1 while rank 0 resumed, their collectives paired different
+    epochs, and rank 0 wrote that as the result; and a refusal stopped rank 0 alone while rank 1 waited."""
+    # 49 val images: rank 0 gets 24, rank 1 gets 25. A val batch of 8 divides 24, so both evals push the same
     # images through the network in the same batches, and both use one thread (torchrun's default), so the
     # float arithmetic (hence any near-tie in top-1/top-5) is identical: the metrics must agree exactly.
-    run_dir = tmp_path / "ddp"
-    result = run_script(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                         "pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=1",
-                                                             "--training.batch_size=8", "--validation.batch_size=8")])
-    assert result.returncode == 0, result.stderr[-2000:]
+    settings = ("--training.epochs=2", "--training.batch_size=8", "--validation.batch_size=8")
+    outputs = two_nodes(tmp_path, tiny_betons, *settings)
+    run_dir = tmp_path / "node0" / "run"
     trained = json.loads((run_dir / "result.json").read_text())
     assert trained["world_size"] == 2 and trained["global_batch"] == 16
-    assert "(torch.cuda.is_available() is False), 2 processes" in result.stdout
-    assert read_log(run_dir)[-1]["val_images"] == 49  # every val image once across ranks: no padded duplicates
+    assert "(torch.cuda.is_available() is False), 2 processes" in outputs[0]
+    assert not (tmp_path / "node1" / "run").exists()  # rank 0 alone writes
+    uninterrupted = read_log(run_dir)
+    assert uninterrupted[-1]["val_images"] == 49  # every val image once across ranks: no padded duplicates
     evaluated = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "unused"),
                             "--validation.batch_size=8", "--eval-only", "--weights", str(run_dir / "final.pt")],
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -118,41 +146,6 @@ def test_two_process_gloo_metrics_equal_one_process_eval(tiny_betons, tmp_path):
     assert metrics["val_images"] == 49
     assert (metrics["val_top1"], metrics["val_top5"]) == (trained["top1"], trained["top5"])
     assert metrics["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-6)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def two_nodes(tmp_path, betons, *extra, status=0):
-    """One process per "node", each in a folder of its own holding `run`: nodes whose disks are not shared (the
-    same relative --logging.run_dir on each). Returns both processes' output, after checking their `status`."""
-    port, processes = free_port(), []
-    for rank in range(2):
-        node = tmp_path / f"node{rank}"
-        node.mkdir(exist_ok=True)
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        processes.append(subprocess.Popen(
-            [sys.executable, str(REPO / "pipeline" / "train.py"), *tiny_settings(betons, Path("run"), *extra),
-             "--dist.timeout_min=1"], cwd=node, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [process.communicate(timeout=200)[0] for process in processes]
-    assert [process.returncode for process in processes] == [status, status], outputs
-    return outputs
-
-
-def test_nodes_that_share_no_disk_resume_from_rank_0s_run_directory(tiny_betons, tmp_path):
-    """Only rank 0 writes the run directory. Each rank read it on its own: on a second node without that
-    folder, rank 1 started at epoch 1 while rank 0 resumed, so their collectives paired different epochs (and a
-    finished run trained again on rank 1 only, alone). And every rank took rank 0's random state on resume:
-    the `random` arm drew rank 0's numbers on every rank."""
-    settings = ("--training.epochs=2", "--squeeze", "random", "--training.batch_size=8")
-    two_nodes(tmp_path, tiny_betons, *settings)
-    run_dir = tmp_path / "node0" / "run"
-    uninterrupted = read_log(run_dir)
-    assert not (tmp_path / "node1" / "run").exists()
     # rank 0's folder as a kill during epoch 2 leaves it
     (run_dir / "checkpoint.prev.pt").replace(run_dir / "checkpoint.pt")
     for name in ("result.json", "final.pt"):
@@ -164,11 +157,9 @@ def test_nodes_that_share_no_disk_resume_from_rank_0s_run_directory(tiny_betons,
     assert [line["epoch"] for line in resumed] == [1, 2]
     for key in ("train_loss", "val_top1", "val_loss"):
         assert resumed[1][key] == pytest.approx(uninterrupted[1][key], rel=1e-6), key
-    outputs = two_nodes(tmp_path, tiny_betons, *settings)  # finished: neither rank trains again
-    assert "run already finished" in outputs[0] and "epoch 1:" not in "".join(outputs)
-    outputs = two_nodes(tmp_path, tiny_betons, *settings, "--training.label_smoothing=0.2", status=2)
-    assert all("run holds a run with training.label_smoothing=0.1, not 0.2" in out and "Traceback" not in out
-               for out in outputs), outputs  # refused on every rank, not on rank 0 alone
+    outputs = two_nodes(tmp_path, tiny_betons, *settings, "--training.label_smoothing=0.2", status=1)  # torchrun's
+    refusal = "train.py: error: run holds a run with training.label_smoothing=0.1, not 0.2; choose another"
+    assert all(refusal in out and "exitcode  : 2" in out for out in outputs), outputs  # every rank, one line
 
 
 @pytest.mark.parametrize("extra, message", [
