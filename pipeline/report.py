@@ -262,6 +262,10 @@ def write_report(root: Path) -> Report:
     if not runs and not manifest:
         if (root / RESULT_NAME).is_file():  # a run directory itself: it was told to train first
             raise UserError(f"{root} is a run directory; give the folder that holds run directories: {root.parent}")
+        roots = sorted({path.parent.parent for path in root.glob(f"*/*/{RESULT_NAME}")})
+        if roots:  # `runs`, above make demo's runs/demo and ablate.py's runs/ablate-<recipe>
+            raise UserError(f"{root} holds no run directory itself but folders of runs: "
+                            f"{', '.join(map(str, roots))}; give one of them")
         raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
     experiments, notes = group_experiments(runs)
     if not experiments:  # asked for, nothing finished: the table of missing arms

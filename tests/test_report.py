@@ -94,6 +94,16 @@ def test_report_on_a_run_directory_names_its_parent(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 0
 
 
+def test_report_on_the_folder_above_runs_roots_names_them(tmp_path, capsys):
+    """report.py runs after `make demo` (runs/demo/<run>/) said to train first."""
+    for root in ("demo", "ablate-rn18_16ep"):
+        write_result(tmp_path / root, "gap", 0, 70.0, 90.0)
+    assert report_main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"report.py: error: {tmp_path} holds no run directory itself but folders of "
+                                       f"runs: {tmp_path / 'ablate-rn18_16ep'}, {tmp_path / 'demo'}; give one of "
+                                       "them\n")
+
+
 def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
     assert report_main([str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
