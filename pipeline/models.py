@@ -28,6 +28,8 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, squeeze: str, reduction: int = 16, kernel: str = "auto"):
         super().__init__()
+        if reduction < 1:
+            raise ValueError(f"reduction {reduction}: give a ratio of at least 1 (SENet's is 16)")
         if channels // reduction < 1:
             raise ValueError(f"reduction {reduction} leaves no hidden units for {channels} channels")
         hidden = channels // reduction
@@ -170,6 +172,9 @@ def build_model(arch: str = "resnet50", squeeze: str = "gap", reduction: int = 1
     check_arch_name(arch)
     check_squeeze_name(squeeze)
     check_se_kernel(se_kernel)
+    if num_classes < 1:  # torch builds a Linear(…, 0) without a word, and every loss is then NaN
+        raise ValueError(f"num_classes {num_classes}: give at least 1 (train.py's model.num_classes: 0 means "
+                         "'from the data', which it resolves before building)")
     block, layers = ARCHITECTURES[arch]
     model = ResNet(block, list(layers), num_classes=num_classes, zero_init_residual=zero_init_last)
     if squeeze != BASELINE:

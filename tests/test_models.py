@@ -125,3 +125,11 @@ def test_blurpool_wraps_strided_convs_and_keeps_the_stem():
 def test_unknown_arch_is_rejected():
     with pytest.raises(ValueError, match="choose one of: resnet18, resnet34, resnet50, resnet101"):
         build_model("resnet19")
+
+
+def test_a_ratio_or_class_count_below_one_is_a_one_line_value_error():
+    """reduction=0 was a ZeroDivisionError; num_classes=0 built a model with no output (every loss NaN)."""
+    with pytest.raises(ValueError, match=r"^reduction 0: give a ratio of at least 1 \(SENet's is 16\)$"):
+        build_model("resnet18", "gap", reduction=0)
+    with pytest.raises(ValueError, match=r"^num_classes 0: give at least 1"):
+        build_model("resnet18", "baseline", num_classes=0)
