@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -24,6 +25,7 @@ from dataset_prep.archive import ImageSource
 from dataset_prep.image_folder import RGBFileDataset
 from pipeline.atomic import temporary_path, write_text_atomic
 from pipeline.cores import usable_cores
+from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
 
 METADATA_FORMAT = 1
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -77,7 +79,17 @@ def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str]
     }
     try:
         writer = DatasetWriter(str(temporary), fields, num_workers=settings.workers)
-        writer.from_indexed_dataset(dataset, chunksize=settings.chunk_size)
+        try:
+            with stop_if_a_worker_dies(f"writing {out.name}", terminate_others=True):
+                writer.from_indexed_dataset(dataset, chunksize=settings.chunk_size)
+        except WorkerDiedError as error:
+            metadata_memory = getattr(writer, "metadata_sm", None)  # ffcv unlinks it only when the write ends
+            if metadata_memory is not None:
+                metadata_memory.close()
+                metadata_memory.unlink()
+            raise WorkerDiedError(f"{error} ({shutil.disk_usage(out.parent).free / 1e9:.2f} GB free on the disk of "
+                                  f"{out.parent}; a full disk ends a writer process: free space or pass another "
+                                  "--out-dir)") from None
         failures = dataset.failures()
         if failures:
             raise RuntimeError(f"{len(failures)} file(s) failed to decode during the write (first: "

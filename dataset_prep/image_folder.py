@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from dataset_prep.archive import ImageSource, open_source, source_size
 from pipeline.errors import UserError
+from pipeline.worker_watch import stop_if_a_worker_dies
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode to grey
 
@@ -158,7 +159,7 @@ def scan(files: Sequence[Tuple[ImageSource, int]], workers: int, desc: str = "sc
     """Decode every file in parallel: returns (good (path, label) in input order, skipped (path, reason))."""
     good, skipped = [], []
     chunk = max(1, min(64, len(files) // (4 * max(workers, 1)) or 1))
-    with Pool(workers) as pool:
+    with Pool(workers) as pool, stop_if_a_worker_dies(desc, "one killed for memory: pass fewer --workers"):
         results = pool.imap(_check_entry, [(path, label, exif_transpose) for path, label in files], chunksize=chunk)
         for path, label, reason in tqdm(results, total=len(files), desc=desc, unit="img", mininterval=1):
             if reason is None:

@@ -1,0 +1,95 @@
+"""Stop waiting for worker processes that died: ffcv's beton writer and multiprocessing's Pool wait forever.
+
+ffcv's DatasetWriter polls a count of written samples that a dead worker never raises (a full disk: ENOSPC in
+its page write), and Pool.imap waits for the results of a task whose worker the OOM killer or a crashing
+decoder took down. A thread of this process watches its child processes while such a wait runs and, when one
+ends with an error status or a signal, interrupts the main thread with a real SIGINT (a blocked lock wait
+wakes only for a signal), which `stop_if_a_worker_dies` turns into `WorkerDiedError`.
+"""
+import contextlib
+import multiprocessing
+import signal
+import threading
+import traceback
+from typing import Iterator, Optional, Set
+
+from pipeline.errors import UserError
+
+POLL_SECONDS = 0.1
+
+
+class WorkerDiedError(UserError, RuntimeError):
+    """A worker process of this one ended with an error; the message names how (exit status or signal)."""
+
+
+def ending(exitcode: int) -> str:
+    """'exited with status 1', 'was killed by SIGKILL' for a multiprocessing exit code (a signal is negative)."""
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+def started_children() -> Set[multiprocessing.process.BaseProcess]:
+    """The Process objects this process started that multiprocessing has not forgotten yet. Read from its own
+    registry: active_children() first forgets those that ended, so a worker that died between two looks was
+    never seen (ffcv's writer never joins its workers: only that registry still holds a dead one). Kept by the
+    watcher, an ended Process keeps its exit code."""
+    registry = getattr(multiprocessing.process, "_children", None)
+    return set(registry) if registry is not None else set(multiprocessing.active_children())
+
+
+class _Watcher(threading.Thread):
+    def __init__(self, poll_seconds: float):
+        super().__init__(name="worker-watch", daemon=True)
+        self.poll_seconds = poll_seconds
+        self.death: Optional[str] = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()  # no interrupt once the watched block has ended
+        self._main = threading.main_thread().ident
+
+    def run(self) -> None:
+        known = started_children()
+        while not self._stopped.wait(self.poll_seconds):
+            known |= started_children()
+            failed = next((child for child in known if child.exitcode not in (None, 0)), None)
+            if failed is not None:
+                with self._lock:
+                    if not self._stopped.is_set():
+                        self.death = f"worker process {failed.pid} {ending(failed.exitcode)}"
+                        signal.pthread_kill(self._main, signal.SIGINT)
+                return
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+
+
+@contextlib.contextmanager
+def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = False,
+                          poll_seconds: float = POLL_SECONDS) -> Iterator[None]:
+    """Run the block (in the main thread) while watching this process's children: one that ends with an error
+    stops the block with `WorkerDiedError('<what> stopped: worker process N exited with status 1; <advice>')`, after
+    terminating the others where `terminate_others` (ffcv's writer, which would wait for them; not a Pool's,
+    which its own terminate() stops, and which a worker stopped holding its task queue's lock would hang).
+    A Ctrl-C stays a KeyboardInterrupt."""
+    watcher = _Watcher(poll_seconds)
+    watcher.start()
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        watcher.stop()
+        if watcher.death is None:
+            raise
+        # the interrupted code's locals go now: ffcv's progress bar prints when collected, after the error line
+        traceback.clear_frames(interrupt.__traceback__)
+        if terminate_others:
+            for child in multiprocessing.active_children():
+                child.terminate()
+            for child in multiprocessing.active_children():
+                child.join(timeout=10)
+        raise WorkerDiedError(f"{what} stopped: {watcher.death}" + (f"; {advice}" if advice else "")) from None
+    finally:
+        watcher.stop()

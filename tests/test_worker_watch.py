@@ -1,0 +1,81 @@
+"""Waits on worker processes end when a worker dies: a full disk under ffcv's writer, a killed Pool worker."""
+import resource
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO, run_script
+from test_write_imagenet import photo, write_args
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """In a process of its own: the watcher interrupts the main thread with SIGINT."""
+    return run_script(["-c", textwrap.dedent(code)], timeout=60)
+
+
+def test_a_killed_pool_worker_stops_the_wait_in_one_line():
+    """Pool.imap waited forever for the task of a worker the OOM killer (here SIGKILL) took down."""
+    result = run_python("""
+        import os, signal
+        from multiprocessing import Pool
+        from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
+
+        def task(index):
+            if index == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return index
+
+        with Pool(2) as pool:
+            try:
+                with stop_if_a_worker_dies("the scan", poll_seconds=0.05):
+                    print(sorted(pool.imap(task, range(10))))
+            except WorkerDiedError as error:
+                print(error)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("the scan stopped: worker process ") and "was killed by SIGKILL" in result.stdout
+
+
+def test_workers_that_end_well_and_ctrl_c_are_left_alone():
+    result = run_python("""
+        from multiprocessing import Pool
+        from pipeline.worker_watch import stop_if_a_worker_dies
+
+        with stop_if_a_worker_dies("the scan", poll_seconds=0.05):
+            with Pool(2, maxtasksperchild=1) as pool:  # each worker ends (status 0) after one task
+                print(sum(pool.imap(abs, range(-20, 0))))
+                pool.close()
+                pool.join()
+        try:
+            with stop_if_a_worker_dies("the scan", poll_seconds=0.05):
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            print("Ctrl-C stays Ctrl-C")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["210", "Ctrl-C stays Ctrl-C"]
+
+
+def test_a_full_disk_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path):
+    """ENOSPC in an ffcv writer worker (here EFBIG, from a file size limit) hung write_imagenet.py forever."""
+    val = tmp_path / "imagenet" / "val"
+    for label in range(2):
+        (val / str(label)).mkdir(parents=True)
+        for index in range(40):
+            photo(256, 256).save(val / str(label) / f"{index}.JPEG")
+    out = tmp_path / "out"
+    out.mkdir()
+    limit = 2_000_000  # bytes any file of the process may reach: the beton needs more, the rest fits
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "dataset_prep/write_imagenet.py",
+                             *write_args(tmp_path / "imagenet", out, "--split", "val", "--max-res", "256",
+                                         "--compress-prob", "0")],
+                            cwd=REPO, capture_output=True, text=True, timeout=90, preexec_fn=limit_file_size)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("write_imagenet.py: error: writing val.beton stopped: worker process ") and \
+        "exited with status 1" in last and f"free on the disk of {out}" in last, last
+    assert sorted(path.name for path in out.iterdir()) == []  # no beton, no temp file
