@@ -3,11 +3,13 @@
 ffcv's DatasetWriter polls a count of written samples that a dead worker never raises (a full disk: ENOSPC in
 its page write), and Pool.imap waits for the results of a task whose worker the OOM killer or a crashing
 decoder took down. A thread of this process watches its child processes while such a wait runs and, when one
-ends with an error status or a signal, interrupts the main thread with a real SIGINT (a blocked lock wait
-wakes only for a signal), which `stop_if_a_worker_dies` turns into `WorkerDiedError`.
+ends with an error status or a signal, sends the main thread a signal of its own (SIGUSR1: a blocked lock wait
+wakes only for a signal, and SIGINT is ignored in a shell's background jobs), whose handler stops the wait.
 """
 import contextlib
+import gc
 import multiprocessing
+import multiprocessing.queues
 import signal
 import threading
 import traceback
@@ -16,10 +18,16 @@ from typing import Iterator, Optional, Set
 from pipeline.errors import UserError
 
 POLL_SECONDS = 0.1
+WAKE_SIGNAL = signal.SIGUSR1
 
 
 class WorkerDiedError(UserError, RuntimeError):
     """A worker process of this one ended with an error; the message names how (exit status or signal)."""
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by the wake signal's handler; a BaseException, so that no `except Exception`
+    of the interrupted code keeps it."""
 
 
 def ending(exitcode: int) -> str:
@@ -47,7 +55,7 @@ class _Watcher(threading.Thread):
         self.poll_seconds = poll_seconds
         self.death: Optional[str] = None
         self._stopped = threading.Event()
-        self._lock = threading.Lock()  # no interrupt once the watched block has ended
+        self._lock = threading.Lock()  # no signal once the watched block has ended
         self._main = threading.main_thread().ident
 
     def run(self) -> None:
@@ -59,7 +67,7 @@ class _Watcher(threading.Thread):
                 with self._lock:
                     if not self._stopped.is_set():
                         self.death = f"worker process {failed.pid} {ending(failed.exitcode)}"
-                        signal.pthread_kill(self._main, signal.SIGINT)
+                        signal.pthread_kill(self._main, WAKE_SIGNAL)
                 return
 
     def stop(self) -> None:
@@ -67,29 +75,43 @@ class _Watcher(threading.Thread):
             self._stopped.set()
 
 
+def _raise_stop(signal_number, frame) -> None:
+    raise _Stop
+
+
+def stop_workers() -> None:
+    """Terminate this process's live workers, and let it exit without feeding their work queues: a Queue's
+    feeder thread blocks on a full pipe that no worker reads any more, and the exit joins that thread."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+    # type(), not isinstance(): that asks some objects for __class__ (torch's deprecated aliases then warn)
+    for queue in [item for item in gc.get_objects() if issubclass(type(item), multiprocessing.queues.Queue)]:
+        queue.cancel_join_thread()
+
+
 @contextlib.contextmanager
 def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = False,
                           poll_seconds: float = POLL_SECONDS) -> Iterator[None]:
     """Run the block (in the main thread) while watching this process's children: one that ends with an error
-    stops the block with `WorkerDiedError('<what> stopped: worker process N exited with status 1; <advice>')`, after
-    terminating the others where `terminate_others` (ffcv's writer, which would wait for them; not a Pool's,
+    stops the block with `WorkerDiedError('<what> stopped: worker process N exited with status 1; <advice>')`,
+    after stopping the others where `terminate_others` (ffcv's writer, which would wait for them; not a Pool's,
     which its own terminate() stops, and which a worker stopped holding its task queue's lock would hang).
-    A Ctrl-C stays a KeyboardInterrupt."""
+    Enter it inside a Pool's `with`: the Pool's exit kills its workers, which would read as deaths."""
+    previous = signal.signal(WAKE_SIGNAL, _raise_stop)
     watcher = _Watcher(poll_seconds)
     watcher.start()
     try:
         yield
-    except KeyboardInterrupt as interrupt:
+        watcher.stop()  # inside the try: a signal sent just before is still caught here
+    except _Stop as stop:
         watcher.stop()
-        if watcher.death is None:
-            raise
-        # the interrupted code's locals go now: ffcv's progress bar prints when collected, after the error line
-        traceback.clear_frames(interrupt.__traceback__)
         if terminate_others:
-            for child in multiprocessing.active_children():
-                child.terminate()
-            for child in multiprocessing.active_children():
-                child.join(timeout=10)
+            stop_workers()  # while the interrupted code's frames still hold its queues
+        # the interrupted code's locals go now: ffcv's progress bar prints when collected, after the error line
+        traceback.clear_frames(stop.__traceback__)
         raise WorkerDiedError(f"{what} stopped: {watcher.death}" + (f"; {advice}" if advice else "")) from None
     finally:
         watcher.stop()
+        signal.signal(WAKE_SIGNAL, previous)

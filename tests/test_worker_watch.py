@@ -1,5 +1,7 @@
 """Waits on worker processes end when a worker dies: a full disk under ffcv's writer, a killed Pool worker."""
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -8,9 +10,14 @@ from conftest import REPO, run_script
 from test_write_imagenet import photo, write_args
 
 
+def ignore_sigint():
+    """As a shell starts a background job (`… &` in a script)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_python(code: str) -> subprocess.CompletedProcess:
-    """In a process of its own: the watcher interrupts the main thread with SIGINT."""
-    return run_script(["-c", textwrap.dedent(code)], timeout=60)
+    """In a process of its own (the watcher signals the main thread), with SIGINT ignored."""
+    return run_script(["-c", textwrap.dedent(code)], timeout=60, preexec_fn=ignore_sigint)
 
 
 def test_a_killed_pool_worker_stops_the_wait_in_one_line():
@@ -57,23 +64,26 @@ def test_workers_that_end_well_and_ctrl_c_are_left_alone():
 
 
 def test_a_full_disk_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path):
-    """ENOSPC in an ffcv writer worker (here EFBIG, from a file size limit) hung write_imagenet.py forever."""
+    """ENOSPC in an ffcv writer worker (here EFBIG, from a file size limit) hung write_imagenet.py forever; and
+    once stopped, its exit waited for the writer's work queue to be fed to the dead workers."""
     val = tmp_path / "imagenet" / "val"
+    original = tmp_path / "photo.JPEG"
+    photo(256, 256).save(original)
     for label in range(2):
         (val / str(label)).mkdir(parents=True)
-        for index in range(40):
-            photo(256, 256).save(val / str(label) / f"{index}.JPEG")
+        for index in range(500):  # the workers die at their first page (40 raw images): 900 chunks stay queued
+            shutil.copyfile(original, val / str(label) / f"{index}.JPEG")
     out = tmp_path / "out"
     out.mkdir()
-    limit = 2_000_000  # bytes any file of the process may reach: the beton needs more, the rest fits
+    limit = 300_000  # bytes any file of the process may reach: the beton needs more, the rest fits
 
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = subprocess.run([sys.executable, "dataset_prep/write_imagenet.py",
                              *write_args(tmp_path / "imagenet", out, "--split", "val", "--max-res", "256",
-                                         "--compress-prob", "0")],
-                            cwd=REPO, capture_output=True, text=True, timeout=90, preexec_fn=limit_file_size)
+                                         "--compress-prob", "0", "--chunk-size", "1")],  # more than a pipe holds
+                            cwd=REPO, capture_output=True, text=True, timeout=60, preexec_fn=limit_file_size)
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("write_imagenet.py: error: writing val.beton stopped: worker process ") and \
