@@ -207,22 +207,22 @@ def test_ablate_refuses_missing_data_or_gpus_before_any_run(tiny_betons, tmp_pat
 
 def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_path, capsys):
     root = tmp_path / "ablation"
-    arguments = ["pipeline/ablate.py", "--squeeze", "baseline,random", "--seeds", "1", "--gpus", "none",
-                 "--runs-root", str(root), *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
+    arguments = ["--squeeze", "baseline,random", "--seeds", "1", "--gpus", "none", "--runs-root", str(root),
+                 *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
     arguments.remove(f"--logging.run_dir={tmp_path / 'unused'}")  # the runner names each run's directory
-    first = run_script(arguments)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "2 ran, 0 skipped, 0 failed" in first.stdout
+    assert ablate_main(arguments) == 0  # in this process (its runs in their own), a process start less
+    assert "2 ran, 0 skipped, 0 failed" in capsys.readouterr().out
     interrupted = root / "resnet18-random-sample-s0"
     (interrupted / "result.json").unlink()  # as if killed after its last checkpoint
-    second = run_script(arguments)
-    assert second.returncode == 0 and "1 ran, 1 skipped, 0 failed" in second.stdout
+    assert ablate_main(arguments) == 0
+    second = capsys.readouterr().out
+    assert "1 ran, 1 skipped, 0 failed" in second
     assert "resuming" in (interrupted / "train.log").read_text()
-    assert "| random |" in second.stdout and "| baseline |" in second.stdout
-    assert f"report: {root / 'report.md'}, {root / 'report.csv'}, {root / 'top1.png'}" in second.stdout
+    assert "| random |" in second and "| baseline |" in second
+    assert f"report: {root / 'report.md'}, {root / 'report.csv'}, {root / 'top1.png'}" in second
     # the same root with other settings: its finished runs are not the runs asked for
     manifest = (root / "ablation.json").read_text()
-    assert ablate_main([*arguments[1:], "--lr.lr=0.2"]) == 2  # refused before any run starts: in this process
+    assert ablate_main([*arguments, "--lr.lr=0.2"]) == 2  # refused before any run starts
     refusal = capsys.readouterr().err
     assert refusal.count("\n") == 1 and "holds a run with lr.lr=0.4, not 0.2; pass another --runs-root" in refusal
     assert (root / "ablation.json").read_text() == manifest  # nothing rewritten

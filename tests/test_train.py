@@ -103,25 +103,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def two_nodes(tmp_path, betons, *extra, status=0):
-    """torchrun on two "nodes" of one process each, each started in a folder of its own that holds `run`: nodes
-    whose disks are not shared (the same relative --logging.run_dir on each). Returns both nodes' output, after
-    checking their exit `status`."""
-    port, launchers = free_port(), []
+def two_nodes(tmp_path, betons, *extra, torchrun=False, status=0):
+    """Two "nodes" of one process each, each started in a folder of its own that holds `run`: nodes whose disks
+    are not shared (the same relative --logging.run_dir on each). Each node's process is started by torchrun,
+    or (a process start less) given torchrun's environment. Returns both nodes' output, after checking their
+    exit `status`."""
+    port, processes = free_port(), []
     for rank in range(2):
         node = tmp_path / f"node{rank}"
         node.mkdir(exist_ok=True)
-        launchers.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
-             "--master_addr=127.0.0.1", f"--master_port={port}", str(REPO / "pipeline" / "train.py"),
+        launcher = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+                    "--master_addr=127.0.0.1", f"--master_port={port}"] if torchrun else []
+        environment = {} if torchrun else {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                                           "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                                           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        processes.append(subprocess.Popen(
+            [sys.executable, *launcher, str(REPO / "pipeline" / "train.py"),
              *tiny_settings(betons, Path("run"), *extra), "--dist.timeout_min=1"],
-            cwd=node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [launcher.communicate(timeout=200)[0] for launcher in launchers]
-    assert [launcher.returncode for launcher in launchers] == [status, status], outputs
+            cwd=node, env={**os.environ, **environment}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [process.communicate(timeout=200)[0] for process in processes]
+    assert [process.returncode for process in processes] == [status, status], outputs
     return outputs
 
 
-def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(tiny_betons, tmp_path):
+def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(tiny_betons, tmp_path, capsys):
     """Two gloo processes (torchrun, one per node): val metrics equal to a 1-process eval of final.pt, and a
     resume where only rank 0's node holds the run directory. Each rank used to read the folder on its own: on
     a node without it, rank 1 started at epoch 1 while rank 0 resumed, their collectives paired different
@@ -130,7 +135,7 @@ def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(
     # images through the network in the same batches, and both use one thread (torchrun's default), so the
     # float arithmetic (hence any near-tie in top-1/top-5) is identical: the metrics must agree exactly.
     settings = ("--training.epochs=2", "--training.batch_size=8", "--validation.batch_size=8")
-    outputs = two_nodes(tmp_path, tiny_betons, *settings)
+    outputs = two_nodes(tmp_path, tiny_betons, *settings, torchrun=True)
     run_dir = tmp_path / "node0" / "run"
     trained = json.loads((run_dir / "result.json").read_text())
     assert trained["world_size"] == 2 and trained["global_batch"] == 16
@@ -138,11 +143,14 @@ def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(
     assert not (tmp_path / "node1" / "run").exists()  # rank 0 alone writes
     uninterrupted = read_log(run_dir)
     assert uninterrupted[-1]["val_images"] == 49  # every val image once across ranks: no padded duplicates
-    evaluated = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, tmp_path / "unused"),
-                            "--validation.batch_size=8", "--eval-only", "--weights", str(run_dir / "final.pt")],
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert evaluated.returncode == 0, evaluated.stderr
-    metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each trained rank
+    try:
+        assert train_main([*tiny_settings(tiny_betons, tmp_path / "unused"), "--validation.batch_size=8",
+                           "--eval-only", "--weights", str(run_dir / "final.pt")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["val_images"] == 49
     assert (metrics["val_top1"], metrics["val_top5"]) == (trained["top1"], trained["top5"])
     assert metrics["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-6)
@@ -157,9 +165,9 @@ def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(
     assert [line["epoch"] for line in resumed] == [1, 2]
     for key in ("train_loss", "val_top1", "val_loss"):
         assert resumed[1][key] == pytest.approx(uninterrupted[1][key], rel=1e-6), key
-    outputs = two_nodes(tmp_path, tiny_betons, *settings, "--training.label_smoothing=0.2", status=1)  # torchrun's
+    outputs = two_nodes(tmp_path, tiny_betons, *settings, "--training.label_smoothing=0.2", status=2)
     refusal = "train.py: error: run holds a run with training.label_smoothing=0.1, not 0.2; choose another"
-    assert all(refusal in out and "exitcode  : 2" in out for out in outputs), outputs  # every rank, one line
+    assert all(out.strip() == refusal + " --logging.run_dir or delete that directory" for out in outputs), outputs
 
 
 @pytest.mark.parametrize("extra, message", [
