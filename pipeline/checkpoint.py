@@ -1,5 +1,5 @@
-"""Checkpoints: one schema (model, optimizer, scaler, epoch, config, RNG states, format version), written
-atomically from rank 0, saved unwrapped from DDP and torch.compile so any process or tool can load them."""
+"""Checkpoints: one schema (model, optimizer, scaler, epoch, config, every rank's RNG states, format version),
+written atomically from rank 0, saved unwrapped from DDP and torch.compile so any process or tool can load them."""
 import errno
 import pickle
 import random
