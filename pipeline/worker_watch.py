@@ -75,8 +75,18 @@ class _Watcher(threading.Thread):
             self._stopped.set()
 
 
-def _raise_stop(signal_number, frame) -> None:
-    raise _Stop
+def _wake_handler(watcher: _Watcher, previous):
+    """The wake signal's handler: stop the block when the watcher sent it, else do what was done before (a SIGUSR1
+    from outside, such as SLURM's --signal=USR1@60, still reaches the handler it had, or ends the process)."""
+    def handle(signal_number, frame) -> None:
+        if watcher.death is not None:
+            raise _Stop
+        if callable(previous):
+            previous(signal_number, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal_number, signal.SIG_DFL)
+            signal.raise_signal(signal_number)
+    return handle
 
 
 def stop_workers() -> None:
@@ -99,8 +109,9 @@ def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = 
     after stopping the others where `terminate_others` (ffcv's writer, which would wait for them; not a Pool's,
     which its own terminate() stops, and which a worker stopped holding its task queue's lock would hang).
     Enter it inside a Pool's `with`: the Pool's exit kills its workers, which would read as deaths."""
-    previous = signal.signal(WAKE_SIGNAL, _raise_stop)
     watcher = _Watcher(poll_seconds)
+    previous = signal.getsignal(WAKE_SIGNAL)
+    signal.signal(WAKE_SIGNAL, _wake_handler(watcher, previous))
     watcher.start()
     try:
         yield

@@ -1,4 +1,5 @@
 """Waits on worker processes end when a worker dies: a full disk under ffcv's writer, a killed Pool worker."""
+import os
 import resource
 import shutil
 import signal
@@ -17,7 +18,8 @@ def ignore_sigint():
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     """In a process of its own (the watcher signals the main thread), with SIGINT ignored."""
-    return run_script(["-c", textwrap.dedent(code)], timeout=60, preexec_fn=ignore_sigint)
+    return run_script(["-c", textwrap.dedent(code)], timeout=60, preexec_fn=ignore_sigint,
+                      env={**os.environ, "PYTHONUNBUFFERED": "1"})  # what it printed before a signal ended it
 
 
 def test_a_killed_pool_worker_stops_the_wait_in_one_line():
@@ -43,7 +45,7 @@ def test_a_killed_pool_worker_stops_the_wait_in_one_line():
     assert result.stdout.startswith("the scan stopped: worker process ") and "was killed by SIGKILL" in result.stdout
 
 
-def test_workers_that_end_well_and_ctrl_c_are_left_alone():
+def test_workers_that_end_well_ctrl_c_and_a_sigusr1_from_outside_are_left_alone():
     result = run_python("""
         from multiprocessing import Pool
         from pipeline.worker_watch import stop_if_a_worker_dies
@@ -58,9 +60,17 @@ def test_workers_that_end_well_and_ctrl_c_are_left_alone():
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             print("Ctrl-C stays Ctrl-C")
+        import os, signal
+        signal.signal(signal.SIGUSR1, lambda number, frame: print("the program's own SIGUSR1 handler"))
+        with stop_if_a_worker_dies("the scan", poll_seconds=0.05):  # SLURM's --signal=USR1@60, say
+            os.kill(os.getpid(), signal.SIGUSR1)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        with stop_if_a_worker_dies("the scan", poll_seconds=0.05):
+            os.kill(os.getpid(), signal.SIGUSR1)  # ends the process, as without the watch
+        print("not reached")
     """)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == ["210", "Ctrl-C stays Ctrl-C"]
+    assert result.returncode == -signal.SIGUSR1, result.stderr
+    assert result.stdout.split("\n") == ["210", "Ctrl-C stays Ctrl-C", "the program's own SIGUSR1 handler", ""]
 
 
 def test_a_full_disk_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path):
