@@ -109,6 +109,9 @@ def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = 
     after stopping the others where `terminate_others` (ffcv's writer, which would wait for them; not a Pool's,
     which its own terminate() stops, and which a worker stopped holding its task queue's lock would hang).
     Enter it inside a Pool's `with`: the Pool's exit kills its workers, which would read as deaths."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        yield
+        return
     watcher = _Watcher(poll_seconds)
     previous = signal.getsignal(WAKE_SIGNAL)
     signal.signal(WAKE_SIGNAL, _wake_handler(watcher, previous))

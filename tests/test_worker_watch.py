@@ -6,8 +6,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 from conftest import REPO, run_script
+from pipeline.worker_watch import stop_if_a_worker_dies
 from test_write_imagenet import photo, write_args
 
 
@@ -99,3 +101,20 @@ def test_a_full_disk_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_p
     assert last.startswith("write_imagenet.py: error: writing val.beton stopped: worker process ") and \
         "exited with status 1" in last and f"free on the disk of {out}" in last, last
     assert sorted(path.name for path in out.iterdir()) == []  # no beton, no temp file
+
+
+def test_a_block_outside_the_main_thread_runs_unwatched():
+    """Only the main thread may set a signal handler: signal.signal raised ValueError in any other thread."""
+    outcome = []
+
+    def scan_in_a_thread():
+        try:
+            with stop_if_a_worker_dies("the scan"):
+                outcome.append("ran")
+        except ValueError as error:
+            outcome.append(str(error))
+
+    thread = threading.Thread(target=scan_in_a_thread)
+    thread.start()
+    thread.join()
+    assert outcome == ["ran"]
