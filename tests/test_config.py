@@ -107,7 +107,7 @@ def test_a_ramp_that_shrinks_the_resolution_is_refused():
     down to 192 px without a word."""
     recipe = RECIPES[0].parent / "rn50_16ep.yaml"
     with pytest.raises(ConfigError, match=r"^resolution.min_res 224 \(from --resolution.min_res\) is larger than "
-                                          r"resolution.max_res 192 \(from recipes/_ffcv_imagenet.yaml|.*\); the "
+                                          r"resolution.max_res 192 \(from \S*recipes/_ffcv_imagenet.yaml\); the "
                                           r"resolution ramps up from min_res to max_res: raise max_res or lower "
                                           r"min_res$"):
         resolve(recipe, parse_overrides(["--resolution.min_res=224"]))
