@@ -54,9 +54,13 @@ class Slot:
     devices: Tuple[str, ...] = ()
     cores: Tuple[int, ...] = ()
 
+    @property
+    def name(self) -> str:
+        """'0,1' for its GPUs, 'cpu' without any."""
+        return ",".join(self.devices) or "cpu"
+
     def describe(self) -> str:
-        where = ",".join(self.devices) or "cpu"
-        return where + (f" (cores {core_ranges(self.cores)})" if self.cores else "")
+        return self.name + (f" (cores {core_ranges(self.cores)})" if self.cores else "")
 
 
 def plan_jobs(squeezes: Sequence[str], seeds: Sequence[int], root: Path, arch: str, recipe: str) -> List[Job]:
@@ -164,8 +168,7 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
             if index not in running and queue:
                 job, attempt = queue.popleft()
                 running[index] = (job, attempt, launch(job, slot))
-                where = ",".join(slot.devices) if slot.devices else "cpu"
-                report(f"[{where}] start {job.run_dir.name}" + (f" (retry {attempt})" if attempt else ""))
+                report(f"[{slot.name}] start {job.run_dir.name}" + (f" (retry {attempt})" if attempt else ""))
         for index in list(running):
             job, attempt, process = running[index]
             status = process.poll()
