@@ -139,7 +139,9 @@ def resolution_settings(config: Dict[str, Any]) -> List[int]:
     return [config[f"resolution.{key}"] for key in ("min_res", "max_res", "start_ramp", "end_ramp")]
 
 
-def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[dict, dict]) -> Dict[str, Any]:
+def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[dict, dict],
+          data: Dict[str, str]) -> Dict[str, Any]:
+    """Train (resuming what `run_dir` holds) on the betons `metadata` describes and `data` identifies."""
     epochs = config["training.epochs"]
     resolution_args = resolution_settings(config)
     train_data, val_data, num_classes = build_data(config, world, resolution_at(0, *resolution_args), metadata)
@@ -152,7 +154,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
                           config["training.weight_decay"], config["training.decay_norm_and_bias"])
     scaler = precision.grad_scaler()
     history, first_epoch = [], 0
-    state = from_main(world, lambda: resume_state(run_dir, config, world, data_identities(metadata)))
+    state = from_main(world, lambda: resume_state(run_dir, config, world, data))
     if state is not None:
         history, first_epoch = restore(state, model, optimizer, scaler, world.rank)
         if world.is_main:
@@ -189,8 +191,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
                                  world.world_size, rng)
             print(epoch_line(epoch, resolution, metrics, started, compile_mode != "none"), flush=True)
         barrier()
-    result = summarize(config, history, parameters, world, global_batch, precision.name) | {
-        "data": data_identities(metadata)}
+    result = summarize(config, history, parameters, world, global_batch, precision.name) | {"data": data}
     if world.is_main:
         ckpt.save_final_weights(run_dir / FINAL_WEIGHTS_NAME, network, model_settings(config, num_classes))
         write_text_atomic(run_dir / RESULT_NAME, json.dumps(result, indent=1) + "\n")
@@ -297,7 +298,8 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
     """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
     metadata = check_data(config)  # before anything is created
     check_batch_fits(config, metadata[0], world)
-    if from_main(world, lambda: finished_already(run_dir, config, resume_required, data_identities(metadata))):
+    data = data_identities(metadata)
+    if from_main(world, lambda: finished_already(run_dir, config, resume_required, data)):
         if world.is_main:
             print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
         return
@@ -310,13 +312,13 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
                 print(f"removed {len(removed)} temporary file(s) left by dead processes: "
                       f"{', '.join(path.name for path in removed)}")
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
-            write_text_atomic(run_dir / DATA_NAME, json.dumps(data_identities(metadata), indent=1) + "\n")
+            write_text_atomic(run_dir / DATA_NAME, json.dumps(data, indent=1) + "\n")
             print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
             shortfall = ramp_shortfall(config["training.epochs"], *resolution_settings(config))
             if shortfall:
                 print(f"note: {shortfall}", flush=True)
         barrier()
-        result = train(config, run_dir, world, metadata)
+        result = train(config, run_dir, world, metadata, data)
     if world.is_main:
         print(json.dumps(result))
 
