@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import resolve
+from pipeline.config import resolution_settings, resolve
 from pipeline.data import resolution_at
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
@@ -27,8 +27,7 @@ def project(config: dict, gpus: int, cores: int, model_img_s: float, loader_per_
     rows = []
     loader = loader_per_core * cores
     for epoch in range(config["training.epochs"]):
-        res = resolution_at(epoch, config["resolution.min_res"], config["resolution.max_res"],
-                            config["resolution.start_ramp"], config["resolution.end_ramp"])
+        res = resolution_at(epoch, *resolution_settings(config))
         model = model_img_s * (192 / res) ** 2 * gpus * (scaling if gpus > 1 else 1.0)
         train_seconds = IMAGENET_TRAIN / min(model, loader)
         passes = 2 if config["validation.flip_tta"] else 1

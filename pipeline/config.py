@@ -256,6 +256,11 @@ def check_ramp(config: Dict[str, Any], values: Dict[str, Tuple[Any, str]]) -> No
                           "lower min_res")
 
 
+def resolution_settings(config: Dict[str, Any]) -> List[int]:
+    """min_res, max_res, start_ramp, end_ramp: data.resolution_at's arguments after the epoch."""
+    return [config[f"resolution.{key}"] for key in ("min_res", "max_res", "start_ramp", "end_ramp")]
+
+
 def parse_overrides(arguments: List[str]) -> Dict[str, Tuple[Any, str]]:
     """`--section.key=value` or `--section.key value` pairs; values parsed as YAML scalars (1e-4, true)."""
     overrides, index = {}, 0

@@ -19,7 +19,7 @@ from pipeline import checkpoint as ckpt
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
                                    tune_convolutions, wrap_ddp)
-from pipeline.config import ConfigError, describe, parse_overrides, resolve, settings_help
+from pipeline.config import ConfigError, describe, parse_overrides, resolution_settings, resolve, settings_help
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, ramp_shortfall,
                            resolution_at, set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
@@ -132,11 +132,6 @@ def average_over_ranks(metrics: Dict[str, float], world: World) -> None:
     summed = all_reduce_sum(torch.tensor([metrics["train_loss"], metrics["train_images_per_s"]],
                                          dtype=torch.float64, device=world.device)).tolist()
     metrics["train_loss"], metrics["train_images_per_s"] = summed[0] / world.world_size, summed[1]
-
-
-def resolution_settings(config: Dict[str, Any]) -> List[int]:
-    """min_res, max_res, start_ramp, end_ramp: resolution_at's arguments after the epoch."""
-    return [config[f"resolution.{key}"] for key in ("min_res", "max_res", "start_ramp", "end_ramp")]
 
 
 def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[dict, dict],
