@@ -175,6 +175,10 @@ class RGBFileDataset:
     ffcv's writer waits forever for a worker that raised, so a file that fails here (it decoded in the scan,
     then changed) is appended to `failure_log` and replaced by a 1x1 placeholder; the caller must check
     `failures()` and discard the output when there are any.
+
+    ffcv's RGBImageField draws from numpy's global generator, right after this returns, whether to store the
+    image as a JPEG (`--compress-prob`); seeding it by the image's index makes that choice the same in every
+    write of the same photos, whichever writer process takes the image (each numpy seeded itself apart).
     """
 
     def __init__(self, files: Sequence[Tuple[ImageSource, int]], failure_log: Path, exif_transpose: bool = False):
@@ -186,6 +190,7 @@ class RGBFileDataset:
         return len(self.files)
 
     def __getitem__(self, index: int):
+        np.random.seed(index)  # the writer's JPEG-or-raw draw for this image (see the class docstring)
         path, label = self.files[index]
         try:
             return load_rgb(path, self.exif_transpose), label

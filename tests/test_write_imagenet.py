@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import kept
+from conftest import kept, run_script
 from dataset_prep import image_folder
 from dataset_prep.beton import WriteSettings, metadata_path, verify_beton, write_beton
 from dataset_prep.image_folder import find_split, load_rgb
 from dataset_prep.sample_set import build_sample_folder
 from dataset_prep.write_imagenet import main
+from ffcv.reader import Reader
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -324,3 +325,24 @@ def test_a_killed_writer_takes_its_workers_along(tmp_path):
         writer.kill()
     assert main(write_args(tmp_path / "imagenet", out, "--split", "train", "--subset", "1")) == 0
     assert not temporary.exists()
+
+
+def test_writing_the_same_photos_again_stores_each_image_the_same_way(tmp_path):
+    """`--compress-prob` chose which images to JPEG-compress with each writer process's unseeded numpy draws, so
+    every write of the same photos stored other images as JPEGs: a fresh `make demo` trained on other pixels
+    than README's table."""
+    train = tmp_path / "imagenet" / "train"
+    for label in range(2):
+        (train / str(label)).mkdir(parents=True)
+        for index in range(30):
+            photo(48 + index, 56).save(train / str(label) / f"{index}.JPEG")
+    modes = []
+    for attempt in range(2):
+        out = tmp_path / f"out{attempt}"
+        written = run_script(["dataset_prep/write_imagenet.py",  # a process each: numpy seeds itself at start
+                              *write_args(tmp_path / "imagenet", out, "--split", "train", "--chunk-size", "4")])
+        assert written.returncode == 0, written.stderr[-2000:]
+        fields = Reader(str(out / "train.beton")).metadata["f0"]
+        modes.append((fields["mode"].tolist(), fields["width"].tolist()))
+    assert modes[0] == modes[1]
+    assert 0 < sum(modes[0][0]) < 60  # some raw, some JPEG: --compress-prob 0.5 still applies
