@@ -4,6 +4,7 @@ The reference is the torch path (`se_kernel=torch`) computed in float64 on the s
 machine the kernels run interpreted (TRITON_INTERPRET=1, set by conftest before triton is imported).
 """
 import copy
+import warnings
 
 import pytest
 import torch
@@ -137,10 +138,12 @@ def test_se_resnet18_training_step_matches_reference(squeeze, zero_init_last, ex
     compare_training_step(squeeze, zero_init_last, "triton")
 
 
-def test_compiles_without_graph_breaks():
+def test_compiles_without_graph_breaks(monkeypatch):
     """Under torch.compile(fullgraph=True) the custom ops trace and give eager's values, gradients and BN
     running statistics (updated outside the ops there, inside the kernel in eager), the folded downsample BN's
-    included (layer2's first block has one)."""
+    included (layer2's first block has one); and without a warning (dynamo warned of tracing the memoised GPU
+    check, at every compiled run's start)."""
+    monkeypatch.setattr(torch._dynamo.utils, "warn_once_cache", set())  # dynamo's warnings, even if given before
     model = build_model("resnet18", "gmp", num_classes=10, zero_init_last=False, se_kernel="triton").to(DEVICE)
     blocks = {mode: copy.deepcopy(model.layer2[0]) for mode in ("eager", "compiled")}
     x = torch.randn(2, 64, 8, 8, device=DEVICE)
@@ -148,7 +151,10 @@ def test_compiles_without_graph_breaks():
     for mode, block in blocks.items():
         run = torch.compile(block, backend="aot_eager", fullgraph=True) if mode == "compiled" else block
         inputs = x.clone().requires_grad_()
-        out = run(inputs)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            out = run(inputs)
+        assert [str(warning.message) for warning in warned] == []
         out.square().sum().backward()
         identity_bn = block.downsample[1]
         results[mode] = (out, inputs.grad, block.bn2.running_mean, block.bn2.running_var, identity_bn.running_mean,

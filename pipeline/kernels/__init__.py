@@ -62,6 +62,7 @@ def gpu_too_old_for_triton(device: torch.device) -> Optional[str]:
     return f"{torch.cuda.get_device_name(device)} is CUDA capability {capability[0]}.{capability[1]}"
 
 
+@torch.compiler.assume_constant_result  # facts of the install and the machine: traced code takes the answer
 def triton_unavailable_reason(device: torch.device):
     """Why se_kernel=triton cannot run on `device` (None when it can)."""
     if not triton_available():
