@@ -58,6 +58,14 @@ def data_identity(metadata: Dict) -> str:
     return f"{metadata['num_samples']} images written {metadata.get('created', 'at an unrecorded time')}"
 
 
+def class_difference(classes: Sequence[str], other: Sequence[str]) -> str:
+    """Where two class lists part, for a refusal: `10 vs 10 classes; class 3 is 'dog' vs 'cat'`."""
+    index = next((i for i, (mine, theirs) in enumerate(zip(classes, other)) if mine != theirs),
+                 min(len(classes), len(other)))
+    named = [repr(names[index]) if index < len(names) else "none" for names in (classes, other)]
+    return f"{len(classes)} vs {len(other)} classes; class {index} is {named[0]} vs {named[1]}"
+
+
 def _versions() -> Dict[str, str]:
     # ffcv 1.0.2's own __version__ still says 0.0.3rc1: ask the installed distributions instead
     return {**{name: importlib.metadata.version(name) for name in ("ffcv", "numpy", "pillow", "torch")},

@@ -12,10 +12,10 @@ import collections
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from dataset_prep.beton import WRITE_MODES, WriteSettings, verify_beton, write_beton
-from dataset_prep.image_folder import UsageError, printable, scan, skip_kind
+from dataset_prep.beton import WRITE_MODES, WriteSettings, class_difference, verify_beton, write_beton
+from dataset_prep.image_folder import Split, UsageError, printable, scan, skip_kind
 from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
 from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
@@ -106,14 +106,21 @@ def skipped_summary(skipped) -> str:
     return f"{len(skipped)} skipped ({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())})"
 
 
-def write_split(split_name: str, layout: Layout, out_dir: Path, args: argparse.Namespace, classes=None):
-    """Scan, write and (optionally) verify one split; returns its class list."""
+def list_splits(layout: Layout, names: List[str], subset: Optional[int]) -> Dict[str, Split]:
+    """Every split to write, listed and checked before any is written: a val split that cannot be labelled or
+    has other classes is refused before the hours a train write takes, not after."""
+    splits = {name: list_split(layout, name, subset) for name in names}
+    if len(splits) == 2 and splits["val"].classes != splits["train"].classes:
+        val, train = splits["val"], splits["train"]
+        raise UsageError(f"{val.root} and {train.root} have different classes "
+                         f"({class_difference(val.classes, train.classes)}); both splits need the same classes")
+    return splits
+
+
+def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: argparse.Namespace) -> None:
+    """Scan, write and (optionally) verify one split listed by list_splits; `kind` is the layout's."""
     out = out_dir / f"{split_name}.beton"
-    split = list_split(layout, split_name, args.subset)
     source = split.root
-    if classes is not None and tuple(classes) != split.classes:
-        raise UsageError(f"{source} has different classes than the train split "
-                         f"({len(split.classes)} vs {len(classes)}); both splits need the same classes")
     good, skipped = scan(split.files, args.workers, f"{split_name} scan", args.exif_transpose)
     skipped = list(split.skipped) + skipped
     report = out_dir / f"{split_name}_skipped.txt"
@@ -126,7 +133,7 @@ def write_split(split_name: str, layout: Layout, out_dir: Path, args: argparse.N
     settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode,
                              args.chunk_size, args.workers, args.exif_transpose)
     started = time.perf_counter()
-    write_beton(good, split.classes, out, settings, f"{layout.kind}: {source.resolve()}", len(skipped),
+    write_beton(good, split.classes, out, settings, f"{kind}: {source.resolve()}", len(skipped),
                 split.class_names)
     seconds = time.perf_counter() - started
     print(f"{split_name}: {len(good)} written, {skipped_summary(skipped)}, {len(split.files)} found"
@@ -137,7 +144,6 @@ def write_split(split_name: str, layout: Layout, out_dir: Path, args: argparse.N
         if problems:
             raise RuntimeError("; ".join(problems))
         print(f"{split_name}: verified {out} (count and label histogram match the source)")
-    return split.classes
 
 
 def main(argv: List[str]) -> int:
@@ -168,9 +174,8 @@ def main(argv: List[str]) -> int:
                   f"{', '.join(path.name for path in removed)}")
         if args.data_dir is None:
             prepare_sample_folder(data_dir, args.sample_train, args.sample_val)
-        classes = None
-        for split_name in splits:
-            classes = write_split(split_name, layout, out_dir, args, classes)
+        for split_name, split in list_splits(layout, splits, args.subset).items():
+            write_split(split_name, split, layout.kind, out_dir, args)
     except UserError as error:
         return report_user_error("write_imagenet.py", error)
     return 0

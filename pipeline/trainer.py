@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from dataset_prep.beton import data_identity
+from dataset_prep.beton import class_difference, data_identity
 from pipeline import checkpoint as ckpt
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
@@ -272,7 +272,9 @@ def check_data(config: Dict[str, Any]) -> Tuple[dict, dict]:
     train_meta = check_beton(config["data.train_dataset"], config["model.num_classes"] or None)
     val_meta = check_beton(config["data.val_dataset"], len(train_meta["classes"]), against=config["data.train_dataset"])
     if val_meta["classes"] != train_meta["classes"]:
-        raise DataError(f"{config['data.val_dataset']} and {config['data.train_dataset']} have different classes")
+        raise DataError(f"{config['data.val_dataset']} and {config['data.train_dataset']} have different classes ("
+                        f"{class_difference(val_meta['classes'], train_meta['classes'])}); write both splits from "
+                        "the same class folders")
     return train_meta, val_meta
 
 

@@ -1,4 +1,5 @@
 """Beton checks (missing, truncated, not ours, classes that do not fit); loader threads; what the seed fixes."""
+import json
 import shutil
 
 import numba
@@ -10,11 +11,27 @@ from conftest import kept
 from pipeline import cores
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, set_epoch,
                            train_loader)
+from pipeline.trainer import check_data
 
 
 def test_a_val_beton_with_other_classes_names_the_train_beton(tiny_betons):
     with pytest.raises(DataError, match=r"val.beton has 10 classes but data/x/train.beton has 3; write both splits"):
         check_beton(str(tiny_betons / "val.beton"), 3, against="data/x/train.beton")
+
+
+def test_betons_of_other_classes_name_the_first_class_that_differs(tiny_betons, tmp_path):
+    for name in ("train.beton", "train.meta.json", "val.beton", "val.meta.json"):
+        shutil.copy(tiny_betons / name, tmp_path / name)
+    metadata = json.loads((tmp_path / "val.meta.json").read_text())
+    metadata["classes"][4] = "zebra"
+    (tmp_path / "val.meta.json").write_text(json.dumps(metadata))
+    config = {"data.train_dataset": str(tmp_path / "train.beton"), "data.val_dataset": str(tmp_path / "val.beton"),
+              "model.num_classes": 0}
+    with pytest.raises(DataError) as refusal:
+        check_data(config)
+    assert str(refusal.value) == (f"{tmp_path}/val.beton and {tmp_path}/train.beton have different classes (10 vs 10 "
+                                  "classes; class 4 is 'zebra' vs 'coins'); write both splits from the same class "
+                                  "folders")
 
 
 def test_a_missing_beton_names_the_folder_a_relative_path_was_looked_for_in(tmp_path, monkeypatch):

@@ -104,6 +104,19 @@ def test_refusals_are_one_line_exit_2(tmp_path, capsys, setup, message):
     assert message in error and error.count("\n") == 1 and error.startswith("write_imagenet.py: error:")
 
 
+def test_a_val_split_of_other_classes_is_refused_before_train_is_written(tmp_path, capsys):
+    """It was refused after the train beton was written (hours, on ImageNet), saying only '(2 vs 2)'."""
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "dot"))):
+        for name in classes:
+            (tmp_path / "imagenet" / split / name).mkdir(parents=True)
+            photo().save(tmp_path / "imagenet" / split / name / "a.JPEG")
+    assert main(write_args(tmp_path / "imagenet", tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        f"write_imagenet.py: error: {tmp_path}/imagenet/val and {tmp_path}/imagenet/train have different classes "
+        "(2 vs 2 classes; class 1 is 'dot' vs 'dog'); both splits need the same classes\n")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.beton"))
+
+
 def test_an_output_folder_that_cannot_be_made_and_bad_sample_sizes_are_one_line(tmp_path, capsys):
     """They were tracebacks (FileExistsError, FileNotFoundError), or a sample set of 0 photos per class."""
     a_file = tmp_path / "notes.txt"
