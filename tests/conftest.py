@@ -15,6 +15,7 @@ if not torch.cuda.is_available():  # Triton kernels run on CPU tensors, interpre
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.image_folder import find_split
 from dataset_prep.write_imagenet import main as write_main
+from ffcv.loader import Loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,15 +33,19 @@ def tiny_betons(tmp_path_factory) -> Path:
 
 
 # numba's finalizer of the dispatchers in ffcv's compiled pipelines raises a KeyError when a loader is collected
-# while other pipelines live in the process; pytest then reports it at whichever test runs then. Loaders built
-# in a test process are kept until it ends, where numba skips those finalizers.
+# while other pipelines live in the process; pytest then reports it at whichever test runs then. Every loader built
+# in a test process (by a test, or by the trainer a test runs in-process) is kept until the process ends, where
+# numba skips those finalizers.
 _LOADERS = []
+_build_loader = Loader.__init__
 
 
-def kept(loader):
-    """`loader`, kept alive until the test process ends (see above)."""
-    _LOADERS.append(loader)
-    return loader
+def _build_and_keep(self, *args, **kwargs):
+    _build_loader(self, *args, **kwargs)
+    _LOADERS.append(self)
+
+
+Loader.__init__ = _build_and_keep
 
 
 def tiny_settings(betons: Path, run_dir: Path, *extra: str) -> list:

@@ -9,7 +9,7 @@ from ffcv.libffcv import resize_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 
-from conftest import kept, run_script
+from conftest import run_script
 from pipeline.crop_resize import CenterCropDecoder, RandomResizedCropDecoder, area_shrink, crop_resize
 
 
@@ -83,8 +83,8 @@ class OursFixedCrop(RandomResizedCropDecoder):
 
 
 def decoded(beton, decoder) -> np.ndarray:
-    loader = kept(Loader(str(beton), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                         pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()]}))
+    loader = Loader(str(beton), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()]})
     return np.concatenate([images.numpy().copy() for images, _ in loader])
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kept
 from pipeline import cores
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, set_epoch,
                            train_loader)
@@ -67,8 +66,8 @@ def test_loader_threads_share_the_cores_this_process_may_use_within_numbas_limit
 
 
 def train_epochs(betons, seed: int, epochs: int, first_epoch: int = 0) -> list:
-    loader = kept(train_loader(str(betons / "train.beton"), LoaderSettings(16, 2, True, 2, seed), 32,
-                               torch.device("cpu"), False))
+    loader = train_loader(str(betons / "train.beton"), LoaderSettings(16, 2, True, 2, seed), 32,
+                          torch.device("cpu"), False)
     set_epoch(loader, first_epoch)
     return [np.concatenate([images.numpy().copy() for images, _ in loader]) for _ in range(epochs)]
 

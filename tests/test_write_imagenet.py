@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import kept, run_script
+from conftest import run_script
 from dataset_prep import image_folder
 from dataset_prep.beton import WriteSettings, metadata_path, verify_beton, write_beton
 from dataset_prep.image_folder import find_split, load_rgb
@@ -223,9 +223,9 @@ def test_round_trip_through_ffcv_loader(tmp_path):
     out = tmp_path / "rt.beton"
     write_beton(files, list("abcd"), out, WriteSettings(max_res=64, workers=1, write_mode="raw"), "test", 0)
     assert verify_beton(out, [label for _, label in files], 4) == []
-    loader = kept(Loader(str(out), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
-                         pipelines={"image": [CenterCropRGBImageDecoder((32, 32), ratio=1.0), ToTensor()],
-                                    "label": [IntDecoder(), ToTensor()]}))
+    loader = Loader(str(out), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [CenterCropRGBImageDecoder((32, 32), ratio=1.0), ToTensor()],
+                               "label": [IntDecoder(), ToTensor()]})
     images, labels = zip(*[(image, label) for image, label in loader])
     images, labels = np.concatenate(images), np.concatenate(labels).ravel()
     assert images.shape == (12, 32, 32, 3)
