@@ -9,7 +9,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -23,7 +22,7 @@ from ffcv.writer import DatasetWriter
 
 from dataset_prep.archive import ImageSource
 from dataset_prep.image_folder import RGBFileDataset
-from pipeline.atomic import temporary_path, write_text_atomic
+from pipeline.atomic import free_space, temporary_path, write_text_atomic
 from pipeline.cores import usable_cores
 from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
 
@@ -95,9 +94,8 @@ def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str]
             if metadata_memory is not None:
                 metadata_memory.close()
                 metadata_memory.unlink()
-            raise WorkerDiedError(f"{error} ({shutil.disk_usage(out.parent).free / 1e9:.2f} GB free on the disk of "
-                                  f"{out.parent}; a full disk ends a writer process: free space or pass another "
-                                  "--out-dir)") from None
+            raise WorkerDiedError(f"{error} ({free_space(out.parent)}; a full disk ends a writer process: free "
+                                  "space or pass another --out-dir)") from None
         failures = dataset.failures()
         if failures:
             raise RuntimeError(f"{len(failures)} file(s) failed to decode during the write (first: "

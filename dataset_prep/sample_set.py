@@ -6,6 +6,7 @@ stream, so the set does not depend on the number of worker processes); val crops
 crops and a val image is never byte-identical to a train image.
 """
 import hashlib
+import io
 import multiprocessing
 import os
 import shutil
@@ -17,7 +18,10 @@ from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from dataset_prep.image_folder import find_split
+from pipeline.atomic import free_space
 from pipeline.cores import usable_cores
+from pipeline.errors import StorageError
+from pipeline.worker_watch import stop_if_a_worker_dies
 
 # class name -> loader of a photo bundled inside the scikit-image wheel (no network needed)
 def _photos() -> Dict[str, Callable[[], np.ndarray]]:
@@ -88,9 +92,35 @@ def _write_views(task) -> list:
     written = []
     for index in indices:
         rng = np.random.default_rng([seed, class_index, stream, index])
-        path = folder / f"{name}_{index:05d}.JPEG"
-        _random_view(_worker_photos[name], rng).save(path, quality=quality)
-        written.append((split, hashlib.sha1(path.read_bytes()).hexdigest()))
+        encoded = io.BytesIO()
+        _random_view(_worker_photos[name], rng).save(encoded, format="JPEG", quality=quality)
+        # written by Python, which raises on a short write: PIL writing to the file left a truncated JPEG where
+        # the disk filled up (or a file size limit was reached), without an error
+        (folder / f"{name}_{index:05d}.JPEG").write_bytes(encoded.getvalue())
+        written.append((split, hashlib.sha1(encoded.getvalue()).hexdigest()))
+    return written
+
+
+def _write_all_views(out_root: Path, final_root: Path, train_per_class: int, val_per_class: int, seed: int,
+                     quality: int, workers: int) -> list:
+    """(split, sha1) of every image, written under `out_root` (to become `final_root`) by `workers` processes
+    (0: one per core)."""
+    tasks, chunk = [], 64
+    for class_index, name in enumerate(sorted(_photos())):
+        # val views come from their own streams, drawn independently of train views
+        for split, count, stream in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+            (out_root / split / name).mkdir(parents=True, exist_ok=True)
+            tasks += [(out_root, name, class_index, split, stream, range(start, min(start + chunk, count)), seed,
+                       quality) for start in range(0, count, chunk)]
+    workers = min(workers or usable_cores(), len(tasks)) or 1
+    written = []
+    with tqdm(total=len(_photos()) * (train_per_class + val_per_class), desc="sample set", unit="img",
+              mininterval=1) as progress, multiprocessing.Pool(workers, initializer=_load_photos) as pool:
+        # Pool.imap waits forever for the task of a worker the OOM killer took
+        with stop_if_a_worker_dies(f"building the sample set in {final_root}"):
+            for chunk_written in pool.imap(_write_views, tasks):  # as the writer's scan
+                written += chunk_written
+                progress.update(len(chunk_written))
     return written
 
 
@@ -108,22 +138,14 @@ def build_sample_folder(out_root: Path, train_per_class: int = TRAIN_PER_CLASS, 
     """
     final_root, out_root = out_root, out_root.with_name(out_root.name + ".partial")
     shutil.rmtree(out_root, ignore_errors=True)
-    tasks, chunk = [], 64
-    for class_index, name in enumerate(sorted(_photos())):
-        # val views come from their own streams, drawn independently of train views
-        for split, count, stream in (("train", train_per_class, 0), ("val", val_per_class, 1)):
-            (out_root / split / name).mkdir(parents=True, exist_ok=True)
-            tasks += [(out_root, name, class_index, split, stream, range(start, min(start + chunk, count)), seed,
-                       quality) for start in range(0, count, chunk)]
-    workers = min(workers or usable_cores(), len(tasks)) or 1
-    progress = tqdm(total=len(_photos()) * (train_per_class + val_per_class), desc="sample set", unit="img",
-                    mininterval=1)
-    written = []
-    with multiprocessing.Pool(workers, initializer=_load_photos) as pool:  # as the writer's scan
-        for chunk_written in pool.imap(_write_views, tasks):
-            written += chunk_written
-            progress.update(len(chunk_written))
-    progress.close()
+    try:
+        written = _write_all_views(out_root, final_root, train_per_class, val_per_class, seed, quality, workers)
+    except BaseException as error:
+        shutil.rmtree(out_root, ignore_errors=True)  # of no use, and on a full disk it keeps the disk full
+        if isinstance(error, OSError):
+            raise StorageError(f"the sample set in {final_root} was not built: {error.strerror or error} ("
+                               f"{free_space(final_root.parent)}; free space or pass another --out-dir)") from None
+        raise
     train_hashes = {digest for split, digest in written if split == "train"}
     if any(split == "val" and digest in train_hashes for split, digest in written):
         raise RuntimeError(f"a val image in {out_root} duplicates a train image; change the seed")

@@ -82,11 +82,13 @@ def make_out_dir(out_dir: Path) -> None:
                          "folder") from None
 
 
-def prepare_sample_folder(images: Path, train_per_class: Optional[int], val_per_class: Optional[int]) -> None:
-    """The sample photos at `images`: built when absent, else used as they are, unless --sample-train or
-    --sample-val ask for another size (they were ignored without a word)."""
+def prepare_sample_folder(images: Path, train_per_class: Optional[int], val_per_class: Optional[int],
+                          workers: int) -> None:
+    """The sample photos at `images`: built (by `workers` processes) when absent, else used as they are, unless
+    --sample-train or --sample-val ask for another size (they were ignored without a word)."""
     if not (images / "train").is_dir():
-        counts = build_sample_folder(images, train_per_class or TRAIN_PER_CLASS, val_per_class or VAL_PER_CLASS)
+        counts = build_sample_folder(images, train_per_class or TRAIN_PER_CLASS, val_per_class or VAL_PER_CLASS,
+                                     workers=workers)
         print(f"sample set: {counts['train']} train and {counts['val']} val photos in {images}")
         return
     have = sample_folder_counts(images)
@@ -173,7 +175,7 @@ def main(argv: List[str]) -> int:
             print(f"removed {len(removed)} temporary file(s) left by killed writers: "
                   f"{', '.join(path.name for path in removed)}")
         if args.data_dir is None:
-            prepare_sample_folder(data_dir, args.sample_train, args.sample_val)
+            prepare_sample_folder(data_dir, args.sample_train, args.sample_val, args.workers)
         for split_name, split in list_splits(layout, splits, args.subset).items():
             write_split(split_name, split, layout.kind, out_dir, args)
     except UserError as error:

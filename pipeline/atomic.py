@@ -2,6 +2,7 @@
 import contextlib
 import os
 import re
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,13 @@ def temporary_path(path: Path) -> Path:
     """The hidden, per-process temp name beside `path` that is renamed onto it once complete."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def free_space(folder: Path) -> str:
+    """'0.00 GB free on the disk of <folder>': for a refusal of a write that may have filled it (asked of the
+    nearest folder above that exists, when the write failed before making it)."""
+    existing = next(path for path in (Path(folder), *Path(folder).parents) if path.exists())
+    return f"{shutil.disk_usage(existing).free / 1e9:.2f} GB free on the disk of {folder}"
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""Waits on worker processes end when a worker dies: a full disk under ffcv's writer, a killed Pool worker."""
+"""Waits on worker processes end when a worker dies, and a full disk is one line: ffcv's writer, the sample set, Pools."""
 import os
+import re
 import resource
 import shutil
 import signal
@@ -16,6 +17,11 @@ from test_write_imagenet import photo, write_args
 def ignore_sigint():
     """As a shell starts a background job (`… &` in a script)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def file_size_limit(limit: int):
+    """A process start hook: files the process writes stop at `limit` bytes (EFBIG, as ENOSPC on a full disk)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -87,20 +93,57 @@ def test_a_full_disk_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_p
             shutil.copyfile(original, val / str(label) / f"{index}.JPEG")
     out = tmp_path / "out"
     out.mkdir()
-    limit = 300_000  # bytes any file of the process may reach: the beton needs more, the rest fits
-
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     result = subprocess.run([sys.executable, "dataset_prep/write_imagenet.py",
                              *write_args(tmp_path / "imagenet", out, "--split", "val", "--max-res", "256",
                                          "--compress-prob", "0", "--chunk-size", "1")],  # more than a pipe holds
-                            cwd=REPO, capture_output=True, text=True, timeout=60, preexec_fn=limit_file_size)
+                            cwd=REPO, capture_output=True, text=True, timeout=60,
+                            preexec_fn=file_size_limit(300_000))  # the beton needs more, the rest fits
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("write_imagenet.py: error: writing val.beton stopped: worker process ") and \
         "exited with status 1" in last and f"free on the disk of {out}" in last, last
     assert sorted(path.name for path in out.iterdir()) == []  # no beton, no temp file
+
+
+def test_a_full_disk_under_the_sample_set_is_one_line_and_leaves_nothing(tmp_path):
+    """It was a traceback (exit 1) that left the partial photo folder on the full disk; and under a file size
+    limit, PIL wrote truncated JPEGs without an error."""
+    result = subprocess.run([sys.executable, "dataset_prep/write_imagenet.py", "--out-dir", str(tmp_path),
+                             "--sample-train", "2", "--sample-val", "1", "--workers", "2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60,
+                            preexec_fn=file_size_limit(10_000))  # below a sample photo's size
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = re.sub(r"\d+\.\d\d GB free", "N GB free", result.stderr.strip().splitlines()[-1])  # other tests write
+    assert last == (f"write_imagenet.py: error: the sample set in {tmp_path}/images was not built: File too large (N "
+                    f"GB free on the disk of {tmp_path}; free space or pass another --out-dir)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_sample_set_worker_stops_the_build(tmp_path):
+    """Its Pool.imap waited forever for the photos of a worker the OOM killer (here SIGKILL) took down."""
+    result = run_python(f"""
+        import os, signal
+        from pathlib import Path
+        from dataset_prep import sample_set
+        from pipeline.worker_watch import WorkerDiedError
+
+        write = sample_set._write_views
+
+        def write_or_die(task):
+            if task[3] == "val":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return write(task)
+
+        sample_set._write_views = write_or_die  # the workers are forked: they call it too
+        try:
+            sample_set.build_sample_folder(Path("{tmp_path}/images"), 2, 1, workers=2)
+        except WorkerDiedError as error:
+            print(error)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"building the sample set in {tmp_path}/images stopped: worker process ") and \
+        "was killed by SIGKILL" in result.stdout, result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_block_outside_the_main_thread_runs_unwatched():
