@@ -1,4 +1,4 @@
-"""Waits on worker processes end when a worker dies, and a full disk is one line: ffcv's writer, the sample set, Pools."""
+"""When a worker dies, waits on worker processes end; a full disk is one line: ffcv's writer, the sample set, Pools."""
 import os
 import re
 import resource
