@@ -71,6 +71,21 @@ def _versions() -> Dict[str, str]:
             "python": platform.python_version()}
 
 
+def _metadata(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str], settings: WriteSettings,
+              source: str, skipped: int, class_names: Sequence[str]) -> Dict:
+    """What `<split>.meta.json` records of a beton written now from `files`."""
+    counts = np.bincount([label for _, label in files], minlength=len(classes))
+    return {
+        "format": METADATA_FORMAT, "num_samples": len(files), "classes": list(classes),
+        **({"class_names": list(class_names)} if class_names else {}),
+        "counts": counts.tolist(), "skipped": skipped, "source": source,
+        "settings": {"max_res": settings.max_res, "jpeg_quality": settings.jpeg_quality,
+                     "compress_prob": settings.compress_prob, "write_mode": settings.write_mode,
+                     "exif_transpose": settings.exif_transpose},
+        "versions": _versions(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+
+
 def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str], out: Path,
                 settings: WriteSettings, source: str, skipped: int, class_names: Sequence[str] = ()) -> Dict:
     """Write (path or archive member, label) pairs to `out` and its metadata (with the human-readable class
@@ -100,16 +115,7 @@ def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str]
         if failures:
             raise RuntimeError(f"{len(failures)} file(s) failed to decode during the write (first: "
                                f"{failures[0]}); {out} was not written")
-        counts = np.bincount([label for _, label in files], minlength=len(classes))
-        metadata = {
-            "format": METADATA_FORMAT, "num_samples": len(files), "classes": list(classes),
-            **({"class_names": list(class_names)} if class_names else {}),
-            "counts": counts.tolist(), "skipped": skipped, "source": source,
-            "settings": {"max_res": settings.max_res, "jpeg_quality": settings.jpeg_quality,
-                         "compress_prob": settings.compress_prob, "write_mode": settings.write_mode,
-                         "exif_transpose": settings.exif_transpose},
-            "versions": _versions(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        }
+        metadata = _metadata(files, classes, settings, source, skipped, class_names)
         os.replace(temporary, out)
         write_text_atomic(metadata_path(out), json.dumps(metadata, indent=1) + "\n")
         return metadata
