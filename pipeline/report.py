@@ -26,6 +26,7 @@ from pipeline.run_dir import DATA_KEYS, RESULT_NAME, RESUME_FREE_KEYS, read_json
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
 MANIFEST_NAME = "ablation.json"
@@ -205,9 +206,10 @@ def _number(function, values, minimum: int = 1):
     return function(values) if len(values) >= minimum else ""
 
 
-def plot_top1(arms: Dict[str, ArmSummary], path: Path, title: str) -> None:
+def top1_figure(arms: Dict[str, ArmSummary], title: str):
+    """Bars of each arm's mean top-1 with its sd, and a dot per seed."""
     present = [arm for arm in arms.values() if arm.top1]
-    figure, axis = plt.subplots(figsize=(1.1 * len(arms) + 2, 4))
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.1 * len(arms) + 2), 4))
     axis.bar([a.squeeze for a in present], [mean(a.top1) for a in present],
              yerr=[stdev(a.top1) if len(a.top1) > 1 else 0 for a in present], capsize=4, color="#4c72b0")
     for arm in present:
@@ -215,31 +217,43 @@ def plot_top1(arms: Dict[str, ArmSummary], path: Path, title: str) -> None:
     low = min(min(a.top1) for a in present)
     axis.set_ylim(max(0, low - 5), min(100, max(max(a.top1) for a in present) + 3))
     axis.set_ylabel("val top-1 (%)")
-    axis.set_title(f"{title}: mean ± sd over seeds (dots: single seeds)")
-    figure.tight_layout()
-    _save_png(figure, path)
+    _set_title(figure, axis, f"{title}\nmean ± sd over seeds (dots: single seeds)")
+    return figure
 
 
-def plot_curves(runs: List[dict], path: Path, title: str) -> None:
+def curves_figure(runs: List[dict], title: str):
+    """Validation top-1 per epoch, a line per run coloured by arm; a point per epoch is marked, so a run of one
+    epoch (or one logged point) shows."""
     figure, axis = plt.subplots(figsize=(7, 4))
     order = arm_order({r["squeeze"] for r in runs})
     colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(order)}
-    labelled = set()
+    labelled, epochs = set(), set()
     for run in sorted(runs, key=lambda r: (order.index(r["squeeze"]), r["seed"])):
         points = [(line["epoch"], line["val_top1"]) for line in run["log"] if "val_top1" in line]
         if points:
             label = None if run["squeeze"] in labelled else run["squeeze"]
             labelled.add(run["squeeze"])
-            axis.plot(*zip(*points), color=colours[run["squeeze"]], label=label, alpha=0.8)
+            epochs.update(epoch for epoch, _ in points)
+            axis.plot(*zip(*points), color=colours[run["squeeze"]], label=label, alpha=0.8, marker="o",
+                      markersize=3)
+    if epochs:  # epochs are whole: ticks at 0.96, 0.98, ... around a run of one
+        axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axis.set_xlabel("epoch")
     axis.set_ylabel("val top-1 (%)")
-    axis.set_title(f"{title}: validation curves (one line per seed)")
     axis.legend(fontsize=8)
+    _set_title(figure, axis, f"{title}\nvalidation curves (one line per seed)")
+    return figure
+
+
+def _set_title(figure, axis, title: str) -> None:
+    """A title wrapped to the figure's width (a long one was cut at the image's edge), then a tight layout."""
+    axis.set_title(title, fontsize=10, wrap=True)
     figure.tight_layout()
-    _save_png(figure, path)
 
 
 def _save_png(figure, path: Path) -> None:
+    """Written whole or not at all, and the figure closed."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
@@ -279,8 +293,8 @@ def write_report(root: Path) -> Report:
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"
             files += [root / f"top1{suffix}.png", root / f"curves{suffix}.png"]
-            plot_top1(arms, files[-2], title)
-            plot_curves(experiment.runs, files[-1], title)
+            _save_png(top1_figure(arms, title), files[-2])
+            _save_png(curves_figure(experiment.runs, title), files[-1])
     text = "\n".join(sections + [f"Note: {note}" for note in notes])
     write_text_atomic(root / "report.md", text)
     write_text_atomic(root / "report.csv", csv_text(tables))

@@ -2,11 +2,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import run_script
-from pipeline.report import main as report_main, paired_interval, write_report
+from pipeline.report import curves_figure, main as report_main, paired_interval, read_runs, write_report
 
 
 def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", **resolved):
@@ -40,6 +41,26 @@ def test_report_statistics_match_a_hand_computation(tmp_path):
         with Image.open(tmp_path / name) as image:
             image.verify()
         assert Image.open(tmp_path / name).size[0] > 300
+
+
+def test_plots_show_their_whole_title_and_a_run_of_one_epoch(tmp_path):
+    """Two arms' bar chart cut its title at the image's edges; a one-epoch run's curve was an invisible line of one
+    point, over ticks at epochs 0.96, 0.98, ..."""
+    root = tmp_path / "ablate-rn18_16ep"
+    for squeeze in ("baseline", "gap"):
+        write_result(root, squeeze, 0, 60.0, 80.0, epochs=1)
+    write_report(root)
+    with Image.open(root / "top1.png") as image:
+        pixels = np.asarray(image.convert("L"))
+    title_band = pixels[: pixels.shape[0] // 6]
+    assert title_band.min() < 100  # the title is there ...
+    assert title_band[:, :3].min() > 200 and title_band[:, -3:].min() > 200  # ... and ends inside the image
+    figure = curves_figure(read_runs(root), "resnet18")
+    figure.canvas.draw()
+    axis = figure.axes[0]
+    low, high = axis.get_xlim()
+    assert [tick for tick in axis.get_xticks() if low <= tick <= high] == [1.0]
+    assert [line.get_marker() for line in axis.lines] == ["o", "o"]
 
 
 def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
