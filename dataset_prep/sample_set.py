@@ -5,6 +5,7 @@ maybe flipped, with colour jitter, saved as a JPEG. Deterministic for a seed (ea
 stream, so the set does not depend on the number of worker processes); val crops are drawn apart from train
 crops and a val image is never byte-identical to a train image.
 """
+import collections
 import hashlib
 import io
 import multiprocessing
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
-from dataset_prep.image_folder import find_split
+from dataset_prep.image_folder import UsageError, find_split
 from pipeline.atomic import free_space
 from pipeline.cores import usable_cores
 from pipeline.errors import StorageError
@@ -69,11 +70,14 @@ def _random_view(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def photo_set_files(root: Path, per_class: int, seed: int) -> list:
     """The (path, label) train files of a photo set with `per_class` images per class under `root`, built
-    (or rebuilt at another size) when needed; benchmarks use it for a set of a chosen size."""
-    train = root / "train"
-    if not train.is_dir() or len(find_split(train).files) != len(_photos()) * per_class:
+    (or rebuilt, at another size or broken) when needed; benchmarks use it for a set of a chosen size."""
+    try:
+        built = sample_folder_counts(root)["train"] if root.is_dir() else None
+    except UsageError:  # a set broken since (an emptied class folder, say): the benchmarks' own, built again
+        built = None
+    if built != per_class:
         build_sample_folder(root, train_per_class=per_class, val_per_class=1, seed=seed)
-    return list(find_split(train).files)
+    return list(find_split(root / "train").files)
 
 
 _worker_photos: Dict[str, Image.Image] = {}
@@ -125,8 +129,21 @@ def _write_all_views(out_root: Path, final_root: Path, train_per_class: int, val
 
 
 def sample_folder_counts(root: Path) -> Dict[str, int]:
-    """Photos per class in each split of a sample folder built before."""
-    return {split: len(find_split(root / split).files) // len(_photos()) for split in ("train", "val")}
+    """Photos per class in each split of a sample folder built before; a UsageError where it is not a whole set
+    (a split or a class emptied or gone, classes of unequal sizes)."""
+    counts = {}
+    for split in ("train", "val"):
+        try:
+            per_class = collections.Counter(label for _, label in find_split(root / split).files)
+        except UsageError as error:
+            raise UsageError(f"{root} is not a whole sample set ({error}); delete it to build it again") from None
+        sizes = sorted(set(per_class.values()))
+        if len(per_class) != len(_photos()) or len(sizes) != 1:
+            found = (f"{len(per_class)} classes, not {len(_photos())}" if len(per_class) != len(_photos()) else
+                     f"classes of {sizes[0]} to {sizes[-1]} photos")
+            raise UsageError(f"{root} is not a whole sample set ({split}: {found}); delete it to build it again")
+        counts[split] = sizes[0]
+    return counts
 
 
 def build_sample_folder(out_root: Path, train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS,

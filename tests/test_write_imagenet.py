@@ -1,6 +1,7 @@
 """dataset_prep: bad files survived, refusals, atomic writes, the sample set, a round trip through ffcv."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from conftest import run_script
 from dataset_prep import image_folder
 from dataset_prep.beton import WriteSettings, metadata_path, verify_beton, write_beton
 from dataset_prep.image_folder import find_split, load_rgb
-from dataset_prep.sample_set import build_sample_folder
+from dataset_prep.sample_set import build_sample_folder, photo_set_files, sample_folder_counts
 from dataset_prep.write_imagenet import main
 from ffcv.reader import Reader
 
@@ -146,6 +147,27 @@ def test_a_sample_set_built_before_is_used_unless_another_size_is_asked(tmp_path
     assert main(["--out-dir", str(tmp_path), "--sample-val", "1", "--max-res", "32", "--workers", "1"]) == 0
     assert "the 2 train and 1 val photos per class already in" in capsys.readouterr().out
     assert json.loads(metadata_path(tmp_path / "train.beton").read_text())["num_samples"] == 20
+
+
+def test_a_broken_sample_set_is_refused_by_the_writer_and_rebuilt_for_the_benchmarks(tmp_path, capsys):
+    """A photo set with an emptied class folder stopped the benchmarks with find_split's traceback, and the
+    writer's refusal said 'every class needs an image' of a folder it had built itself."""
+    images = tmp_path / "images"
+    build_sample_folder(images, train_per_class=2, val_per_class=1, workers=1)
+    for path in (images / "train" / "cat").iterdir():
+        path.unlink()
+    capsys.readouterr()
+    assert main(["--out-dir", str(tmp_path), "--max-res", "32"]) == 2
+    assert capsys.readouterr().err == (
+        f"write_imagenet.py: error: {images} is not a whole sample set (class folder {images}/train/cat is empty; "
+        "every class needs an image); delete it to build it again\n")
+    (images / "val" / "coins" / "coins_00000.JPEG").unlink()
+    shutil.rmtree(images / "train" / "cat")
+    with pytest.raises(image_folder.UsageError, match=r"train: 9 classes, not 10\); delete it"):
+        sample_folder_counts(images)
+    files = photo_set_files(images, 2, seed=0)
+    assert sorted(label for _, label in files) == sorted(list(range(10)) * 2)
+    assert sample_folder_counts(images) == {"train": 2, "val": 1}
 
 
 def test_existing_output_needs_overwrite_and_is_kept(tmp_path, capsys):
