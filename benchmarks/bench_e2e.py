@@ -43,7 +43,7 @@ def timed(batches, device, steps: int, warmup: int, work) -> float:
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line, checked before anything runs (the device check's commands are tested here)."""
     gpu = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="resnet50" if gpu else "resnet18", choices=list(ARCHITECTURES))
     parser.add_argument("--squeeze", default="gap", choices=squeeze_names())
     parser.add_argument("--res", type=at_least(16), default=192 if gpu else 64)

@@ -124,7 +124,7 @@ def in_fresh_process(label: str, time_limit: float, function, *args):
 
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line, checked before anything runs (the device check's commands are tested here)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-class", type=at_least(1), default=200, help="images per class (10 classes)")
     parser.add_argument("--res", type=at_least(16), default=176)
     parser.add_argument("--batch", type=at_least(1), default=256)

@@ -162,7 +162,7 @@ def print_profiles(profiled: dict, batch: int) -> dict:
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line, checked before anything runs (the device check's commands are tested here)."""
     gpu = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arms = names_from(squeeze_names(), allow_all=True)
     parser.add_argument("--arch", default="resnet50" if gpu else "resnet18", choices=list(ARCHITECTURES))
     parser.add_argument("--arms", default="all", type=arms, help="comma list of squeeze arms, or all")

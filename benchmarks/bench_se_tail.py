@@ -123,7 +123,7 @@ def host_breakdown(z, identity, grad, repeats: int) -> dict:
 
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line, checked before anything runs (the device check's commands are tested here)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     squeezes = squeeze_names(include_baseline=False)
     parser.add_argument("--squeezes", default=",".join(squeezes), type=names_from(squeezes))
     parser.add_argument("--batch", type=at_least(1), default=256)

@@ -68,7 +68,7 @@ def timed_write_imagenet(data_dir: Path, workers: int) -> float:
 
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line, checked before anything runs (the device check's commands are tested here)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=at_least(1), default=usable_cores())
     parser.add_argument("--rounds", type=at_least(1), default=7, help="write_imagenet.py runs per source (median)")
     return parser.parse_args(argv)

@@ -38,7 +38,7 @@ def project(config: dict, gpus: int, cores: int, model_img_s: float, loader_per_
 
 
 def main(argv) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", type=Path, required=True)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--cores", type=int, default=128, help="CPU cores feeding the loaders (all nodes)")

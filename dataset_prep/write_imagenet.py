@@ -28,7 +28,7 @@ SAMPLE_MAX_RES = 256
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
     defaults = WriteSettings()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="ImageNet as you have it: an ImageFolder (train/, val/), "
                         "the folder of the official ILSVRC2012 tars and devkit, or Kaggle's (ILSVRC/, "
                         "LOC_*.csv/txt); omit to build the sample set from photos bundled with scikit-image")

@@ -235,7 +235,7 @@ def choose_gpus(text: Optional[str], visible: Sequence[str]) -> List[str]:
 
 
 def parse_command_line(argv: List[str]):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Any other --section.key=value "
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Any other --section.key=value "
                                      "is passed to every run (see `python pipeline/train.py --help`), except "
                                      f"those the runner sets per run: {', '.join(PER_RUN_KEYS)}.")
     parser.add_argument("--cfg", type=Path, required=True, help="recipe of every run")

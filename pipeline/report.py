@@ -302,7 +302,7 @@ def write_report(root: Path) -> Report:
 
 
 def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs_root", type=Path, help="folder whose subfolders are run directories")
     args = parser.parse_args(argv)
     try:

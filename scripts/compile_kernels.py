@@ -191,7 +191,7 @@ def compile_one(kernel, constexprs: dict, warps: int, arch: int, specialization:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: Hopper)")
     parser.add_argument("--quick", action="store_true", help="a subset that covers every kernel's code (~15 s)")
     args = parser.parse_args()

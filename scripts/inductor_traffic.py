@@ -159,7 +159,7 @@ def launches(generated: Dict[Tuple[str, str], str]) -> Tuple[int, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--squeezes", default=",".join(squeeze_names(include_baseline=False)))
     parser.add_argument("--implementations", default="torch,closed-form")
     parser.add_argument("--stage", choices=STAGES, default="layer1")

@@ -100,7 +100,7 @@ def per_element(kernel, switches: dict, tile: tuple, looped: bool, arch: int) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: Hopper)")
     args = parser.parse_args()
     print(f"{'kernel (first tile, as launched at SE-ResNet shapes)':54s} {'instr/element':>13s} "
