@@ -22,7 +22,7 @@ from scipy import stats
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.errors import UserError, report_user_error
-from pipeline.run_dir import DATA_KEYS, RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
+from pipeline.run_dir import DATA_KEYS, LOG_NAME, RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -48,17 +48,26 @@ class ArmSummary:
     delta: List[float] = field(default_factory=list)  # paired top-1 differences to baseline, %p
 
 
-def read_runs(root: Path) -> List[dict]:
-    """Every finished run under `root`: its result.json plus its log lines."""
-    runs = []
+def read_runs(root: Path) -> Tuple[List[dict], List[str]]:
+    """(every finished run under `root`: its result.json plus its log lines, a note for each file that does not
+    parse). The trainer writes both whole: a log damaged since stopped the report with a JSON traceback, and a
+    result left its run out without a word."""
+    runs, notes = [], []
     for result_path in sorted(root.glob(f"*/{RESULT_NAME}")):
         result = read_result(result_path.parent)
-        if not result or result.get("finished_epochs") != result.get("epochs"):
+        if result is None:
+            notes.append(f"left out {result_path.parent}: its {RESULT_NAME} is unreadable")
             continue
-        result["log"] = read_log(result_path.parent)
+        if result.get("finished_epochs") != result.get("epochs"):
+            continue
+        try:
+            result["log"] = read_log(result_path.parent)
+        except ValueError as error:
+            result["log"] = []
+            notes.append(f"{result_path.parent / LOG_NAME} is unreadable ({error}): the run has no curve")
         result["run_dir"] = str(result_path.parent)
         runs.append(result)
-    return runs
+    return runs, notes
 
 
 @dataclass
@@ -241,7 +250,8 @@ def curves_figure(runs: List[dict], title: str):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axis.set_xlabel("epoch")
     axis.set_ylabel("val top-1 (%)")
-    axis.legend(fontsize=8)
+    if labelled:  # no run with a readable log: no legend (matplotlib warns of an empty one)
+        axis.legend(fontsize=8)
     _set_title(figure, axis, f"{title}\nvalidation curves (one line per seed)")
     return figure
 
@@ -271,7 +281,7 @@ def write_report(root: Path) -> Report:
     if not root.is_dir():
         raise UserError(f"{root} does not exist; give the folder that holds the run directories "
                         "(ablate.py's --runs-root, e.g. runs/ablate-demo)")
-    runs = read_runs(root)
+    runs, unreadable = read_runs(root)
     manifest = read_manifest(root)
     if not runs and not manifest:
         if (root / RESULT_NAME).is_file():  # a run directory itself: it was told to train first
@@ -281,7 +291,7 @@ def write_report(root: Path) -> Report:
             raise UserError(f"{root} holds no run directory itself but folders of runs: "
                             f"{', '.join(map(str, roots))}; give one of them")
         raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
-    experiments, notes = group_experiments(runs)
+    experiments, copies = group_experiments(runs)
     if not experiments:  # asked for, nothing finished: the table of missing arms
         experiments = [Experiment(manifest.get("arch", "runs"), {})]
     sections, tables, files = [], [], [root / "report.md", root / "report.csv"]
@@ -295,7 +305,7 @@ def write_report(root: Path) -> Report:
             files += [root / f"top1{suffix}.png", root / f"curves{suffix}.png"]
             _save_png(top1_figure(arms, title), files[-2])
             _save_png(curves_figure(experiment.runs, title), files[-1])
-    text = "\n".join(sections + [f"Note: {note}" for note in notes])
+    text = "\n".join(sections + [f"Note: {note}" for note in unreadable + copies])
     write_text_atomic(root / "report.md", text)
     write_text_atomic(root / "report.csv", csv_text(tables))
     return Report(text, files)

@@ -73,8 +73,16 @@ def read_result(run_dir: Path) -> Optional[Dict[str, Any]]:
 
 
 def read_log(run_dir: Path) -> List[Dict[str, Any]]:
+    """The log's epochs (none where it is missing); a ValueError naming the first line that does not parse."""
     path = Path(run_dir) / LOG_NAME
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    lines = path.read_text().splitlines() if path.is_file() else []
+    epochs = []
+    for number, line in enumerate(lines, 1):
+        try:
+            epochs.append(json.loads(line))
+        except ValueError as error:
+            raise ValueError(f"line {number}: {error}") from None
+    return epochs
 
 
 def recorded_config(run_dir: Path, result: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The seed-style report: statistics against a hand computation, pairing by seed, what it writes, its errors."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -55,12 +56,31 @@ def test_plots_show_their_whole_title_and_a_run_of_one_epoch(tmp_path):
     title_band = pixels[: pixels.shape[0] // 6]
     assert title_band.min() < 100  # the title is there ...
     assert title_band[:, :3].min() > 200 and title_band[:, -3:].min() > 200  # ... and ends inside the image
-    figure = curves_figure(read_runs(root), "resnet18")
+    figure = curves_figure(read_runs(root)[0], "resnet18")
     figure.canvas.draw()
     axis = figure.axes[0]
     low, high = axis.get_xlim()
     assert [tick for tick in axis.get_xticks() if low <= tick <= high] == [1.0]
     assert [line.get_marker() for line in axis.lines] == ["o", "o"]
+
+
+def test_damaged_run_files_are_notes_not_a_traceback(tmp_path):
+    """A log damaged after the run (the trainer writes it whole) stopped the report with json's traceback; a
+    damaged result.json left its run out without a word."""
+    for seed in (0, 1):
+        write_result(tmp_path, "gap", seed, 70.0, 90.0)
+    with open(tmp_path / "resnet18-gap-x-s0" / "log.jsonl", "a") as log:
+        log.write('{"epoch": 3, "val_to')
+    (tmp_path / "resnet18-gap-x-s1" / "result.json").write_text("{bad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's of a legend with no curve in it included
+        text = write_report(tmp_path).text
+    assert "| gap | 70.00 | 90.00 | no baseline | 1 |" in text
+    assert text.splitlines()[-2:] == [
+        f"Note: {tmp_path}/resnet18-gap-x-s0/log.jsonl is unreadable (line 3: Unterminated string starting at: "
+        "line 1 column 14 (char 13)): the run has no curve",
+        f"Note: left out {tmp_path}/resnet18-gap-x-s1: its result.json is unreadable"]
+    assert (tmp_path / "curves.png").is_file()
 
 
 def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
