@@ -28,6 +28,7 @@ from pipeline.cores import core_ranges, share_cores
 from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
 from pipeline.processes import die_with_parent
 from pipeline.report import MANIFEST_NAME, write_report
+from pipeline.resume import make_run_dir
 from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
 from pipeline.squeeze import check_squeeze_name, squeeze_names
 from pipeline.trainer import check_data, data_identities
@@ -183,10 +184,23 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
                 report(f"failed {job.run_dir.name} (exit {status}); retrying, log: {job.run_dir / TRAIN_LOG_NAME}")
             else:
                 outcome["failed"].append(job)
-                how = "a user error, not retried" if status == USAGE_EXIT else f"exit {status}, twice"
-                report(f"FAILED {job.run_dir.name} ({how}); log: {job.run_dir / TRAIN_LOG_NAME}")
+                log = job.run_dir / TRAIN_LOG_NAME
+                if status == USAGE_EXIT:
+                    report(f"FAILED {job.run_dir.name} (a user error, not retried): {user_error(log)}; log: {log}")
+                else:
+                    report(f"FAILED {job.run_dir.name} (exit {status}, twice); log: {log}")
         if running:
             time.sleep(poll_seconds)
+
+
+def user_error(log: Path) -> str:
+    """What train.py said of a user error: the last `train.py: error:` line of its log, without the prefix."""
+    prefix = "train.py: error: "
+    try:
+        said = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(prefix)]
+    except OSError:
+        said = []
+    return said[-1][len(prefix):] if said else "see the log"
 
 
 def parse_squeezes(text: str) -> List[str]:
@@ -270,12 +284,12 @@ def main(argv: List[str]) -> int:
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         jobs = plan_jobs(squeezes, seeds, root, config["model.arch"], args.cfg.stem)
         todo = runs_to_do(jobs, args.cfg, rest, data)
+        make_run_dir(root, "--runs-root")
+        manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes, "seeds": seeds,
+                    "overrides": rest, "failed": []}
+        write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     except UserError as error:
         return report_user_error("ablate.py", error)
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes, "seeds": seeds,
-                "overrides": rest, "failed": []}
-    write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
           f"{len(slots)} slot(s): {'; '.join(slot.describe() for slot in slots)}", flush=True)
     started = time.time()

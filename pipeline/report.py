@@ -279,8 +279,8 @@ class Report:
 def write_report(root: Path) -> Report:
     """Write report.md, report.csv and, where runs finished, top1.png and curves.png under `root`."""
     if not root.is_dir():
-        raise UserError(f"{root} does not exist; give the folder that holds the run directories "
-                        "(ablate.py's --runs-root, e.g. runs/ablate-demo)")
+        raise UserError(f"{root} {'is a file' if root.exists() else 'does not exist'}; give the folder that holds "
+                        "the run directories (ablate.py's --runs-root, e.g. runs/ablate-demo)")
     runs, unreadable = read_runs(root)
     manifest = read_manifest(root)
     if not runs and not manifest:

@@ -53,8 +53,11 @@ def restore(state: Dict[str, Any], model, optimizer, scaler, rank: int) -> Tuple
     return state["history"], state["epoch"] + 1
 
 
-def make_run_dir(run_dir: Path) -> None:
-    """Create the folder and prove it writable now, not at the end of the first epoch."""
+def make_run_dir(run_dir: Path, option: str = "--logging.run_dir (or --logging.runs_root)") -> None:
+    """Create the folder and prove it writable now, not at the end of the first epoch; `option` is the setting
+    that names it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StorageError(f"{run_dir} is a file, not a folder; choose another {option}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -62,4 +65,4 @@ def make_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise StorageError(f"cannot write in {run_dir}: {error.strerror or error}; choose a writable "
-                           "--logging.run_dir (or --logging.runs_root)") from None
+                           f"{option}") from None

@@ -20,6 +20,7 @@ from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
                                    tune_convolutions, wrap_ddp)
 from pipeline.config import ConfigError, describe, parse_overrides, resolution_settings, resolve, settings_help
+from pipeline.cpu_memory import available_bytes, check_cpu_memory
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, ramp_shortfall,
                            resolution_at, set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
@@ -291,10 +292,23 @@ def check_batch_fits(config: Dict[str, Any], train_meta: dict, world: World) -> 
                           "are not full are dropped)")
 
 
+def check_memory_fits(config: Dict[str, Any], num_classes: int, world: World) -> None:
+    """On the CPU, a run that cannot fit in memory is refused before it starts (cpu_memory.py); a GPU's
+    out-of-memory error is caught where it happens."""
+    if world.device.type != "cpu":
+        return
+    with torch.random.fork_rng(devices=[]):  # the probe's draws leave training's random streams as they were
+        model = build_network(config, num_classes, world)
+        check_cpu_memory(model, config["training.batch_size"], config["resolution.max_res"],
+                         choose_precision(config["training.precision"], world.device), world.local_world_size,
+                         available_bytes())
+
+
 def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume_required: bool) -> None:
     """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
     metadata = check_data(config)  # before anything is created
     check_batch_fits(config, metadata[0], world)
+    check_memory_fits(config, len(metadata[0]["classes"]), world)
     data = data_identities(metadata)
     if from_main(world, lambda: finished_already(run_dir, config, resume_required, data)):
         if world.is_main:

@@ -28,7 +28,7 @@ class FakeProcess:
         return self.status if self.polls_left <= 0 else None
 
 
-def run_mocked(jobs, slots, statuses=None):
+def run_mocked(jobs, slots, statuses=None, report=lambda _: None):
     launches, busy, overlaps = [], {}, []
 
     def launch(job, slot):
@@ -48,7 +48,7 @@ def run_mocked(jobs, slots, statuses=None):
         process.poll = poll
         return process
 
-    outcome = run_schedule(jobs, slots, launch, report=lambda _: None, poll_seconds=0)
+    outcome = run_schedule(jobs, slots, launch, report=report, poll_seconds=0)
     return outcome, launches, overlaps
 
 
@@ -120,11 +120,18 @@ def test_failed_run_is_retried_once_then_reported(tmp_path):
     assert [job.squeeze for job in outcome["failed"]] == ["std"] and len(outcome["done"]) == 1
 
 
-def test_a_run_that_exits_with_a_user_error_is_not_retried(tmp_path):
+def test_a_run_that_exits_with_a_user_error_is_not_retried_and_says_which(tmp_path):
+    """The error line was only in the run's log, behind a path: the runner now prints it."""
     jobs = plan_jobs(["gap", "std"], [0], tmp_path, "resnet18", "s")
-    outcome, launches, _ = run_mocked(jobs, make_slots(["0"], 1), statuses={"gap": 2})
+    jobs[0].run_dir.mkdir(parents=True)
+    error = "train.py: error: training on the CPU at training.batch_size 512, 192 px needs at least 47.1 GB (...)"
+    (jobs[0].run_dir / "train.log").write_text(f"settings ...\n{error}\n")
+    messages = []
+    outcome, launches, _ = run_mocked(jobs, make_slots(["0"], 1), statuses={"gap": 2}, report=messages.append)
     assert [job.squeeze for job, _ in launches] == ["gap", "std"]
     assert [job.squeeze for job in outcome["failed"]] == ["gap"]
+    assert f"FAILED {jobs[0].run_dir.name} (a user error, not retried): {error[len('train.py: error: '):]}; log: " \
+           f"{jobs[0].run_dir / 'train.log'}" in messages
 
 
 def test_gpus_are_numbered_as_this_process_sees_them(monkeypatch):
@@ -174,6 +181,17 @@ def test_ablate_refuses_arms_and_seeds_that_make_no_ablation(arguments, message,
     error = capsys.readouterr().err
     assert error.startswith(f"ablate.py: error: {message}") and error.count("\n") == 1
     assert not root.exists()
+
+
+def test_a_runs_root_that_is_a_file_is_one_line(tiny_betons, tmp_path, capsys):
+    """It was mkdir's FileExistsError traceback."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    assert ablate_main(["--cfg", "recipes/demo.yaml", "--runs-root", str(notes), "--gpus", "none",
+                        f"--data.train_dataset={tiny_betons / 'train.beton'}",
+                        f"--data.val_dataset={tiny_betons / 'val.beton'}"]) == 2
+    assert capsys.readouterr().err == f"ablate.py: error: {notes} is a file, not a folder; choose another --runs-root\n"
+    assert notes.read_text() == "mine\n"
 
 
 def test_ctrl_c_says_the_same_command_continues(tiny_betons, tmp_path, capsys, monkeypatch):

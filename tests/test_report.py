@@ -145,9 +145,12 @@ def test_report_on_the_folder_above_runs_roots_names_them(tmp_path, capsys):
                                        "them\n")
 
 
-def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
+def test_report_on_a_missing_folder_or_a_file_says_so(tmp_path, capsys):
     assert report_main([str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    (tmp_path / "report.md").write_text("x")
+    assert report_main([str(tmp_path / "report.md")]) == 2  # it said "does not exist"
+    assert capsys.readouterr().err.startswith(f"report.py: error: {tmp_path / 'report.md'} is a file; give the folder")
 
 
 def test_report_names_only_the_files_it_wrote(tmp_path):

@@ -227,6 +227,11 @@ def truncated_copy(beton: Path, folder: Path) -> Path:
     return copy
 
 
+def a_file(path: Path) -> Path:
+    path.write_text("notes\n")
+    return path
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda betons, tmp: ["--training.batch_size=500"],
      "training.batch_size 500 is larger than the 120 train images per process of"),
@@ -236,6 +241,8 @@ def truncated_copy(beton: Path, folder: Path) -> Path:
      "train.beton has 10 classes but model.num_classes is 3; set model.num_classes to 0"),
     (lambda betons, tmp: ["--logging.run_dir=/sys/ssenet-test/r"],
      "cannot write in /sys/ssenet-test/r: Operation not permitted; choose a writable --logging.run_dir"),
+    (lambda betons, tmp: [f"--logging.run_dir={a_file(tmp / 'notes.txt')}"],
+     "notes.txt is a file, not a folder; choose another --logging.run_dir"),  # was mkdir's 'File exists'
 ])
 def test_faults_are_one_line_before_the_run_directory_exists(tiny_betons, tmp_path, capsys, change, message):
     status = train_main([*tiny_settings(tiny_betons, tmp_path / "r"), *change(tiny_betons, tmp_path)])
