@@ -24,7 +24,7 @@ from dataset_prep.archive import ImageSource
 from dataset_prep.image_folder import RGBFileDataset
 from pipeline.atomic import free_space, temporary_path, write_text_atomic
 from pipeline.cores import usable_cores
-from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
+from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies, stop_workers
 
 METADATA_FORMAT = 1
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -104,13 +104,16 @@ def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str]
         try:
             with stop_if_a_worker_dies(f"writing {out.name}", terminate_others=True):
                 writer.from_indexed_dataset(dataset, chunksize=settings.chunk_size)
-        except WorkerDiedError as error:
+        except BaseException as error:  # a worker died, or Ctrl-C (which the workers leave to this process)
+            stop_workers()
             metadata_memory = getattr(writer, "metadata_sm", None)  # ffcv unlinks it only when the write ends
             if metadata_memory is not None:
                 metadata_memory.close()
                 metadata_memory.unlink()
-            raise WorkerDiedError(f"{error} ({free_space(out.parent)}; a full disk ends a writer process: free "
-                                  "space or pass another --out-dir)") from None
+            if isinstance(error, WorkerDiedError):
+                raise WorkerDiedError(f"{error} ({free_space(out.parent)}; a full disk ends a writer process: free "
+                                      "space or pass another --out-dir)") from None
+            raise
         failures = dataset.failures()
         if failures:
             raise RuntimeError(f"{len(failures)} file(s) failed to decode during the write (first: "

@@ -11,6 +11,7 @@ import argparse
 import collections
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -19,8 +20,8 @@ from dataset_prep.image_folder import Split, UsageError, printable, scan, skip_k
 from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
 from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
-from pipeline.errors import UserError, report_user_error
-from pipeline.processes import children_die_with_this_process
+from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
+from pipeline.processes import children_die_with_this_process, children_leave_ctrl_c_to_this_process
 
 SAMPLE_ROOT = Path("data/sample")
 SAMPLE_MAX_RES = 256
@@ -148,8 +149,19 @@ def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: a
         print(f"{split_name}: verified {out} (count and label histogram match the source)")
 
 
+def interrupted_advice(splits: List[str], written: List[str]) -> str:
+    """What Ctrl-C kept (betons are renamed into place only when whole, so no half-written one is left) and
+    the command that goes on."""
+    rest = [split for split in splits if split not in written]
+    if not written:
+        return "no beton was written (nothing half-written is left); the same command starts again"
+    return (f"{', '.join(f'{split}.beton' for split in written)} kept, nothing half-written left; add "
+            f"--split {rest[0]} to write the rest")
+
+
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
+    written: List[str] = []
     try:
         if args.max_res is None:
             args.max_res = WriteSettings().max_res if args.data_dir else SAMPLE_MAX_RES
@@ -170,6 +182,7 @@ def main(argv: List[str]) -> int:
                              f"--overwrite to replace {'it' if len(existing) == 1 else 'them'}")
         make_out_dir(out_dir)
         children_die_with_this_process()  # scan and writer workers stop when this process is killed
+        children_leave_ctrl_c_to_this_process()
         removed = remove_stale_temporaries(out_dir)
         if removed:
             print(f"removed {len(removed)} temporary file(s) left by killed writers: "
@@ -178,8 +191,13 @@ def main(argv: List[str]) -> int:
             prepare_sample_folder(data_dir, args.sample_train, args.sample_val, args.workers)
         for split_name, split in list_splits(layout, splits, args.subset).items():
             write_split(split_name, split, layout.kind, out_dir, args)
+            written.append(split_name)
     except UserError as error:
         return report_user_error("write_imagenet.py", error)
+    except KeyboardInterrupt as interrupt:
+        traceback.clear_frames(interrupt.__traceback__)  # ffcv's progress bar prints when collected: before this
+        print(f"write_imagenet.py: interrupted; {interrupted_advice(splits, written)}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     return 0
 
 

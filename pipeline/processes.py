@@ -1,4 +1,5 @@
-"""Child processes that end with their parent however it ends, kill -9 included (Linux's parent-death signal)."""
+"""Child processes that end with their parent however it ends, kill -9 included (Linux's parent-death signal),
+and leave Ctrl-C to it."""
 import ctypes
 import os
 import signal
@@ -16,3 +17,14 @@ def die_with_parent(signal_number: int = signal.SIGTERM) -> None:
 def children_die_with_this_process() -> None:
     """Every process forked from now on (pool and writer workers too) dies with this one."""
     os.register_at_fork(after_in_child=die_with_parent)
+
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def children_leave_ctrl_c_to_this_process() -> None:
+    """Every process forked from now on ignores SIGINT. Ctrl-C reaches the terminal's whole process group: each
+    pool or writer worker printed its own KeyboardInterrupt traceback. This process alone stops the work (and
+    its workers) and says so in one line."""
+    os.register_at_fork(after_in_child=_ignore_ctrl_c)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 from conftest import REPO, run_script
 from pipeline.worker_watch import stop_if_a_worker_dies
@@ -144,6 +145,39 @@ def test_a_killed_sample_set_worker_stops_the_build(tmp_path):
     assert result.stdout.startswith(f"building the sample set in {tmp_path}/images stopped: worker process ") and \
         "was killed by SIGKILL" in result.stdout, result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group: the main process and every writer worker printed a
+    KeyboardInterrupt traceback (exit -2), and the writer's shared memory was reported leaked."""
+    train = tmp_path / "imagenet" / "train"
+    original = tmp_path / "photo.JPEG"
+    photo(256, 256).save(original)
+    for label in range(2):
+        (train / str(label)).mkdir(parents=True)
+        for index in range(300):
+            shutil.copyfile(original, train / str(label) / f"{index}.JPEG")
+    out = tmp_path / "out"
+    writer = subprocess.Popen([sys.executable, "dataset_prep/write_imagenet.py",
+                               *write_args(tmp_path / "imagenet", out, "--split", "train", "--max-res", "256",
+                                           "--chunk-size", "1")],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # a process group of its own, as a terminal's job
+    try:
+        deadline = time.time() + 60
+        # the workers are writing (a signal in the instant of a fork is lost in Python's at-fork handlers)
+        while sum(path.stat().st_size for path in out.glob(".train.beton.tmp-*")) < 2_000_000:
+            assert time.time() < deadline and writer.poll() is None
+            time.sleep(0.02)
+        os.killpg(writer.pid, signal.SIGINT)  # what Ctrl-C does
+        _, stderr = writer.communicate(timeout=60)
+    finally:
+        writer.kill()
+    assert writer.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "leaked" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("write_imagenet.py: interrupted; no beton was written (nothing "
+                                                "half-written is left); the same command starts again")
+    assert sorted(path.name for path in out.iterdir()) == []
 
 
 def test_a_block_outside_the_main_thread_runs_unwatched():
