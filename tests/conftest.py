@@ -11,6 +11,9 @@ import torch
 
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors, interpreted; set before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# inductor compiles in this process (and in the scripts the tests start), not in a pool of worker processes that
+# each import torch first: seconds of CPU per compiling process, on a suite that is bound by its 2 cores
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.image_folder import find_split

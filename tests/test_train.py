@@ -103,23 +103,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def two_nodes(tmp_path, betons, *extra, torchrun=False, status=0):
+def two_nodes(tmp_path, betons, *extra, status=0):
     """Two "nodes" of one process each, each started in a folder of its own that holds `run`: nodes whose disks
-    are not shared (the same relative --logging.run_dir on each). Each node's process is started by torchrun,
-    or (a process start less) given torchrun's environment. Returns both nodes' output, after checking their
-    exit `status`."""
+    are not shared (the same relative --logging.run_dir on each). Each node's process gets the environment
+    torchrun gives its workers (torchrun's own agent processes cost the suite seconds it does not have). Returns
+    both nodes' output, after checking their exit `status`."""
     port, processes = free_port(), []
     for rank in range(2):
         node = tmp_path / f"node{rank}"
         node.mkdir(exist_ok=True)
-        launcher = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
-                    "--master_addr=127.0.0.1", f"--master_port={port}"] if torchrun else []
-        environment = {} if torchrun else {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
-                                           "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                                           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        environment = {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
         processes.append(subprocess.Popen(
-            [sys.executable, *launcher, str(REPO / "pipeline" / "train.py"),
-             *tiny_settings(betons, Path("run"), *extra), "--dist.timeout_min=1"],
+            [sys.executable, str(REPO / "pipeline" / "train.py"), *tiny_settings(betons, Path("run"), *extra),
+             "--dist.timeout_min=1"],
             cwd=node, env={**os.environ, **environment}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [process.communicate(timeout=200)[0] for process in processes]
     assert [process.returncode for process in processes] == [status, status], outputs
@@ -127,15 +124,15 @@ def two_nodes(tmp_path, betons, *extra, torchrun=False, status=0):
 
 
 def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(tiny_betons, tmp_path, capsys):
-    """Two gloo processes (torchrun, one per node): val metrics equal to a 1-process eval of final.pt, and a
+    """Two gloo processes (one per node): val metrics equal to a 1-process eval of final.pt, and a
     resume where only rank 0's node holds the run directory. Each rank used to read the folder on its own: on
     a node without it, rank 1 started at epoch 1 while rank 0 resumed, their collectives paired different
     epochs, and rank 0 wrote that as the result; and a refusal stopped rank 0 alone while rank 1 waited."""
     # 49 val images: rank 0 gets 24, rank 1 gets 25. A val batch of 8 divides 24, so both evals push the same
-    # images through the network in the same batches, and both use one thread (torchrun's default), so the
+    # images through the network in the same batches, and both use one thread (as torchrun sets), so the
     # float arithmetic (hence any near-tie in top-1/top-5) is identical: the metrics must agree exactly.
     settings = ("--training.epochs=2", "--training.batch_size=8", "--validation.batch_size=8")
-    outputs = two_nodes(tmp_path, tiny_betons, *settings, torchrun=True)
+    outputs = two_nodes(tmp_path, tiny_betons, *settings)
     run_dir = tmp_path / "node0" / "run"
     trained = json.loads((run_dir / "result.json").read_text())
     assert trained["world_size"] == 2 and trained["global_batch"] == 16
