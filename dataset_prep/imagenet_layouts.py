@@ -50,6 +50,9 @@ def detect_layout(data_dir: Path) -> Layout:
         return Layout("kaggle", data_dir)
     if (data_dir / "train").is_dir() or (data_dir / "val").is_dir():
         return Layout("imagefolder", data_dir)
+    if data_dir.resolve().name in ("train", "val"):  # a split of an ImageFolder, given for the whole
+        raise UsageError(f"--data-dir {data_dir} is one split of an ImageFolder; give the folder that holds train/ "
+                         f"and val/: {data_dir.resolve().parent}")
     raise UsageError(f"--data-dir {data_dir} holds no ImageNet layout this writer reads: an ImageFolder "
                      f"(train/<wnid>/, val/<wnid>/), the official {TRAIN_TAR} / {VAL_TAR} / {DEVKIT}, or "
                      f"Kaggle's {KAGGLE_IMAGES}/ with {KAGGLE_VAL_CSV}")

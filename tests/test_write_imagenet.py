@@ -118,6 +118,16 @@ def test_a_val_split_of_other_classes_is_refused_before_train_is_written(tmp_pat
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.beton"))
 
 
+def test_a_split_folder_given_as_data_dir_names_its_parent(tmp_path, capsys):
+    """It was refused as 'holds no ImageNet layout', listing every layout but the mistake."""
+    (tmp_path / "imagenet" / "train" / "cat").mkdir(parents=True)
+    photo().save(tmp_path / "imagenet" / "train" / "cat" / "a.JPEG")
+    assert main(write_args(tmp_path / "imagenet" / "train", tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        f"write_imagenet.py: error: --data-dir {tmp_path}/imagenet/train is one split of an ImageFolder; give the "
+        f"folder that holds train/ and val/: {tmp_path}/imagenet\n")
+
+
 def test_an_output_folder_that_cannot_be_made_and_bad_sample_sizes_are_one_line(tmp_path, capsys):
     """They were tracebacks (FileExistsError, FileNotFoundError), or a sample set of 0 photos per class."""
     a_file = tmp_path / "notes.txt"
