@@ -24,7 +24,7 @@ from dataset_prep.archive import ImageSource
 from dataset_prep.image_folder import RGBFileDataset
 from pipeline.atomic import free_space, temporary_path, write_text_atomic
 from pipeline.cores import usable_cores
-from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies, stop_workers
+from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
 
 METADATA_FORMAT = 1
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -104,8 +104,7 @@ def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str]
         try:
             with stop_if_a_worker_dies(f"writing {out.name}", terminate_others=True):
                 writer.from_indexed_dataset(dataset, chunksize=settings.chunk_size)
-        except BaseException as error:  # a worker died, or Ctrl-C (which the workers leave to this process)
-            stop_workers()
+        except BaseException as error:  # a worker died, or Ctrl-C: the workers are stopped (stop_if_a_worker_dies)
             metadata_memory = getattr(writer, "metadata_sm", None)  # ffcv unlinks it only when the write ends
             if metadata_memory is not None:
                 metadata_memory.close()

@@ -105,8 +105,9 @@ def stop_workers() -> None:
 def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = False,
                           poll_seconds: float = POLL_SECONDS) -> Iterator[None]:
     """Run the block (in the main thread) while watching this process's children: one that ends with an error
-    stops the block with `WorkerDiedError('<what> stopped: worker process N exited with status 1; <advice>')`,
-    after stopping the others where `terminate_others` (ffcv's writer, which would wait for them; not a Pool's,
+    stops the block with `WorkerDiedError('<what> stopped: worker process N exited with status 1; <advice>')`.
+    Where `terminate_others`, a block that ends early for any reason (Ctrl-C too) stops the other workers first
+    (ffcv's writer, which would wait for them, and whose workers leave Ctrl-C to this process; not a Pool's,
     which its own terminate() stops, and which a worker stopped holding its task queue's lock would hang).
     Enter it inside a Pool's `with`: the Pool's exit kills its workers, which would read as deaths."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
@@ -119,10 +120,12 @@ def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = 
     try:
         yield
         watcher.stop()  # inside the try: a signal sent just before is still caught here
-    except _Stop as stop:
+    except BaseException as stop:  # a dead worker (_Stop), or Ctrl-C, or an error: the block ends early
         watcher.stop()
         if terminate_others:
             stop_workers()  # while the interrupted code's frames still hold its queues
+        if not isinstance(stop, _Stop):
+            raise
         # the interrupted code's locals go now: ffcv's progress bar prints when collected, after the error line
         traceback.clear_frames(stop.__traceback__)
         raise WorkerDiedError(f"{what} stopped: {watcher.death}" + (f"; {advice}" if advice else "")) from None
