@@ -308,12 +308,12 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
     """Train in `run_dir` under its lock: resume what is there, skip it when finished, refuse another run."""
     metadata = check_data(config)  # before anything is created
     check_batch_fits(config, metadata[0], world)
-    check_memory_fits(config, len(metadata[0]["classes"]), world)
     data = data_identities(metadata)
     if from_main(world, lambda: finished_already(run_dir, config, resume_required, data)):
         if world.is_main:
             print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
         return
+    check_memory_fits(config, len(metadata[0]["classes"]), world)  # a finished run needs no probe model
     if world.is_main:
         make_run_dir(run_dir)
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
