@@ -6,6 +6,7 @@ import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
+_REGISTERED = set()  # fork hooks this process has registered: os.register_at_fork cannot take one back
 
 
 def die_with_parent(signal_number: int = signal.SIGTERM) -> None:
@@ -16,7 +17,7 @@ def die_with_parent(signal_number: int = signal.SIGTERM) -> None:
 
 def children_die_with_this_process() -> None:
     """Every process forked from now on (pool and writer workers too) dies with this one."""
-    os.register_at_fork(after_in_child=die_with_parent)
+    _in_every_child(die_with_parent)
 
 
 def _ignore_ctrl_c() -> None:
@@ -27,4 +28,12 @@ def children_leave_ctrl_c_to_this_process() -> None:
     """Every process forked from now on ignores SIGINT. Ctrl-C reaches the terminal's whole process group: each
     pool or writer worker printed its own KeyboardInterrupt traceback. This process alone stops the work (and
     its workers) and says so in one line."""
-    os.register_at_fork(after_in_child=_ignore_ctrl_c)
+    _in_every_child(_ignore_ctrl_c)
+
+
+def _in_every_child(hook) -> None:
+    """Run `hook` in every process forked from now on, registered once however often asked (write_imagenet's
+    main, called again in one process, added it again at each call)."""
+    if hook not in _REGISTERED:
+        os.register_at_fork(after_in_child=hook)
+        _REGISTERED.add(hook)
