@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny real-photo beton pair built once per test session."""
 import io
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -58,6 +59,20 @@ def tiny_settings(betons: Path, run_dir: Path, *extra: str) -> list:
             "--resolution.min_res=32", "--resolution.max_res=32", "--resolution.val_res=32",
             "--training.batch_size=16", "--validation.batch_size=10", "--data.num_workers=1",
             "--logging.progress=false", f"--logging.run_dir={run_dir}", *extra]
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """Give this process Ctrl-C's default action, as a terminal's foreground job has. The suite may itself run as
+    a shell's background job (`make test &`), where SIGINT is ignored and stays ignored in every child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def terminal_ctrl_c():
+    """This test process raises KeyboardInterrupt on SIGINT, as a program started in a terminal does."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def tar_bytes(members) -> bytes:

@@ -114,7 +114,7 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     assert live.exists() and kept.exists() and not stale.exists()
 
 
-def test_ctrl_c_during_an_atomic_write_takes_effect_once_the_file_is_whole(tmp_path):
+def test_ctrl_c_during_an_atomic_write_takes_effect_once_the_file_is_whole(tmp_path, terminal_ctrl_c):
     """Ctrl-C in mid-checkpoint became torch.save's short-write error, reported as a full disk."""
     target = tmp_path / "checkpoint.pt"
     handler = signal.getsignal(signal.SIGINT)

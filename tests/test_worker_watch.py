@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 
-from conftest import REPO, run_script
+from conftest import REPO, ctrl_c_as_in_a_terminal, run_script
 from pipeline.worker_watch import stop_if_a_worker_dies
 from test_write_imagenet import photo, write_args
 
@@ -162,7 +162,8 @@ def test_ctrl_c_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path):
                                *write_args(tmp_path / "imagenet", out, "--split", "train", "--max-res", "256",
                                            "--chunk-size", "1")],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)  # a process group of its own, as a terminal's job
+                              start_new_session=True,  # a process group of its own, as a terminal's job
+                              preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         deadline = time.time() + 60
         # the workers are writing (a signal in the instant of a fork is lost in Python's at-fork handlers)
