@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from conftest import REPO, run_script, tiny_settings
-from pipeline.acceleration import compile_mode_used
+from pipeline.acceleration import choose_precision, compile_mode_used
 from pipeline.checkpoint import load_checkpoint, load_weights
+from pipeline.data import DeviceAugment, LoaderSettings, set_train_resolution, shard_indices, train_loader, val_loader
+from pipeline.engine import evaluate
 from pipeline.models import build_model
 from pipeline.run_dir import RunLock
 from pipeline.trainer import main as train_main
@@ -295,56 +297,40 @@ def test_triton_kernels_refused_on_a_cpu_before_the_run_directory_exists(tiny_be
 
 
 def test_closed_form_tails_train_and_are_recorded(tiny_betons, tmp_path):
-    # in a process of its own: a second training run in one process left numba's dispatchers a KeyError to
-    # print at exit (harmless, but noise in the suite's output)
     run_dir = tmp_path / "closed"
-    result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=1", "--squeeze",
-                                                             "std", "--model.se_kernel=closed-form")])
-    assert result.returncode == 0, result.stderr
+    assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=1", "--squeeze", "std",
+                                    "--model.se_kernel=closed-form")) == 0
     summary = json.loads((run_dir / "result.json").read_text())
     assert (summary["se_kernel"], summary["se_kernel_used"]) == ("closed-form", "closed-form")
     assert "se_kernel: closed-form" in (run_dir / "config.yaml").read_text()
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_betons, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_betons, tmp_path, capsys):
     run_dir = tmp_path / "nan"
-    result = run_script(["pipeline/train.py", *tiny_settings(tiny_betons, run_dir, "--training.epochs=2",
-                                                             "--lr.lr=1e30", "--lr.warmup_epochs=0")])
-    assert result.returncode == 1
-    assert "training loss became non-finite" in result.stderr and "Traceback" not in result.stderr
+    assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=2", "--lr.lr=1e30",
+                                    "--lr.warmup_epochs=0")) == 1
+    error = capsys.readouterr().err
+    assert "training loss became non-finite" in error and "Traceback" not in error
     assert not (run_dir / "final.pt").exists()
 
 
 def test_eval_of_the_random_arm_is_reproducible(tiny_betons):
     # the reference the DDP test relies on: evaluating the same weights twice gives identical numbers
-    probe = f"""
-import torch
-from pipeline.acceleration import choose_precision
-from pipeline.data import DeviceAugment, LoaderSettings, shard_indices, val_loader
-from pipeline.engine import evaluate
-from pipeline.models import build_model
-model = build_model("resnet18", "random", num_classes=10, blurpool=False)
-cpu = torch.device("cpu")
-loader = val_loader("{tiny_betons / 'val.beton'}", LoaderSettings(10, 1, True, 2, 0), 32, cpu, shard_indices(49, 0, 1))
-runs = [evaluate(model, loader, DeviceAugment(False), choose_precision("fp32", cpu), True, cpu) for _ in range(2)]
-print(runs[0] == runs[1], runs[0]["val_images"])
-"""
-    result = run_script(["-c", probe], timeout=120)
-    assert result.stdout.split() == ["True", "49"], result.stderr[-2000:]
+    model = build_model("resnet18", "random", num_classes=10, blurpool=False)
+    cpu = torch.device("cpu")
+    loader = val_loader(str(tiny_betons / "val.beton"), LoaderSettings(10, 1, True, 2, 0), 32, cpu,
+                        shard_indices(49, 0, 1))
+    first, second = (evaluate(model, loader, DeviceAugment(False), choose_precision("fp32", cpu), True, cpu)
+                     for _ in range(2))
+    assert first == second and first["val_images"] == 49
 
 
 def test_progressive_resizing_changes_the_batch_shape(tiny_betons):
-    probe = f"""
-import torch
-from pipeline.data import LoaderSettings, set_train_resolution, train_loader
-loader = train_loader("{tiny_betons / 'train.beton'}", LoaderSettings(16, 1, True, 2, 0), 32, torch.device("cpu"), False)
-first = next(iter(loader))[0].shape
-set_train_resolution(loader, 64)
-second = next(iter(loader))[0].shape
-print(tuple(first), tuple(second))
-"""
-    result = run_script(["-c", probe], timeout=120)
-    assert result.stdout.strip() == "(16, 3, 32, 32) (16, 3, 64, 64)", result.stderr[-2000:]
+    loader = train_loader(str(tiny_betons / "train.beton"), LoaderSettings(16, 1, True, 2, 0), 32,
+                          torch.device("cpu"), False)
+    assert next(iter(loader))[0].shape == (16, 3, 32, 32)
+    set_train_resolution(loader, 64)
+    assert next(iter(loader))[0].shape == (16, 3, 64, 64)
 
 
 def test_weights_that_name_a_run_directory_say_which_file_to_give(tmp_path, capsys):
