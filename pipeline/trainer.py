@@ -162,8 +162,9 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
               "large slowdown (BatchNorm's running statistics, pytorch/pytorch#139207); 'auto' picks default under "
               "DDP", flush=True)
     network = maybe_compile(wrap_ddp(model, world.device, world.distributed), compile_mode)
-    train_augment = DeviceAugment(flip=True, seed=rank_seed(config, world)).to(world.device)
-    val_augment = DeviceAugment(flip=False).to(world.device)
+    channels_last = config["training.channels_last"]
+    train_augment = DeviceAugment(True, rank_seed(config, world), channels_last).to(world.device)
+    val_augment = DeviceAugment(False, channels_last=channels_last).to(world.device)
     lr_at = lr_schedule(config, peak_lr, len(train_data))
     started = time.time() - (history[-1]["wall_time"] if history else 0)
     for epoch in range(first_epoch, epochs):
@@ -264,8 +265,8 @@ def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
                           f"model with {num_classes} classes ({first}); pass the settings they were trained "
                           "with") from None
     precision = choose_precision(config["training.precision"], world.device)
-    return evaluate(model, val_data, DeviceAugment(flip=False).to(world.device), precision,
-                    config["validation.flip_tta"], world.device)
+    augment = DeviceAugment(False, channels_last=config["training.channels_last"]).to(world.device)
+    return evaluate(model, val_data, augment, precision, config["validation.flip_tta"], world.device)
 
 
 def check_data(config: Dict[str, Any]) -> Tuple[dict, dict]:

@@ -84,6 +84,17 @@ def test_the_seed_and_the_epoch_fix_the_training_images(tiny_betons):
     assert np.array_equal(train_epochs(tiny_betons, seed=0, epochs=1, first_epoch=2)[0], first[2])
 
 
+def test_images_come_in_the_models_memory_format():
+    images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    plain = DeviceAugment(flip=False, channels_last=False)(images)
+    assert plain.is_contiguous() and not plain.is_contiguous(memory_format=torch.channels_last)
+    channels_last = DeviceAugment(flip=False)(images)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and torch.equal(channels_last, plain)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
+    expected = (images.float() - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    torch.testing.assert_close(plain, expected)
+
+
 def test_flips_follow_their_seed_and_epoch_not_the_global_generator():
     images = torch.arange(64 * 3 * 2 * 2, dtype=torch.uint8).reshape(64, 3, 2, 2)
 
