@@ -17,6 +17,25 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def positive(text: str) -> float:
+    """An argparse type: a number > 0 (a throughput; 0 divided by zero, and was taken as 'not given')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1] (an efficiency)."""
+    value = positive(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at most 1")
+    return value
+
+
 def names_from(valid: Iterable[str], allow_all: bool = False) -> Callable[[str], str]:
     """An argparse type: a comma list of names from `valid` (or 'all'), returned as given once checked."""
     valid = list(valid)

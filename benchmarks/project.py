@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import resolution_settings, resolve
+from cli import at_least, fraction, positive  # a sibling module: benchmarks run as scripts
+from pipeline.config import ConfigError, resolution_settings, resolve
 from pipeline.data import resolution_at
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
@@ -40,20 +41,26 @@ def project(config: dict, gpus: int, cores: int, model_img_s: float, loader_per_
 def main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", type=Path, required=True)
-    parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--cores", type=int, default=128, help="CPU cores feeding the loaders (all nodes)")
-    parser.add_argument("--model-img-s", type=float, help="training img/s of one GPU at 192 px")
-    parser.add_argument("--loader-img-s-per-core", type=float, default=DEFAULT_LOADER_PER_CORE)
-    parser.add_argument("--scaling", type=float, default=0.95, help="multi-GPU efficiency (DDP all-reduce)")
+    parser.add_argument("--gpus", type=at_least(1), default=8)
+    parser.add_argument("--cores", type=at_least(1), default=128, help="CPU cores feeding the loaders (all nodes)")
+    parser.add_argument("--model-img-s", type=positive, help="training img/s of one GPU at 192 px")
+    parser.add_argument("--loader-img-s-per-core", type=positive, default=DEFAULT_LOADER_PER_CORE)
+    parser.add_argument("--scaling", type=fraction, default=0.95, help="multi-GPU efficiency (DDP all-reduce)")
     args = parser.parse_args(argv)
-    config = resolve(args.cfg, {})
-    model_img_s = args.model_img_s or DEFAULT_MODEL_IMG_S.get(config["model.arch"], 7_496)
+    try:
+        config = resolve(args.cfg, {})
+    except ConfigError as error:
+        parser.error(str(error))
+    arch = config["model.arch"]
+    model_img_s = args.model_img_s or DEFAULT_MODEL_IMG_S.get(arch, DEFAULT_MODEL_IMG_S["resnet50"])
+    measured = "given" if args.model_img_s else (
+        "measured" if arch in DEFAULT_MODEL_IMG_S else f"resnet50's: none measured for {arch}; pass --model-img-s")
     rows = project(config, args.gpus, args.cores, model_img_s, args.loader_img_s_per_core, args.scaling)
     total = sum(seconds for _, _, seconds, _ in rows)
     print(f"{args.cfg.name}: {config['model.arch']} {config['training.epochs']} epochs on {args.gpus} GPU(s) "
           f"and {args.cores} cores")
     print("assumptions:")
-    print(f"  model: {model_img_s:,.0f} img/s per GPU at 192 px, cost ∝ pixels, {args.scaling:.0%} "
+    print(f"  model: {model_img_s:,.0f} img/s per GPU at 192 px ({measured}), cost ∝ pixels, {args.scaling:.0%} "
           "multi-GPU efficiency")
     print(f"  loader: {args.loader_img_s_per_core:,.0f} img/s per core = {args.loader_img_s_per_core * args.cores:,.0f}"
           " img/s, independent of resolution (decode dominates)")

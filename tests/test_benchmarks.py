@@ -112,3 +112,38 @@ def test_a_benchmark_argument_typo_fails_at_once(arguments, monkeypatch, capsys)
     with pytest.raises(SystemExit) as raised:
         importlib.import_module("bench_model").parse_arguments(arguments)
     assert raised.value.code == 2 and f"argument {arguments[0]}:" in capsys.readouterr().err
+
+
+@pytest.fixture
+def project(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the benchmarks import their siblings
+    return importlib.import_module("project")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--cfg", "recipes/nope.yaml"],  # were tracebacks: ConfigError, then ZeroDivisionError
+     "recipe recipes/nope.yaml does not exist (recipes live in recipes/*.yaml)"),
+    (["--gpus", "0"], "argument --gpus: 0: must be at least 1"),
+    (["--cores", "0"], "argument --cores: 0: must be at least 1"),
+    (["--loader-img-s-per-core", "0"], "argument --loader-img-s-per-core: 0: must be more than 0"),
+    (["--model-img-s", "0"], "argument --model-img-s: 0: must be more than 0"),  # was taken as not given
+    (["--scaling", "-1"], "argument --scaling: -1: must be more than 0"),  # projected a negative wall time
+    (["--scaling", "1.5"], "argument --scaling: 1.5: must be at most 1"),
+])
+def test_projection_refuses_values_it_cannot_project_in_one_line(project, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_status:
+        project.main(["--cfg", "recipes/rn50_16ep.yaml", *arguments])
+    error = capsys.readouterr().err
+    assert exit_status.value.code == 2 and error.splitlines()[-1].endswith(f": error: {message}"), error
+
+
+def test_projection_is_the_slower_of_gpus_and_loader_per_epoch(project, capsys, tmp_path):
+    recipe = tmp_path / "rn101.yaml"  # an architecture without a measured figure says whose it takes
+    recipe.write_text(f"base: {REPO / 'recipes' / 'rn50_16ep.yaml'}\nmodel:\n  arch: resnet101\n")
+    assert project.main(["--cfg", str(recipe), "--gpus", "2", "--cores", "1000", "--scaling", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "7,496 img/s per GPU at 192 px (resnet50's: none measured for resnet101; pass --model-img-s)" in out
+    # GPU-bound at 160 px: 2 GPUs at 50 % efficiency = one GPU; val at 256 px, flip TTA: 2 passes of 1/3 a step
+    train = 1_281_167 / (7_496 * (192 / 160) ** 2)
+    val = 50_000 / (7_496 * 3 / 2 * (192 / 256) ** 2 * 2)
+    assert f"epochs at 160 px: {train + val:6.1f} s each, bound by GPU" in out
