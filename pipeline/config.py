@@ -55,6 +55,8 @@ class Number(Checker):
 
     def help(self):
         name = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:  # was 'a number >= 0 <= 1'
+            return f"{name} from {self.low} to {self.high}"
         bounds = [f">= {self.low}" if self.low is not None else "", f"<= {self.high}" if self.high is not None else ""]
         return " ".join([name] + [b for b in bounds if b])
 

@@ -48,6 +48,7 @@ def test_typo_in_recipe_is_an_error_with_a_suggestion(tmp_path):
 @pytest.mark.parametrize("key, value, expected", [
     ("training.epochs", "abc", "expected an integer >= 1"),
     ("training.epochs", 0, "expected an integer >= 1"),
+    ("training.label_smoothing", 1.5, "expected a number from 0 to 1"),
     ("model.blurpool", "maybe", "expected true or false"),
     ("lr.schedule", "linear", "expected one of: step, triangular, cosine"),
     ("model.squeeze", "gpa", "expected one of: baseline, avgmax, fca, gap, gapXstd, gmp, random, std"),
