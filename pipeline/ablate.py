@@ -261,6 +261,10 @@ def parse_command_line(argv: List[str]):
     parser.add_argument("--gpus-per-run", default="1", help="GPUs per run: a number or 'all' (torchrun)")
     parser.add_argument("--runs-root", type=Path, help="default: runs/ablate-<recipe>")
     args, rest = parser.parse_known_args(argv)
+    for option, value in (("--squeeze", args.squeeze), ("--gpus", args.gpus)):
+        if value and value.endswith(",") and rest and not rest[0].startswith("--"):  # `--squeeze gap, gmp`
+            raise ConfigError(f"{option} {value} {rest[0]}: a comma list takes no spaces; write {option} "
+                              f"{value}{rest[0]}")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
     if args.first_seed < 0:

@@ -166,6 +166,8 @@ def test_gpus_that_are_not_visible_are_refused(text, visible, message):
     (["--squeeze", "gap,gap"], "--squeeze gap,gap: 'gap' is listed twice; list each arm once (--seeds repeats them)"),
     (["--squeeze", ""], "--squeeze '': name at least one arm (a comma list, e.g. baseline,gap), or 'all'"),
     (["--squeeze", " , "], "--squeeze ' , ': name at least one arm"),
+    (["--squeeze", "gap,", "gmp"], "--squeeze gap, gmp: a comma list takes no spaces; write --squeeze gap,gmp"),
+    (["--gpus", "0,", "1"], "--gpus 0, 1: a comma list takes no spaces; write --gpus 0,1"),
     (["--first-seed", "-3"], "--first-seed -3: must be at least 0"),
     (["--gpus-per-run", "0"], "--gpus-per-run '0': give a number of at least 1, or 'all'"),
     (["--training.seed=5"], "--training.seed: ablate.py sets training.seed for each run; use --seeds and --first-seed"),
@@ -175,7 +177,8 @@ def test_gpus_that_are_not_visible_are_refused(text, visible, message):
 ])
 def test_ablate_refuses_arms_and_seeds_that_make_no_ablation(arguments, message, tmp_path, capsys):
     """gap,gap ran gap twice into one folder, '' wrote a manifest of no arms and reported success, a negative
-    first seed was blamed on --seeds, and a shared --training.seed=5 won over each run's seed (every seed the same)."""
+    first seed was blamed on --seeds, and a shared --training.seed=5 won over each run's seed (every seed the same);
+    `--squeeze gap, gmp` was refused as an unexpected argument 'gmp'."""
     root = tmp_path / "ablation"
     assert ablate_main(["--cfg", "recipes/demo.yaml", "--runs-root", str(root), "--gpus", "none", *arguments]) == 2
     error = capsys.readouterr().err
