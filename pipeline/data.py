@@ -180,7 +180,7 @@ class DeviceAugment(torch.nn.Module):
     from by the `random` squeeze, whose flips then parted from the other arms' after the first step. The format
     follows the model's: channels_last images into a contiguous model made some convolutions' weight gradients
     channels_last, which DDP met with a "grad strides do not match bucket view strides" warning and a copy each
-    step, and training on the CPU was 8 % slower than with both contiguous.
+    step.
     """
 
     def __init__(self, flip: bool, seed: int = 0, channels_last: bool = True):
