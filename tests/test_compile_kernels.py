@@ -2,6 +2,7 @@
 and a register spill is caught. The interpreted tests skip Triton's compiler, and a kernel that passed them
 once failed to compile on the device machine."""
 import ast
+import itertools
 import os
 
 import pytest
@@ -29,6 +30,39 @@ def compile_kernels_value(code: str):
     return ast.literal_eval(result.stdout.strip().splitlines()[-1])
 
 
+SWITCHES = dict(mode=(4, 5, 6), training=(False, True), fold=(False, True), padded=(16, 128))
+
+
+@pytest.fixture(scope="module")
+def uncompiled_facts() -> dict:
+    """What compile_kernels says without compiling, from one process (each start costs seconds of the suite)."""
+    return compile_kernels_value(
+        "types = c.signature(c.se_forward.apply_kernel, dict(IDENTITY_NORM=False, BLOCK_HW=32, BLOCK_C=64)); "
+        "print(dict(names=list(types), hinted=sorted(c.divisibility_hints(types, 'aligned')), "
+        "plain=c.divisibility_hints(types, 'plain'), "
+        f"pairwise=c.pairwise({SWITCHES!r}), quick=len(list(c.variants(True))), full=len(list(c.variants()))))")
+
+
+def test_quick_compiles_every_pair_of_each_kernels_switches_in_fewer_variants(uncompiled_facts):
+    chosen = uncompiled_facts["pairwise"]
+    product = [dict(zip(SWITCHES, values)) for values in itertools.product(*SWITCHES.values())]
+    assert all(setting in product for setting in chosen) and len(chosen) < len(product)
+    for first, second in itertools.combinations(SWITCHES, 2):
+        assert {(setting[first], setting[second]) for setting in chosen} == set(
+            itertools.product(SWITCHES[first], SWITCHES[second])), (first, second)
+    # the CI's compile check, and the full one a kernel change runs
+    assert uncompiled_facts["quick"] < 40 < 300 < uncompiled_facts["full"]
+
+
+def test_a_launch_at_training_shapes_is_compiled_with_its_divisibility_hints(uncompiled_facts):
+    # Triton hints aligned pointers and multiples of 16 at launch; the check compiles that code too
+    names = uncompiled_facts["names"]
+    assert [names[index] for (index,) in uncompiled_facts["hinted"]] == [
+        "z_ptr", "identity_ptr", "out_ptr", "work", "gamma_ptr", "beta_ptr", "identity_work", "identity_gamma_ptr",
+        "identity_beta_ptr", "B", "H", "C", "HW"]
+    assert uncompiled_facts["plain"] == {}
+
+
 def test_a_register_spill_is_reported():
     # the excitation at 64 hidden units in steps of 128 channels on one warp: far more than 255 registers
     # (the check's tolerance of a few bytes does not let it through), and a smaller kernel to compile than
@@ -38,17 +72,6 @@ def test_a_register_spill_is_reported():
         "label, registers, spills, error = c.compile_one(c.se_forward.excite_kernel, steps, 1, 90); "
         "print((label, registers, spills, error, c.spill_allowance(steps, spills)))")
     assert error is None and registers > 0 and spills > 0 and allowance is None, label
-
-
-def test_a_launch_at_training_shapes_is_compiled_with_its_divisibility_hints():
-    # Triton hints aligned pointers and multiples of 16 at launch; the check compiles that code too
-    names, hinted, plain = compile_kernels_value(
-        "types = c.signature(c.se_forward.apply_kernel, dict(IDENTITY_NORM=False, BLOCK_HW=32, BLOCK_C=64)); "
-        "print((list(types), sorted(c.divisibility_hints(types, 'aligned')), c.divisibility_hints(types, 'plain')))")
-    assert [names[index] for (index,) in hinted] == ["z_ptr", "identity_ptr", "out_ptr", "work", "gamma_ptr",
-                                                     "beta_ptr", "identity_work", "identity_gamma_ptr",
-                                                     "identity_beta_ptr", "B", "H", "C", "HW"]
-    assert plain == {}
 
 
 def test_instructions_per_byte_are_counted_for_every_big_kernel():
