@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,13 @@ if not torch.cuda.is_available():  # Triton kernels run on CPU tensors, interpre
 # inductor compiles in this process (and in the scripts the tests start), not in a pool of worker processes that
 # each import torch first: seconds of CPU per compiling process, on a suite that is bound by its 2 cores
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# numba compiles the decode pipeline of every ffcv loader, and the suite builds dozens, in this process and in the
+# scripts it starts: 5-6 s per loader at LLVM's -O3 on 2 cores, a third less at -O1, which computes the same pixels
+# (at -O0 numba stops inlining the shrink's helpers and can no longer cache it). numba's on-disk cache does not key
+# on the level, so these tests cache in a folder of their own, never where a user's run would load -O1 code from.
+if "NUMBA_OPT" not in os.environ and "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_OPT"] = "1"
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"ssenet-tests-numba-O1-{os.getuid()}")
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.image_folder import find_split

@@ -76,12 +76,11 @@ def test_the_seed_and_the_epoch_fix_the_training_images(tiny_betons):
     """The same order and the same crops for every run of a seed, so every arm of an ablation sees the same
     images (ffcv drew crops from numba's per-thread generators, seeded by the OS), other crops every epoch; a
     loader set to epoch 2, as a resumed run sets it, gives what a third pass gives (ffcv restarted from epoch 0's
-    order)."""
+    order). The second loader of seed 0 is both: another run, and a resumed one."""
     first = train_epochs(tiny_betons, seed=0, epochs=3)
-    assert all(np.array_equal(a, b) for a, b in zip(first, train_epochs(tiny_betons, seed=0, epochs=3)))
     assert not np.array_equal(first[0], first[1])
-    assert not np.array_equal(first[0], train_epochs(tiny_betons, seed=1, epochs=1)[0])
     assert np.array_equal(train_epochs(tiny_betons, seed=0, epochs=1, first_epoch=2)[0], first[2])
+    assert not np.array_equal(first[0], train_epochs(tiny_betons, seed=1, epochs=1)[0])
 
 
 def test_images_come_in_the_models_memory_format():
