@@ -3,14 +3,15 @@
 import importlib
 import importlib.util
 import json
-import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import REPO, run_script
+from conftest import REPO
 
 _spec = importlib.util.spec_from_file_location("kernel_profile", REPO / "benchmarks" / "kernel_profile.py")
 kernel_profile = importlib.util.module_from_spec(_spec)
@@ -43,14 +44,16 @@ def test_the_fused_kernels_are_found_by_name():
     assert kernel_profile.SE_PASS_KERNELS < names
 
 
-def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups():
-    result = run_script(["benchmarks/bench_model.py", "--arms", "gap", "--res", "32", "--batch", "2", "--steps", "1",
-                         "--warmup", "1", "--rounds", "3", "--profile-steps", "1"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the scripts import their siblings
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--arms", "gap", "--res", "32", "--batch", "2", "--steps", "1",
+                                      "--warmup", "1", "--rounds", "3", "--profile-steps", "1"])
+    importlib.import_module("bench_model").main()  # in this process: a process start costs seconds of the suite
+    stdout = capsys.readouterr().out
+    summary = json.loads(stdout.strip().splitlines()[-1])
     rows = summary["results"]["eager@32"]
     assert [row["rounds"] for row in rows.values()] == [3, 3]
-    assert "eager 32 round 3 of 3: torchvision resnet18" in result.stdout
+    assert "eager 32 round 3 of 3: torchvision resnet18" in stdout
     assert rows["torchvision resnet18"]["ratio_vs_torchvision"] == 1.0 and rows["gap [torch]"]["img_s"] > 0
     profiles = summary["profiles"]
     assert set(profiles) == {"eager@32/torchvision resnet18", "eager@32/gap [torch]"}
@@ -59,20 +62,23 @@ def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups():
         assert row["busy_ms"] == pytest.approx(sum(groups), abs=0.01)
         assert row["conv/matmul"] > 0 and row["step_ms"] > 0
         assert row["SE passes"] == row["SE small"] == 0  # the torch ops ran: no fused kernel
-    assert "-- kernels of one eager 32 gap [torch] step" in result.stdout
+    assert "-- kernels of one eager 32 gap [torch] step" in stdout
 
 
-def test_bench_se_tail_host_breakdown_runs_on_cpu_tensors():
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # its bf16 autocast, meant for the GPU
+def test_bench_se_tail_host_breakdown_runs_on_cpu_tensors(monkeypatch, capsys):
     """Its last step (on the device it comes after minutes of others), with the kernels interpreted."""
     pytest.importorskip("triton")
-    probe = ("import sys, torch; sys.path.insert(0, 'benchmarks'); torch.cuda.synchronize = lambda *args: None; "
-             "import bench_se_tail; "
-             "make = lambda: torch.randn(2, 32, 3, 3).contiguous(memory_format=torch.channels_last); "
-             "print(sorted(bench_se_tail.host_breakdown(make(), make(), make(), 2)))")
-    result = run_script(["-c", probe], env={**os.environ, "TRITON_INTERPRET": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "host us per gap tail, forward + backward: module and autograd" in result.stdout
-    assert result.stdout.strip().splitlines()[-1] == "['module_us', 'per_launch_us', 'python_us', 'se_launch_us']"
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the scripts import their siblings
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    import bench_se_tail
+
+    def make():
+        return torch.randn(2, 32, 3, 3).contiguous(memory_format=torch.channels_last)
+
+    breakdown = bench_se_tail.host_breakdown(make(), make(), make(), 2)
+    assert "host us per gap tail, forward + backward: module and autograd" in capsys.readouterr().out
+    assert sorted(breakdown) == ["module_us", "per_launch_us", "python_us", "se_launch_us"]
 
 
 def device_check_table():
