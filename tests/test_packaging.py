@@ -75,10 +75,11 @@ def test_wheel_bundles_its_libraries(ffcv_wheel):
 
 def test_wheel_imports_and_decodes_in_a_fresh_venv(ffcv_wheel, tmp_path):
     venv = tmp_path / "fresh"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # without a pip of its own (installing one takes seconds of the suite): this process's pip installs into it
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(ffcv_wheel)],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+                    str(ffcv_wheel)], check=True)
     # torch, numpy and numba come from the project's venv, placed *after* the fresh site-packages
     fresh_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                 capture_output=True, text=True, check=True).stdout.strip()
