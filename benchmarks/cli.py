@@ -1,6 +1,7 @@
 """Argument checks shared by the benchmarks. A typo must fail at once, not minutes into a device lease: a misspelt
 --compiled-arms measured nothing and exited 0, and --per-class 0 rebuilt the cached photo set empty."""
 import argparse
+import math
 from typing import Callable, Iterable
 
 
@@ -23,7 +24,9 @@ def positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
     return value
 

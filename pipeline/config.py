@@ -5,6 +5,7 @@ so recipe keys are checked here, values are validated with `errordict`, and each
 `ConfigError`. Recipes may name a `base:` recipe (path relative to themselves) whose values they override.
 """
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -47,7 +48,7 @@ class Number(Checker):
         if isinstance(value, bool):
             raise ValueError(value)
         number = self.kind(value)
-        if self.kind is int and float(value) != number:
+        if not math.isfinite(number) or (self.kind is int and float(value) != number):  # nan, inf: no setting's value
             raise ValueError(value)
         if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
             raise ValueError(value)
@@ -91,7 +92,10 @@ class NumberList(Checker):
         items = value.split(",") if isinstance(value, str) else value
         if isinstance(items, (int, float)):
             items = [items]
-        return [float(item) for item in items if str(item).strip() != ""]
+        numbers = [float(item) for item in items if str(item).strip() != ""]
+        if not all(map(math.isfinite, numbers)):
+            raise ValueError(value)
+        return numbers
 
     def help(self):
         return "a list of numbers, e.g. 30,60"

@@ -133,6 +133,7 @@ def project(monkeypatch):
     (["--cores", "0"], "argument --cores: 0: must be at least 1"),
     (["--loader-img-s-per-core", "0"], "argument --loader-img-s-per-core: 0: must be more than 0"),
     (["--model-img-s", "0"], "argument --model-img-s: 0: must be more than 0"),  # was taken as not given
+    (["--model-img-s", "inf"], "argument --model-img-s: inf: must be a finite number"),  # was taken: 0 s per step
     (["--scaling", "-1"], "argument --scaling: -1: must be more than 0"),  # projected a negative wall time
     (["--scaling", "1.5"], "argument --scaling: 1.5: must be at most 1"),
 ])

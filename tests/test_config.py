@@ -52,6 +52,10 @@ def test_typo_in_recipe_is_an_error_with_a_suggestion(tmp_path):
     ("model.blurpool", "maybe", "expected true or false"),
     ("lr.schedule", "linear", "expected one of: step, triangular, cosine"),
     ("model.squeeze", "gpa", "expected one of: baseline, avgmax, fca, gap, gapXstd, gmp, random, std"),
+    # were taken: a nan lr trained a whole epoch to a non-finite loss, an inf warmup kept the lr at 0
+    ("lr.lr", "nan", "expected a number >= 0"),
+    ("lr.warmup_epochs", float("inf"), "expected a number >= 0"),
+    ("lr.milestones", "30,nan", "expected a list of numbers, e.g. 30,60"),
 ])
 def test_bad_values_name_key_source_and_what_is_valid(key, value, expected):
     with pytest.raises(ConfigError) as error:
