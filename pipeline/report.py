@@ -48,6 +48,26 @@ class ArmSummary:
     delta: List[float] = field(default_factory=list)  # paired top-1 differences to baseline, %p
 
 
+# what the report reads of a finished run's result.json: (key, its types, what to say when it is not one)
+RESULT_FIELDS = (("arch", str, "a string"), ("squeeze", str, "a string"), ("seed", int, "an integer"),
+                 ("epochs", int, "an integer"), ("top1", (int, float), "a finite number"),
+                 ("top5", (int, float), "a finite number"), ("parameters", int, "an integer"),
+                 ("train_images_per_s", (int, float), "a finite number"))
+
+
+def result_problem(result: Dict[str, Any]) -> Optional[str]:
+    """What a finished run's result.json lacks for the report (None: nothing). The trainer writes every field;
+    another tool's file or a hand edit may not, and was a KeyError or matplotlib's TypeError traceback."""
+    for key, kinds, description in RESULT_FIELDS:
+        value = result.get(key)
+        if isinstance(value, bool) or not isinstance(value, kinds) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            return f"has no {key!r} ({description})"
+    if not isinstance(result.get("config", {}), dict):
+        return "has no 'config' (an object)"
+    return None
+
+
 def read_runs(root: Path) -> Tuple[List[dict], List[str]]:
     """(every finished run under `root`: its result.json plus its log lines, a note for each file that does not
     parse). The trainer writes both whole: a log damaged since stopped the report with a JSON traceback, and a
@@ -59,6 +79,10 @@ def read_runs(root: Path) -> Tuple[List[dict], List[str]]:
             notes.append(f"left out {result_path.parent}: its {RESULT_NAME} is unreadable")
             continue
         if result.get("finished_epochs") != result.get("epochs"):
+            continue
+        problem = result_problem(result)
+        if problem:
+            notes.append(f"left out {result_path.parent}: its {RESULT_NAME} {problem}")
             continue
         try:
             result["log"] = read_log(result_path.parent)

@@ -60,12 +60,14 @@ def refuse_other_run(run_dir: Path, recorded: Dict[str, Any], requested: Dict[st
                               f"{requested[key]} holds {identity}; {remedy}")
 
 
-def read_json(path: Path) -> Optional[Any]:
-    """The JSON in `path`, or None when it is missing or unreadable (a run killed while writing it)."""
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    """The JSON object in `path`, or None when it is missing, unreadable (a run killed while writing it) or not an
+    object (every file of a run is one: a list there made callers' .get raise)."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def read_result(run_dir: Path) -> Optional[Dict[str, Any]]:

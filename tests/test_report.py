@@ -80,6 +80,25 @@ def test_damaged_run_files_are_notes_not_a_traceback(tmp_path):
         f"Note: {tmp_path}/resnet18-gap-x-s0/log.jsonl is unreadable (line 3: Unterminated string starting at: "
         "line 1 column 14 (char 13)): the run has no curve",
         f"Note: left out {tmp_path}/resnet18-gap-x-s1: its result.json is unreadable"]
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{}", "has no 'arch' (a string)"),
+    ("[]", "is unreadable"),  # not a JSON object
+    ('{"arch": "resnet18", "squeeze": "gap", "seed": 1, "epochs": 2, "finished_epochs": 2, "top1": NaN}',
+     "has no 'top1' (a finite number)"),
+    ('{"arch": "resnet18", "squeeze": "gap", "seed": 1, "epochs": 2, "finished_epochs": 2, "top1": 70, "top5": 90,'
+     ' "parameters": 10, "train_images_per_s": 5, "config": "x"}', "has no 'config' (an object)"),
+])
+def test_a_result_json_that_parses_but_is_no_runs_result_is_a_note(tmp_path, content, problem):
+    """Valid JSON without what the report reads (another tool's file, a hand edit) was a KeyError, an
+    AttributeError or matplotlib's TypeError traceback, also at the end of an ablation."""
+    write_result(tmp_path, "gap", 0, 70.0, 90.0)
+    write_result(tmp_path, "gap", 1, 71.0, 91.0)
+    (tmp_path / "resnet18-gap-x-s1" / "result.json").write_text(content)
+    text = write_report(tmp_path).text
+    assert "| gap | 70.00 | 90.00 | no baseline | 1 |" in text
+    assert text.splitlines()[-1] == f"Note: left out {tmp_path}/resnet18-gap-x-s1: its result.json {problem}"
     assert (tmp_path / "curves.png").is_file()
 
 
