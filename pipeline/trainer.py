@@ -50,7 +50,7 @@ def parse_command_line(argv: List[str]):
     parser.add_argument("--resume", action="store_true",
                         help="continue the run directory's run (automatic when it holds a checkpoint)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights on the val set and exit")
-    parser.add_argument("--weights", type=Path, help="final.pt or checkpoint.pt for --eval-only")
+    parser.add_argument("--weights", type=Path, help="final.pt or checkpoint.pt, for --eval-only only")
     args, rest = parser.parse_known_args(argv)
     overrides = parse_overrides(rest)  # {key: (value, source)}: what the command line itself set
     if args.squeeze is not None:
@@ -59,6 +59,9 @@ def parse_command_line(argv: List[str]):
         overrides["model.arch"] = (args.arch, "--arch")
     if args.eval_only and args.weights is None:
         raise ConfigError("--eval-only needs --weights PATH (a final.pt or checkpoint.pt)")
+    if args.weights is not None and not args.eval_only:
+        raise ConfigError("--weights are read by --eval-only alone; a run starts from scratch, or resumes from its "
+                          "run directory's checkpoint (--logging.run_dir)")
     if args.weights is not None and args.weights.is_dir():  # a run directory: it was called "does not exist"
         held = [name for name in (FINAL_WEIGHTS_NAME, CHECKPOINT_NAME) if (args.weights / name).is_file()]
         raise ConfigError(f"--weights {args.weights} is a directory; give a weights file" +

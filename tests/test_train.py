@@ -176,6 +176,9 @@ def test_two_nodes_train_evaluate_exactly_and_resume_from_rank_0s_run_directory(
     (["--data.train_dataset=/nowhere/train.beton"], "dataset /nowhere/train.beton does not exist; write it with "
                                                     "`python dataset_prep/write_imagenet.py`"),
     (["--eval-only"], "--eval-only needs --weights"),
+    # was ignored: the run trained from scratch while its user thought it started from those weights
+    (["--weights", "/nowhere/final.pt"], "--weights are read by --eval-only alone; a run starts from scratch, "
+                                         "or resumes from its run directory's checkpoint"),
     (["--resume"], "holds no checkpoint.pt to resume from"),
 ])
 def test_user_errors_are_one_line_with_exit_2(tiny_betons, tmp_path, capsys, extra, message):
