@@ -191,15 +191,35 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last without a word, so a
+    recipe with `epochs: 2` and, further down, `epochs: 3` trained 3."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the safe loader's own error names it
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice, on lines {lines[key]} "
+                                                        f"and {line}", key_node.start_mark)
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_recipe(path: Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     """A recipe's flat {section.key: value}, its `base:` chain merged underneath."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a folder; give a recipe file, e.g. recipes/sample.yaml")
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist (recipes live in recipes/*.yaml)")
     if path.resolve() in _seen:
         raise ConfigError(f"recipe {path} includes itself through 'base:'")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -214,6 +234,11 @@ def read_recipe(path: Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
 
 
 def _unknown_key_error(key: str, source: str, known: List[str]) -> ConfigError:
+    section = [name for name in known if name.startswith(key + ".")]
+    if section:  # `training: 5`, or --training=5
+        return ConfigError(f"'{key}' (from {source}) is a section, not a setting; give its settings, e.g. "
+                           f"--{section[0]}=VALUE on the command line, or `{section[0].split('.')[1]}: VALUE` "
+                           f"indented under `{key}:` in a recipe")
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(known)}"
     return ConfigError(f"unknown setting '{key}' (from {source}); {hint}")

@@ -83,6 +83,32 @@ def test_malformed_override_is_rejected():
         parse_overrides(["epochs=3"])
 
 
+def test_a_setting_given_twice_in_a_recipe_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word: this recipe trained 3 epochs, the 2 above unread."""
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("training:\n  epochs: 2\n  seed: 1\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as error:
+        resolve(recipe, {})
+    assert str(error.value) == (f"recipe {recipe} is not valid YAML at line 4, column 3: 'epochs' is given twice, "
+                                "on lines 2 and 4")
+    recipe.write_text("training:\n  epochs: 2\nlr:\n  lr: 0.1\ntraining:\n  seed: 1\n")  # a section twice
+    with pytest.raises(ConfigError, match="'training' is given twice, on lines 1 and 5"):
+        resolve(recipe, {})
+
+
+def test_a_section_given_a_value_and_a_folder_for_a_recipe_say_what_to_give(tmp_path):
+    recipe = tmp_path / "scalar.yaml"
+    recipe.write_text("training: 5\n")
+    with pytest.raises(ConfigError) as error:  # was "unknown setting 'training'; did you mean 'training.seed'?"
+        resolve(recipe, {})
+    assert str(error.value) == (f"'training' (from {recipe}) is a section, not a setting; give its settings, "
+                                "e.g. --training.epochs=VALUE on the command line, or `epochs: VALUE` indented "
+                                "under `training:` in a recipe")
+    with pytest.raises(ConfigError) as error:  # was "does not exist"
+        resolve(tmp_path, {})
+    assert str(error.value) == f"recipe {tmp_path} is a folder; give a recipe file, e.g. recipes/sample.yaml"
+
+
 def test_a_yaml_syntax_error_names_line_and_column(tmp_path):
     recipe = tmp_path / "broken.yaml"
     recipe.write_text("training:\n  epochs: 3\n  seed: [1, 2\n")
