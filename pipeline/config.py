@@ -198,6 +198,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         lines = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, whose keys the mapping may override
+                continue
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)):
                 continue  # an unhashable key: the safe loader's own error names it
@@ -228,6 +230,9 @@ def read_recipe(path: Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(tree).__name__}")
     base = tree.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"recipe {path}: 'base' names one recipe file (a path from {path.parent}), not "
+                          f"{type(base).__name__} {base!r}")
     values = read_recipe(path.parent / base, _seen + (path.resolve(),)) if base else {}
     values.update({key: (value, str(path)) for key, value in _flatten(tree).items()})
     return values

@@ -94,6 +94,20 @@ def test_a_setting_given_twice_in_a_recipe_is_refused(tmp_path):
     recipe.write_text("training:\n  epochs: 2\nlr:\n  lr: 0.1\ntraining:\n  seed: 1\n")  # a section twice
     with pytest.raises(ConfigError, match="'training' is given twice, on lines 1 and 5"):
         resolve(recipe, {})
+    # YAML's merge key is no second key: the mapping's own keys override what it merges
+    recipe.write_text("shared: &shared {epochs: 2, seed: 3}\ntraining:\n  <<: *shared\n  seed: 4\n")
+    with pytest.raises(ConfigError, match="unknown setting 'shared.epochs'"):  # the anchor's section itself
+        resolve(recipe, {})
+    recipe.write_text("training:\n  <<: {epochs: 2, seed: 3}\n  seed: 4\n")
+    assert (resolve(recipe, {})["training.epochs"], resolve(recipe, {})["training.seed"]) == (2, 4)
+
+
+@pytest.mark.parametrize("base", ["[a.yaml, b.yaml]", "5"])
+def test_a_base_that_is_not_one_file_name_is_refused(tmp_path, base):
+    recipe = tmp_path / "child.yaml"
+    recipe.write_text(f"base: {base}\n")
+    with pytest.raises(ConfigError, match=rf"recipe {recipe}: 'base' names one recipe file \(a path from "):
+        resolve(recipe, {})  # was a TypeError traceback
 
 
 def test_a_section_given_a_value_and_a_folder_for_a_recipe_say_what_to_give(tmp_path):
