@@ -83,13 +83,18 @@ MEASURED_WIDTHS = tuple(sorted(se_launch.SMALL_KERNEL_STEPS))
 PADDED_HIDDEN = (*MEASURED_WIDTHS, 2 * MEASURED_WIDTHS[-1])
 
 
+def product(space: dict) -> list:
+    """Every setting of `space` (name -> values), as {name: value} dicts."""
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+
 def pairwise(space: dict) -> list:
     """Settings of `space` (name -> values) in which every value of a switch, and every pair of two switches'
     values, occurs at least once: a greedy cover of the product, in its order. A compile failure comes from one
     switch's code path or from two meeting (a variable one switch gives another type that another switch uses),
     so --quick compiles each kernel's pairs instead of its whole product (backward_finalize: 7 of 24)."""
     names = list(space)
-    settings = [dict(zip(names, values)) for values in itertools.product(*space.values())]
+    settings = product(space)
 
     def covers(setting):  # its switches' values, alone and in pairs
         return {tuple((name, setting[name]) for name in group) for size in (1, 2)
@@ -106,9 +111,7 @@ def pairwise(space: dict) -> list:
 
 def _settings(space: dict, quick: bool) -> list:
     """Every setting of `space`, or (quick) its pairwise cover."""
-    if quick:
-        return pairwise(space)
-    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    return pairwise(space) if quick else product(space)
 
 
 def variants(quick: bool = False):

@@ -99,7 +99,8 @@ def test_a_setting_given_twice_in_a_recipe_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting 'shared.epochs'"):  # the anchor's section itself
         resolve(recipe, {})
     recipe.write_text("training:\n  <<: {epochs: 2, seed: 3}\n  seed: 4\n")
-    assert (resolve(recipe, {})["training.epochs"], resolve(recipe, {})["training.seed"]) == (2, 4)
+    config = resolve(recipe, {})
+    assert (config["training.epochs"], config["training.seed"]) == (2, 4)
 
 
 @pytest.mark.parametrize("base", ["[a.yaml, b.yaml]", "5"])

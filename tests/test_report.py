@@ -80,6 +80,7 @@ def test_damaged_run_files_are_notes_not_a_traceback(tmp_path):
         f"Note: {tmp_path}/resnet18-gap-x-s0/log.jsonl is unreadable (line 3: Unterminated string starting at: "
         "line 1 column 14 (char 13)): the run has no curve",
         f"Note: left out {tmp_path}/resnet18-gap-x-s1: its result.json is unreadable"]
+    assert (tmp_path / "curves.png").is_file()
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -99,7 +100,6 @@ def test_a_result_json_that_parses_but_is_no_runs_result_is_a_note(tmp_path, con
     text = write_report(tmp_path).text
     assert "| gap | 70.00 | 90.00 | no baseline | 1 |" in text
     assert text.splitlines()[-1] == f"Note: left out {tmp_path}/resnet18-gap-x-s1: its result.json {problem}"
-    assert (tmp_path / "curves.png").is_file()
 
 
 def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
