@@ -9,10 +9,12 @@ pass them and still fail to compile for a GPU (e.g. a loop-carried variable chan
 scarce, so run this before a GPU check. Each variant is compiled as se_launch launches it (tiles, warps), and
 ptxas's report gives its registers per thread: a variant a training step runs that spills registers to memory
 fails too, beyond a few bytes (the small kernels' steps in se_launch were chosen by it; `spill_allowance` says
-which others may).
+which others may). So does a variant that needs more shared memory than one block of the target may have:
+ptxas accepts it and the launch fails (the excitation's gradient at 128 hidden units in steps of 256 channels
+asked an H200 for 288 KB of its 227).
 A launch also specialises the kernel on its arguments (SPECIALIZATIONS), which changes the code ptxas gets;
 each variant is compiled as launched at SE-ResNet's shapes and without hints (--quick: the first only).
-Exit 1 names the variants that did not compile or spilled.
+Exit 1 names the variants that did not compile, spilled or do not fit.
 """
 import argparse
 import contextlib
@@ -75,6 +77,12 @@ def signature(kernel, constexprs: dict) -> dict:
         else:
             types[name] = "i32"
     return types
+
+
+# Shared memory one block may have (opt-in, which Triton's launcher asks for), by compute capability x 10: CUDA
+# programming guide, "Technical Specifications per Compute Capability".
+SHARED_MEMORY_PER_BLOCK = {70: 96 * 1024, 75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024,
+                           89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024, 120: 99 * 1024}
 
 
 # the widths se_launch has steps for (SE-ResNet-18/50 at reduction 16), and one wider (reduction < 16): its
@@ -182,8 +190,8 @@ def compile_variant(index: int, specialization: str, arch: int, quick: bool) -> 
     """compile_one of variant `index` and its spill_allowance (by number: a pool of processes compiles them in
     parallel)."""
     kernel, constexprs, warps = list(variants(quick))[index]
-    label, registers, spills, error = compile_one(kernel, constexprs, warps, arch, specialization)
-    return label, registers, spills, error, spill_allowance(constexprs, spills)
+    label, registers, spills, shared, error = compile_one(kernel, constexprs, warps, arch, specialization)
+    return label, registers, spills, shared, error, spill_allowance(constexprs, spills)
 
 
 # Bytes per thread a variant a training step runs may spill. ptxas picks its register budget by its own
@@ -217,22 +225,25 @@ def build(kernel, constexprs: dict, warps: int, arch: int, specialization: str =
 
 
 def compile_one(kernel, constexprs: dict, warps: int, arch: int, specialization: str = "aligned") -> tuple:
-    """(label, registers per thread, bytes of spill stores, error or None) of one fresh compilation."""
+    """(label, registers per thread, bytes of spill stores, bytes of shared memory per block, error or None) of one
+    fresh compilation."""
     label = f"{kernel.fn.__name__} {constexprs} warps={warps} {specialization}"
     report = io.StringIO()
     try:
         with contextlib.redirect_stdout(report):  # where Triton prints ptxas's log
-            build(kernel, constexprs, warps, arch, specialization)
+            compiled = build(kernel, constexprs, warps, arch, specialization)
     except Exception as error:  # noqa: BLE001 - every failure is reported, then the exit code says so
-        return label, 0, 0, str(error).strip().splitlines()[-1]
+        return label, 0, 0, 0, str(error).strip().splitlines()[-1]
     log = report.getvalue()
     registers, spills = re.search(r"Used (\d+) registers", log), re.search(r"(\d+) bytes spill stores", log)
-    return label, int(registers.group(1)) if registers else -1, int(spills.group(1)) if spills else 0, None
+    return (label, int(registers.group(1)) if registers else -1, int(spills.group(1)) if spills else 0,
+            compiled.metadata.shared, None)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: Hopper)")
+    parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_MEMORY_PER_BLOCK),
+                        help="CUDA compute capability x 10 (90: Hopper)")
     parser.add_argument("--quick", action="store_true",
                         help="each kernel's switches in pairs, the first tile (~20 s on 2 cores)")
     args = parser.parse_args()
@@ -240,21 +251,26 @@ def main() -> int:
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         numbers, specializations = zip(*jobs(args.quick))
         count = len(numbers)
-        for label, registers, spills, error, allowance in pool.map(compile_variant, numbers, specializations,
-                                                                   [args.arch] * count, [args.quick] * count):
+        results = pool.map(compile_variant, numbers, specializations, [args.arch] * count, [args.quick] * count)
+        for label, registers, spills, shared, error, allowance in results:
             if error:
                 failed.append(label)
                 print(f"FAILED {label}: {error}")
+            elif shared > SHARED_MEMORY_PER_BLOCK[args.arch]:
+                failed.append(label)
+                print(f"SHARED {label}: {shared} bytes of shared memory per block, over sm{args.arch}'s "
+                      f"{SHARED_MEMORY_PER_BLOCK[args.arch]}")
             elif spills and allowance:
-                print(f"ok     {label}: {registers} registers, {spills} bytes spilled (allowed: {allowance})")
+                print(f"ok     {label}: {registers} registers, {shared} bytes shared, {spills} bytes spilled "
+                      f"(allowed: {allowance})")
             elif spills:
                 failed.append(label)
                 print(f"SPILLS {label}: {spills} bytes of registers spilled to memory ({registers} registers)")
             else:
-                print(f"ok     {label}: {registers} registers")
+                print(f"ok     {label}: {registers} registers, {shared} bytes shared")
     if failed:
-        print(f"compile_kernels.py: {len(failed)} kernel variant(s) do not compile for sm{args.arch} or spill "
-              "registers", file=sys.stderr)
+        print(f"compile_kernels.py: {len(failed)} kernel variant(s) do not compile for sm{args.arch}, spill "
+              "registers or need more shared memory than a block has", file=sys.stderr)
         return 1
     return 0
 

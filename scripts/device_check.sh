@@ -8,6 +8,8 @@
 #   scripts/device_check.sh graphs50 e2e loader gputests               # about 8.5 minutes
 #   scripts/device_check.sh kernels tail kernels50 kernels18           # the kernels only (no torch-op rows)
 #   scripts/device_check.sh graphs50a graphs50b                        # every other arm with CUDA graphs (~8 min)
+#   scripts/device_check.sh model50 model18 graphs50gap                # about 9 minutes: the eager tables (every arm,
+#       torch ops and kernels) and gap with CUDA graphs (kernels only), against torchvision in each run
 #   scripts/device_check.sh graphs50all                                # the same in one process, torchvision
 #       compiled once (~7 min, one device call; each model's graphs are freed before the next is compiled)
 #   scripts/device_check.sh compiled50 compiled50a                     # default-mode compile (what DDP runs): kernels,
@@ -33,8 +35,8 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 # step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, and 4 pytest workers that
 # compile in parallel, to spare compile time; every tile the autotuner may pick is checked by
 # test_every_autotuned_tile_gives_the_same_result)
-declare -A cap=([kernels]=160 [tail]=100 [model50]=170 [model18]=80 [kernels50]=160 [kernels18]=95 [compiled50]=260 [compiled50a]=300
-                [graphs50]=320 [graphs50a]=240 [graphs50b]=240 [graphs50all]=540 [e2e]=80 [loader]=180 [gputests]=280 [gputrain]=150)
+declare -A cap=([kernels]=160 [tail]=100 [model50]=170 [model18]=150 [kernels50]=160 [kernels18]=95 [compiled50]=260 [compiled50a]=300
+                [graphs50]=320 [graphs50gap]=200 [graphs50a]=240 [graphs50b]=240 [graphs50all]=540 [e2e]=80 [loader]=180 [gputests]=280 [gputrain]=150)
 declare -A command=(
     [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q -n 4 --maxfail=3 tests/test_se_kernels.py"
     [tail]="python3 benchmarks/bench_se_tail.py --squeezes gap,gmp,fca,random --profile layer1,layer4"
@@ -45,6 +47,7 @@ declare -A command=(
     [compiled50]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gap --se-kernel triton,torch,closed-form --max-compiled 4"
     [compiled50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gmp,std --se-kernel triton,closed-form --max-compiled 5"
     [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch,closed-form --max-compiled 4 --profile-steps 3"
+    [graphs50gap]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton --max-compiled 2"
     [graphs50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gmp,std,gapXstd --se-kernel triton --max-compiled 4"
     [graphs50all]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gmp,std,gapXstd,avgmax,fca,random --se-kernel triton --max-compiled 7"
     [graphs50b]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms avgmax,fca,random --se-kernel triton --max-compiled 4"

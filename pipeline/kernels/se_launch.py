@@ -25,9 +25,12 @@ EXCITE_BLOCK_B = 16  # samples per program of the excitation kernels (tl.dot's s
 # divisibility hints or without (`scripts/compile_kernels.py` prints registers and spills and fails beyond a few
 # bytes; the earlier fixed 32 samples / 64 channels at 4 warps spilled 536 bytes in ResNet-50 layer4's
 # excitation). backward_finalize at 16 units takes 64 samples, not the 128 that compile: with a downsample BN
-# folded in, avgmax's 128 spilled (255 registers, at the edge without the fold too).
+# folded in, avgmax's 128 spilled (255 registers, at the edge without the fold too). Shared memory bounds the
+# excitations' steps too: Triton pipelines the channel loop through two shared buffers of the step's W tile,
+# and excite_grad at 128 units in steps of 256 channels asked 288 KB (an H200 gives a block 227; the launch
+# failed there). Both excitations take the same steps: 64 KB at most, which every GPU Triton runs on has.
 # forward_finalize takes 128 samples per step at every width.
-SMALL_KERNEL_STEPS = {16: (64, 256, 256), 32: (64, 128, 256), 64: (32, 64, 256), 128: (32, 32, 256)}
+SMALL_KERNEL_STEPS = {16: (64, 256, 256), 32: (64, 128, 128), 64: (32, 64, 64), 128: (32, 32, 32)}
 FORWARD_FINALIZE_BLOCK_B = 128
 SMALL_KERNEL_WARPS = 8
 # (BLOCK_HW, BLOCK_C, warps) tried by Triton's autotuner at the first call per (C, H*W) on a GPU; the first is
