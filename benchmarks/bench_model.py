@@ -186,6 +186,21 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Rounds further apart than this are not one steady speed: seen on an H200 for the fused kernels' eager rows
+# (13-28% in ResNet-18, near host-bound) while torchvision and the torch ops' rows stayed within 5%.
+NOISY_SPREAD = 0.10
+
+
+def spread_warning(rows: list) -> Optional[str]:
+    """A line naming the rows whose rounds are more than NOISY_SPREAD apart (None when none is): a median of
+    such rounds can differ from a rerun's by more than the gaps between rows."""
+    noisy = [f"{mode} {res} {name} ({spread:.0%})" for mode, res, name, *_, spread in rows if spread > NOISY_SPREAD]
+    if not noisy:
+        return None
+    return (f"rounds more than {NOISY_SPREAD:.0%} apart: {', '.join(noisy)}; a model near host-bound shows the "
+            "host's jitter (--profile-steps: busy time below step time); rerun before comparing these rows")
+
+
 def main() -> None:
     gpu = torch.cuda.is_available()
     args = parse_arguments()
@@ -216,6 +231,9 @@ def main() -> None:
         memory_text = f"{memory:7.2f} {memory_ratio:6.2f}" if memory else f"{'-':>7s} {'-':>6s}"
         print(f"{mode:9s} {res:4d} {name:28s} {speed:8.1f} {spread:6.1%} {ratio:6.2f} {memory_text} {warm:9.1f}")
     print("img/s: the median of the rounds; spread: (fastest - slowest round) / median")
+    warning = spread_warning(rows)
+    if warning:
+        print(warning)
     summary = {"device": device_name, "arch": args.arch, "batch": args.batch, "results": ratios}
     if profiled:
         summary["profiles"] = print_profiles(profiled, args.batch)

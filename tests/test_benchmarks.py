@@ -65,6 +65,18 @@ def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups(monkeyp
     assert "-- kernels of one eager 32 gap [torch] step" in stdout
 
 
+def test_bench_model_names_the_rows_whose_rounds_disagree(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench_model = importlib.import_module("bench_model")
+    rows = [("eager", 192, "torchvision resnet18", 16839.1, 1.0, 2.59, 1.0, 0.6, 0.001),
+            ("eager", 192, "gap [torch]", 14228.8, 0.84, 2.81, 1.09, 0.2, 0.1),  # at the limit: steady enough
+            ("eager", 192, "gap [triton]", 14241.1, 0.85, 2.54, 0.98, 9.9, 0.28)]  # the H200's, 2026-11-27
+    warning = bench_model.spread_warning(rows)
+    assert warning.startswith("rounds more than 10% apart: eager 192 gap [triton] (28%); ")
+    assert "gap [torch]" not in warning
+    assert bench_model.spread_warning(rows[:2]) is None
+
+
 @pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # its bf16 autocast, meant for the GPU
 def test_bench_se_tail_host_breakdown_runs_on_cpu_tensors(monkeypatch, capsys):
     """Its last step (on the device it comes after minutes of others), with the kernels interpreted."""
