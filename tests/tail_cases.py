@@ -31,13 +31,15 @@ def random_batch_norm(channels: int, generator: torch.Generator, zero_gamma: boo
     return bn
 
 
-def make_tail(squeeze: str, channels: int, zero_gamma: bool):
-    """An SE module and a BN whose weights make every path carry gradient (reduction 4: 12+ hidden units)."""
+def make_tail(squeeze: str, channels: int, zero_gamma: bool, excite_scale: float = 0.5):
+    """An SE module and a BN whose weights make every path carry gradient (reduction 4: 12+ hidden units;
+    `excite_scale`: the excitation weights' standard deviation, smaller for wide ones so the gate's sigmoid
+    does not saturate)."""
     generator = torch.Generator().manual_seed(7)
     se = SqueezeExcite(channels, squeeze, reduction=4, kernel="torch")
     with torch.no_grad():
         for linear in (se.excite[0], se.excite[2]):
-            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.5)
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * excite_scale)
     return se, random_batch_norm(channels, generator, zero_gamma)
 
 
@@ -98,11 +100,12 @@ def case_inputs(batch, channels, height, width, dtype, kind):
     return as_input(z), as_input(identity), grad.to(DEVICE)
 
 
-def compare_tail_with_reference(squeeze: str, case: tuple, kernel: str, fold_identity_bn: bool = False) -> None:
+def compare_tail_with_reference(squeeze: str, case: tuple, kernel: str, fold_identity_bn: bool = False,
+                                excite_scale: float = 0.5) -> None:
     """One forward + backward of a tail under `kernel` against the float64 reference: out, every gradient,
     the running estimates and batch counts. `case`: a value of CASES."""
     batch, channels, height, width, dtype, training, kind = case
-    se, bn = make_tail(squeeze, channels, zero_gamma=kind in ("constant", "zero-gamma"))
+    se, bn = make_tail(squeeze, channels, zero_gamma=kind in ("constant", "zero-gamma"), excite_scale=excite_scale)
     identity_bn = random_batch_norm(channels, torch.Generator().manual_seed(5)) if fold_identity_bn else None
     z, identity, grad = case_inputs(batch, channels, height, width, dtype, kind)
     as_double = None if identity_bn is None else copy.deepcopy(identity_bn).double().to(DEVICE)

@@ -70,7 +70,10 @@ def test_the_widest_excitations_run_with_their_own_steps(hidden):
     more shared memory than an H200 has and the launch failed, while every other kernel test passed there.
     (Reduction 4 keeps C, and the interpreter's time, 4 times smaller than ResNet-50's; the tiles are the same.)"""
     assert se_launch._hidden_padding(hidden) in se_launch.SMALL_KERNEL_STEPS
-    compare_tail_with_reference("gap", (2, 4 * hidden, 2, 3, torch.float32, True, "normal"), "triton")
+    channels = 4 * hidden
+    # logits of a unit-scale squeeze: the weights' scale squared times sqrt(C * H / 2) (ReLU keeps half)
+    compare_tail_with_reference("gap", (2, channels, 2, 3, torch.float32, True, "normal"), "triton",
+                                excite_scale=(channels * hidden / 2) ** -0.25)
 
 
 @pytest.mark.parametrize("tile", range(len(se_launch.REDUCE_TILES)))
