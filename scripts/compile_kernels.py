@@ -148,15 +148,15 @@ def variants(quick: bool = False):
             TRAINING=s["training"], UPDATE=s["training"], MODE=s["mode"], IDENTITY_NORM=s["fold"],
             BLOCK_B=se_launch.FORWARD_FINALIZE_BLOCK_B, **small), warps
     for s in _settings(dict(mode=modes, training=both, fold=both, padded=widths), quick):
-        block_b, _, _ = se_launch.small_kernel_steps(s["padded"])
+        block_b, _ = se_launch.small_kernel_steps(s["padded"])
         yield se_backward.backward_finalize_kernel, dict(TRAINING=s["training"], MODE=s["mode"],
                                                          IDENTITY_NORM=s["fold"], H_PAD=s["padded"],
                                                          BLOCK_B=block_b, **small), warps
     for padded in widths:
-        _, excite_step, excite_grad_step = se_launch.small_kernel_steps(padded)
+        _, excite_step = se_launch.small_kernel_steps(padded)
         yield se_forward.excite_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B, BLOCK_K=excite_step), warps
         yield se_backward.excite_grad_kernel, dict(H_PAD=padded, BLOCK_B=se_launch.EXCITE_BLOCK_B,
-                                                   BLOCK_K=excite_grad_step), warps
+                                                   BLOCK_K=excite_step), warps
     for s in _settings(dict(tile=se_launch.ELEMENTWISE_TILES[first], fold=both), quick):
         blocks, tile_warps = _blocks(s["tile"])
         yield se_forward.apply_kernel, dict(IDENTITY_NORM=s["fold"], **blocks), tile_warps

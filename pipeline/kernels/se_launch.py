@@ -20,7 +20,7 @@ FINALIZE_BLOCK_C = 16  # channels per program of the two finalize kernels
 EXCITE_BLOCK_B = 16  # samples per program of the excitation kernels (tl.dot's smallest tile side)
 # The finalize and excitation kernels are latency-bound: microseconds of work in a chain of dependent loads, one
 # link per step over the batch (finalize) or the channels (excitation). Per excitation width (hidden units padded
-# to a power of two): (samples per step of backward_finalize, channels per step of excite, of excite_grad), the
+# to a power of two): (samples per step of backward_finalize, channels per step of excite and excite_grad), the
 # widest steps ptxas compiles for sm90 at 8 warps without spilling more than a few bytes, with a launch's
 # divisibility hints or without (`scripts/compile_kernels.py` prints registers and spills and fails beyond a few
 # bytes; the earlier fixed 32 samples / 64 channels at 4 warps spilled 536 bytes in ResNet-50 layer4's
@@ -30,7 +30,7 @@ EXCITE_BLOCK_B = 16  # samples per program of the excitation kernels (tl.dot's s
 # and excite_grad at 128 units in steps of 256 channels asked 288 KB (an H200 gives a block 227; the launch
 # failed there). Both excitations take the same steps: 64 KB at most, which every GPU Triton runs on has.
 # forward_finalize takes 128 samples per step at every width.
-SMALL_KERNEL_STEPS = {16: (64, 256, 256), 32: (64, 128, 128), 64: (32, 64, 64), 128: (32, 32, 32)}
+SMALL_KERNEL_STEPS = {16: (64, 256), 32: (64, 128), 64: (32, 64), 128: (32, 32)}
 FORWARD_FINALIZE_BLOCK_B = 128
 SMALL_KERNEL_WARPS = 8
 # (BLOCK_HW, BLOCK_C, warps) tried by Triton's autotuner at the first call per (C, H*W) on a GPU; the first is
@@ -133,7 +133,7 @@ def _hidden_padding(hidden: int) -> int:
 def small_kernel_steps(padded_hidden: int) -> tuple:
     """SMALL_KERNEL_STEPS for an excitation padded to `padded_hidden` units; wider than measured (a reduction
     below 16): the narrowest steps."""
-    return SMALL_KERNEL_STEPS.get(padded_hidden, (16, 16, 16))
+    return SMALL_KERNEL_STEPS.get(padded_hidden, (16, 16))
 
 
 def _identity_area(work: Tensor, offset: int, folded: bool) -> Tensor:
@@ -178,7 +178,7 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
     out = empty_channels_last(z.shape, out_dtype, z.device)
     shape_key = (channels, spatial, z.dtype)
     padded = _hidden_padding(hidden)
-    _, excite_step, _ = small_kernel_steps(padded)
+    _, excite_step = small_kernel_steps(padded)
     with _on_device(z):
         _launch_tiled(se_forward.z_stats_kernel, REDUCE_TILES, reduce_grid, (*shape_key, extremes, filtered), z,
                       filters if filtered else work, work, batch, channels, spatial, EXTREMES=extremes,
@@ -232,7 +232,7 @@ def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weigh
     d_input = empty_channels_last(z.shape, identity.dtype, z.device) if folded else dz
     shape_key = (channels, spatial, z.dtype, gdm.dtype, grad.dtype, identity.dtype, folded)
     padded = _hidden_padding(hidden)
-    finalize_step, _, excite_grad_step = small_kernel_steps(padded)
+    finalize_step, excite_step = small_kernel_steps(padded)
     with _on_device(z):
         _launch_tiled(se_backward.grad_reduce_kernel, REDUCE_TILES, reduce_grid, (*shape_key, premasked, extremes),
                       grad, out, z, identity, work, weight, bias, grad_work, gdm, identity_work, identity_grad_work,
@@ -240,7 +240,7 @@ def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weigh
                       EXTREMES=extremes)
         se_backward.excite_grad_kernel[(_cdiv(batch, EXCITE_BLOCK_B),)](
             work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
-            BLOCK_K=excite_grad_step, num_warps=SMALL_KERNEL_WARPS)
+            BLOCK_K=excite_step, num_warps=SMALL_KERNEL_WARPS)
         se_backward.backward_finalize_kernel[(_cdiv(channels, FINALIZE_BLOCK_C),)](
             work, grad_work, w1, weight, bias, filter_sum if filtered else work, weight_grad, bias_grad, w1_grad,
             w2_grad, identity_work, identity_grad_work, identity_weight if folded else weight, identity_weight_grad,
