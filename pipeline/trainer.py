@@ -28,6 +28,7 @@ from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buff
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
 from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
+from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import build_model
 from pipeline.optim import build_sgd
 from pipeline.resume import finished_already, make_run_dir, restore, resume_state
@@ -227,9 +228,12 @@ def compile_used(config: Dict[str, Any], world: World) -> str:
 
 
 def se_kernel_used(config: Dict[str, Any], world: World) -> str:
-    """What ran the SE tails in training: triton, torch, closed-form, or none for the baseline."""
+    """What ran the SE tails in training: triton, torch, closed-form, or none for the baseline. A registered
+    squeeze with no fused form runs the torch ops under `auto` (SqueezeExcite.tail)."""
     if config["model.squeeze"] == BASELINE:
         return "none"
+    if config["model.squeeze"] not in SQUEEZE_MODES and config["model.se_kernel"] == "auto":
+        return "torch"
     try:
         return resolve_se_kernel(config["model.se_kernel"], world.device, config["training.channels_last"],
                                  compile_used(config, world))

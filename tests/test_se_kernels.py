@@ -258,9 +258,11 @@ def test_auto_uses_torch_ops_on_cpu():
 
 
 @pytest.mark.parametrize("compile_mode,expected", [("none", "triton"), ("reduce-overhead", "triton"),
-                                                   ("default", "torch"), ("max-autotune-no-cudagraphs", "torch")])
+                                                   ("default", "closed-form"),
+                                                   ("max-autotune-no-cudagraphs", "closed-form")])
 def test_auto_picks_what_was_measured_faster_per_compile_mode(compile_mode, expected):
-    """Kernels in eager mode and with CUDA graphs; inductor's code where the custom ops' host cost shows."""
+    """Kernels in eager mode and with CUDA graphs; inductor's code for the closed form where the custom ops'
+    host cost shows (H200, default mode: closed form 0.91 x torchvision, torch ops 0.86, kernels 0.79)."""
     assert resolve_se_kernel("auto", torch.device("cuda"), True, compile_mode) == expected
     assert resolve_se_kernel("auto", torch.device("cuda"), False, compile_mode) == "torch"  # not channels_last
     assert resolve_se_kernel("auto", torch.device("cpu"), True, compile_mode) == "torch"

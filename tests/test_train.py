@@ -17,10 +17,11 @@ from conftest import REPO, run_script, tiny_settings
 from pipeline.acceleration import choose_precision, compile_mode_used
 from pipeline.checkpoint import load_checkpoint, load_weights
 from pipeline.data import DeviceAugment, LoaderSettings, set_train_resolution, shard_indices, train_loader, val_loader
+from pipeline.distributed import World
 from pipeline.engine import evaluate
 from pipeline.models import build_model
 from pipeline.run_dir import RunLock
-from pipeline.trainer import main as train_main
+from pipeline.trainer import main as train_main, se_kernel_used
 
 
 def read_log(run_dir):
@@ -307,6 +308,18 @@ def test_closed_form_tails_train_and_are_recorded(tiny_betons, tmp_path):
     summary = json.loads((run_dir / "result.json").read_text())
     assert (summary["se_kernel"], summary["se_kernel_used"]) == ("closed-form", "closed-form")
     assert "se_kernel: closed-form" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("compile_mode,expected", [("none", "torch"), ("default", "torch")])
+def test_a_squeeze_with_no_fused_form_is_recorded_as_the_torch_ops_it_runs(compile_mode, expected):
+    """`auto` on a GPU runs the torch ops for a registered squeeze that has no fused form (SqueezeExcite.tail);
+    result.json said triton or closed-form for it."""
+    world = World(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cuda", 0))
+    config = {"model.squeeze": "my_squeeze", "model.se_kernel": "auto", "training.channels_last": True,
+              "training.compile": compile_mode}
+    assert se_kernel_used(config, world) == expected
+    assert se_kernel_used({**config, "model.squeeze": "gmp"}, world) == ("triton" if compile_mode == "none"
+                                                                        else "closed-form")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_betons, tmp_path, capsys):

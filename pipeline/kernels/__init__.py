@@ -4,8 +4,8 @@
 tensors when TRITON_INTERPRET=1 was set before triton was imported: how CI checks them), `closed-form` the
 kernels' algorithm in torch ops (any device; for torch.compile to generate the kernels: se_closed_form.py),
 `auto` whichever was measured faster (benchmarks/RESULTS.md) for CUDA tensors in channels_last: the kernels in
-eager mode and under torch.compile's reduce-overhead mode (CUDA graphs), inductor's own code for the torch ops
-in its other modes.
+eager mode and under torch.compile's reduce-overhead mode (CUDA graphs), inductor's code for the closed form in
+its other modes.
 """
 import functools
 import importlib.util
@@ -21,9 +21,10 @@ SE_KERNELS = ("auto", "torch", "triton", "closed-form")
 # layout.SQUEEZE_MODES only
 FOLDING = ("triton", "closed-form")
 # torch.compile modes under which `auto` runs the kernels: with CUDA graphs the custom ops' host cost is gone and
-# the kernels' fewer memory passes win. Measured on an H200 (SE-ResNet-50 gap, 192 px, batch 256, bf16, x
-# torchvision resnet50 in the same mode and run): reduce-overhead kernels 0.89, inductor 0.85; default mode
-# inductor 0.85, kernels 0.69 (before the launch cuts; the compile step re-measures it)
+# the kernels' fewer memory passes win; in the other modes inductor generates the closed form's kernels itself.
+# Measured on an H200 (SE-ResNet-50 gap, 192 px, batch 256, bf16, x torchvision resnet50 in the same mode and
+# run): reduce-overhead kernels 0.93 (session 16); default mode closed form 0.91, torch ops 0.86, kernels 0.79
+# (session 17, benchmarks/logs/2026-11-27-h200-session17-check.log)
 KERNEL_COMPILE_MODES = ("reduce-overhead",)
 
 
@@ -79,7 +80,9 @@ def triton_unavailable_reason(device: torch.device):
 
 def resolve_se_kernel(choice: str, device: torch.device, channels_last: bool, compile_mode: str = "none") -> str:
     """The implementation `choice` runs: 'triton', 'torch' or 'closed-form' (raises where triton is asked for
-    but cannot run). `compile_mode` is training.compile's value: 'none' (eager) or a torch.compile mode."""
+    but cannot run). `compile_mode` is training.compile's value: 'none' (eager) or a torch.compile mode. `auto`
+    takes the torch ops off CUDA, off channels_last (what was measured) and where Triton cannot run (inductor
+    needs it too)."""
     if choice == "triton":
         reason = triton_unavailable_reason(device)
         if reason:
@@ -87,15 +90,14 @@ def resolve_se_kernel(choice: str, device: torch.device, channels_last: bool, co
         return "triton"
     if choice != "auto":
         return choice
-    if device.type == "cuda" and triton_unavailable_reason(device) is None and channels_last and (
-            compile_mode == "none" or compile_mode in KERNEL_COMPILE_MODES):
-        return "triton"
-    return "torch"
+    if device.type != "cuda" or triton_unavailable_reason(device) is not None or not channels_last:
+        return "torch"
+    return "triton" if compile_mode == "none" or compile_mode in KERNEL_COMPILE_MODES else "closed-form"
 
 
 def tail_implementation(choice: str, x: torch.Tensor) -> str:
     """What runs the SE tail of `x` (the block's conv output) under `choice`: triton, torch or closed-form.
-    Inside a traced graph the mode is not known here: `auto` takes inductor's code there, and the trainer
+    Inside a traced graph the mode is not known here: `auto` takes the closed form there, and the trainer
     resolves `auto` with its compile mode before compiling (set_se_kernel)."""
     return resolve_se_kernel(choice, x.device, x.is_contiguous(memory_format=torch.channels_last),
                              "default" if torch.compiler.is_compiling() else "none")
