@@ -14,8 +14,10 @@ first). Without a GPU it runs a small CPU configuration.
 """
 import argparse
 import contextlib
+import gc
 import json
 import statistics
+import time
 from typing import List, Optional
 
 import torch
@@ -60,6 +62,29 @@ def candidates(args, mode: str) -> dict:
     return models
 
 
+class CollectorClock:
+    """While entered: the seconds Python's garbage collector ran and its full (generation-2) collections. A step
+    near host-bound slows by what else the host does, and a full collection walks every live object (a process
+    that compiled Triton's kernels holds more): it tells such a pause from the step's own host time."""
+
+    def __init__(self):
+        self.seconds, self.full_collections, self._started = 0.0, 0, 0.0
+
+    def _observe(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._started
+        self.full_collections += info["generation"] == 2
+
+    def __enter__(self) -> "CollectorClock":
+        gc.callbacks.append(self._observe)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        gc.callbacks.remove(self._observe)
+
+
 class Trainee:
     """One model's SGD step on fixed random data (channels_last; bf16 autocast on a GPU), kept between rounds."""
 
@@ -75,6 +100,7 @@ class Trainee:
         self.labels = torch.randint(0, 1000, (batch,), device=device)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                          else contextlib.nullcontext())
+        self.collector, self.timed_steps = CollectorClock(), 0
 
     def step(self) -> None:
         with self.autocast:
@@ -86,9 +112,16 @@ class Trainee:
     def throughput(self, steps: int) -> float:
         """Images per second over `steps` steps, the device synchronised at both ends."""
         watch = Stopwatch(self.device)
-        for _ in range(steps):
-            self.step()
-        return self.batch * steps / watch.elapsed()
+        with self.collector:
+            for _ in range(steps):
+                self.step()
+            speed = self.batch * steps / watch.elapsed()
+        self.timed_steps += steps
+        return speed
+
+    def collector_ms_per_step(self) -> float:
+        """The garbage collector's milliseconds per timed step, over every round so far."""
+        return 1000 * self.collector.seconds / max(self.timed_steps, 1)
 
 
 def first_round(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str,
@@ -113,15 +146,16 @@ def first_round(make_model, device, batch: int, res: int, steps: int, warmup: in
 
 
 def measure_in_rounds(models: dict, args, device, mode: str, res: int, profiled: dict) -> dict:
-    """name -> (median images/s, peak memory GB or None, warm-up s, spread between rounds, rounds). Eager models
+    """name -> (median images/s, peak memory GB or None, warm-up s, garbage collector ms per timed step, spread
+    between rounds, rounds). Eager models
     are kept and timed again in turn, `args.rounds` times in all; compiled ones once (one compile at a time).
     Profiled kernel times go to `profiled` under (mode, res, name)."""
     rounds = args.rounds if mode == "eager" else 1
-    firsts, speeds, kept = {}, {}, {}
+    firsts, speeds, kept, collector_ms = {}, {}, {}, {}
     for name, make in models.items():
         trainee, speed, memory, warm, kernels = first_round(make, device, args.batch, res, args.steps, args.warmup,
                                                             mode, args.profile_steps)
-        firsts[name], speeds[name] = (memory, warm), [speed]
+        firsts[name], speeds[name], collector_ms[name] = (memory, warm), [speed], trainee.collector_ms_per_step()
         print(f"  {mode} {res} {name}: {speed:.1f} img/s", flush=True)
         if kernels:
             profiled[mode, res, name] = speed, kernels
@@ -134,11 +168,12 @@ def measure_in_rounds(models: dict, args, device, mode: str, res: int, profiled:
         for name, trainee in kept.items():
             trainee.step()  # untimed: the model has been idle
             speeds[name].append(trainee.throughput(args.steps))
+            collector_ms[name] = trainee.collector_ms_per_step()
         print(f"  {mode} {res} round {round_index} of {rounds}: "
               + ", ".join(f"{name} {runs[-1]:.0f}" for name, runs in speeds.items()), flush=True)
     kept.clear()
-    return {name: (statistics.median(runs), *firsts[name], (max(runs) - min(runs)) / statistics.median(runs),
-                   len(runs)) for name, runs in speeds.items()}
+    return {name: (statistics.median(runs), *firsts[name], collector_ms[name],
+                   (max(runs) - min(runs)) / statistics.median(runs), len(runs)) for name, runs in speeds.items()}
 
 
 def print_profiles(profiled: dict, batch: int) -> dict:
@@ -214,23 +249,25 @@ def main() -> None:
             reference_speed, reference_memory, *_ = measured[reference_name]
             key = f"{mode}@{res}"
             ratios[key] = {}
-            for name, (speed, memory, warm, spread, rounds) in measured.items():
+            for name, (speed, memory, warm, collector, spread, rounds) in measured.items():
                 ratio = speed / reference_speed
                 memory_ratio = memory / reference_memory if memory else None
                 ratios[key][name] = {"img_s": round(speed, 1), "ratio_vs_torchvision": round(ratio, 3),
                                      "memory_gb": round(memory, 2) if memory else None,
                                      "memory_ratio_vs_torchvision": round(memory_ratio, 3) if memory_ratio else None,
-                                     "warmup_s": round(warm, 1), "rounds": rounds,
-                                     "round_spread": round(spread, 3)}
-                rows.append((mode, res, name, speed, ratio, memory, memory_ratio, warm, spread))
+                                     "warmup_s": round(warm, 1), "gc_ms_per_step": round(collector, 3),
+                                     "rounds": rounds, "round_spread": round(spread, 3)}
+                rows.append((mode, res, name, speed, ratio, memory, memory_ratio, warm, collector, spread))
     device_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n{args.arch}, batch {args.batch}, {device_name}, {'bf16' if gpu else 'fp32'}, channels_last")
     print(f"{'mode':9s} {'res':>4s} {'model':28s} {'img/s':>8s} {'spread':>6s} {'x tv':>6s} {'mem GB':>7s} "
-          f"{'x tv':>6s} {'warm-up s':>9s}")
-    for mode, res, name, speed, ratio, memory, memory_ratio, warm, spread in rows:
+          f"{'x tv':>6s} {'warm-up s':>9s} {'gc ms':>6s}")
+    for mode, res, name, speed, ratio, memory, memory_ratio, warm, collector, spread in rows:
         memory_text = f"{memory:7.2f} {memory_ratio:6.2f}" if memory else f"{'-':>7s} {'-':>6s}"
-        print(f"{mode:9s} {res:4d} {name:28s} {speed:8.1f} {spread:6.1%} {ratio:6.2f} {memory_text} {warm:9.1f}")
-    print("img/s: the median of the rounds; spread: (fastest - slowest round) / median")
+        print(f"{mode:9s} {res:4d} {name:28s} {speed:8.1f} {spread:6.1%} {ratio:6.2f} {memory_text} {warm:9.1f} "
+              f"{collector:6.2f}")
+    print("img/s: the median of the rounds; spread: (fastest - slowest round) / median; gc ms: Python's garbage "
+          "collector per timed step")
     warning = spread_warning(rows)
     if warning:
         print(warning)
