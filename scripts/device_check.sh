@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check, sized for a 15-minute device lease: each step has a time cap and logs as it goes.
-#   scripts/device_check.sh                 # every step: about 24 minutes on one H200 with 16 cores
+#   scripts/device_check.sh                 # every step: about 29 minutes on one H200 with 16 cores
 #   scripts/device_check.sh kernels tail model50 model18 compiled50    # about 7.5 minutes: one device call
 #   scripts/device_check.sh kernels model50 compiled50                 # about 6.5 minutes: the kernel tests on
 #       CUDA, the eager table (every arm, torch ops and kernels) and default-mode gap (kernels, torch ops,
@@ -15,6 +15,8 @@
 #   scripts/device_check.sh compiled50 compiled50a                     # default-mode compile (what DDP runs): kernels,
 #       the torch ops and the closed form for gap; the closed form and the torch ops for gmp and std (the kernels
 #       measured 0.76 and 0.69 there) (~9 min: two device calls)
+#   scripts/device_check.sh compiled50b                                # the other arms in default-mode compile with
+#       the closed form (what `auto` runs there): with compiled50 and compiled50a, every arm of the issue's table
 #   scripts/device_check.sh kernels tail graphs50                      # after a kernel change (~8.5 min): tests,
 #       kernel times (and the downsample BN folded vs not), gap with CUDA graphs (kernels, torch ops, closed
 #       form) against torchvision profiled (busy time per kernel group). The first step compiles the kernels
@@ -35,7 +37,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 # step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, and 4 pytest workers that
 # compile in parallel, to spare compile time; every tile the autotuner may pick is checked by
 # test_every_autotuned_tile_gives_the_same_result)
-declare -A cap=([kernels]=160 [tail]=100 [model50]=240 [model18]=150 [kernels50]=280 [kernels18]=150 [compiled50]=260 [compiled50a]=300
+declare -A cap=([kernels]=160 [tail]=100 [model50]=240 [model18]=150 [kernels50]=280 [kernels18]=150 [compiled50]=260 [compiled50a]=300 [compiled50b]=320
                 [graphs50]=320 [graphs50gap]=200 [graphs50a]=240 [graphs50b]=240 [graphs50all]=540 [e2e]=80 [loader]=180 [gputests]=280 [gputrain]=150)
 declare -A command=(
     [kernels]="env SSENET_AUTOTUNE=0 python3 -m pytest -q -n 4 --maxfail=3 tests/test_se_kernels.py"
@@ -46,6 +48,7 @@ declare -A command=(
     [kernels18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40 --se-kernel triton --rounds 2"
     [compiled50]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gap --se-kernel triton,torch,closed-form --max-compiled 4"
     [compiled50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gmp,std --se-kernel closed-form,torch --max-compiled 5"
+    [compiled50b]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gapXstd,avgmax,fca,random --se-kernel closed-form --max-compiled 5"
     [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch,closed-form --max-compiled 4 --profile-steps 3"
     [graphs50gap]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton --max-compiled 2"
     [graphs50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gmp,std,gapXstd --se-kernel triton --max-compiled 4"
@@ -56,7 +59,7 @@ declare -A command=(
     [gputests]="python3 -m pytest -q tests/test_gpu.py"
     [gputrain]="python3 -m pytest -q tests/test_gpu.py -k training_run"
 )
-order=(kernels tail model50 model18 compiled50 compiled50a graphs50 graphs50a graphs50b e2e loader gputests)  # gputrain: in gputests
+order=(kernels tail model50 model18 compiled50 compiled50a compiled50b graphs50 graphs50a graphs50b e2e loader gputests)  # gputrain: in gputests
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${order[@]}")
 
