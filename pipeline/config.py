@@ -133,7 +133,7 @@ def declare(config: Config) -> Config:
         blurpool=Param(TrueFalse(), "blur before stride-2 convs", default=True),
         se_kernel=Param(Choice(SE_KERNELS), "SE tail: fused Triton kernels (triton), the torch ops (torch), their "
                         "algorithm in torch ops for torch.compile (closed-form), or auto = what was measured "
-                        "faster on CUDA: the kernels eager and with CUDA graphs, the torch ops in other compile "
+                        "faster on CUDA: the kernels eager and with CUDA graphs, the closed form in other compile "
                         "modes; speed only, results agree to float rounding", default="auto"),
     )
     Section("lr", "learning rate schedule, per iteration", config_descriptor=config).params(
