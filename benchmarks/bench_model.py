@@ -147,9 +147,8 @@ def first_round(make_model, device, batch: int, res: int, steps: int, warmup: in
 
 def measure_in_rounds(models: dict, args, device, mode: str, res: int, profiled: dict) -> dict:
     """name -> (median images/s, peak memory GB or None, warm-up s, garbage collector ms per timed step, spread
-    between rounds, rounds). Eager models
-    are kept and timed again in turn, `args.rounds` times in all; compiled ones once (one compile at a time).
-    Profiled kernel times go to `profiled` under (mode, res, name)."""
+    between rounds, rounds). Eager models are kept and timed again in turn, `args.rounds` times in all; compiled
+    ones once (one compile at a time). Profiled kernel times go to `profiled` under (mode, res, name)."""
     rounds = args.rounds if mode == "eager" else 1
     firsts, speeds, kept, collector_ms = {}, {}, {}, {}
     for name, make in models.items():
