@@ -119,9 +119,9 @@ class Trainee:
         self.timed_steps += steps
         return speed
 
-    def collector_ms_per_step(self) -> float:
-        """The garbage collector's milliseconds per timed step, over every round so far."""
-        return 1000 * self.collector.seconds / max(self.timed_steps, 1)
+    def collector_figures(self) -> tuple:
+        """(the garbage collector's milliseconds per timed step, its full collections), over every round so far."""
+        return 1000 * self.collector.seconds / max(self.timed_steps, 1), self.collector.full_collections
 
 
 def first_round(make_model, device, batch: int, res: int, steps: int, warmup: int, compile_mode: str,
@@ -146,15 +146,17 @@ def first_round(make_model, device, batch: int, res: int, steps: int, warmup: in
 
 
 def measure_in_rounds(models: dict, args, device, mode: str, res: int, profiled: dict) -> dict:
-    """name -> (median images/s, peak memory GB or None, warm-up s, garbage collector ms per timed step, spread
-    between rounds, rounds). Eager models are kept and timed again in turn, `args.rounds` times in all; compiled
-    ones once (one compile at a time). Profiled kernel times go to `profiled` under (mode, res, name)."""
+    """name -> (median images/s, peak memory GB or None, warm-up s, (garbage collector ms per timed step, its full
+    collections), spread between rounds, rounds). Eager models are kept and timed again in turn, `args.rounds`
+    times in all; compiled ones once (one compile at a time). Profiled kernel times go to `profiled` under (mode,
+    res, name)."""
     rounds = args.rounds if mode == "eager" else 1
-    firsts, speeds, kept, collector_ms = {}, {}, {}, {}
+    firsts, speeds, kept, collected = {}, {}, {}, {}
     for name, make in models.items():
         trainee, speed, memory, warm, kernels = first_round(make, device, args.batch, res, args.steps, args.warmup,
                                                             mode, args.profile_steps)
-        firsts[name], speeds[name], collector_ms[name] = (memory, warm), [speed], trainee.collector_ms_per_step()
+        firsts[name], speeds[name] = (memory, warm), [speed]
+        collected[name] = trainee.collector_figures()
         print(f"  {mode} {res} {name}: {speed:.1f} img/s", flush=True)
         if kernels:
             profiled[mode, res, name] = speed, kernels
@@ -167,11 +169,11 @@ def measure_in_rounds(models: dict, args, device, mode: str, res: int, profiled:
         for name, trainee in kept.items():
             trainee.step()  # untimed: the model has been idle
             speeds[name].append(trainee.throughput(args.steps))
-            collector_ms[name] = trainee.collector_ms_per_step()
+            collected[name] = trainee.collector_figures()
         print(f"  {mode} {res} round {round_index} of {rounds}: "
               + ", ".join(f"{name} {runs[-1]:.0f}" for name, runs in speeds.items()), flush=True)
     kept.clear()
-    return {name: (statistics.median(runs), *firsts[name], collector_ms[name],
+    return {name: (statistics.median(runs), *firsts[name], collected[name],
                    (max(runs) - min(runs)) / statistics.median(runs), len(runs)) for name, runs in speeds.items()}
 
 
@@ -248,14 +250,15 @@ def main() -> None:
             reference_speed, reference_memory, *_ = measured[reference_name]
             key = f"{mode}@{res}"
             ratios[key] = {}
-            for name, (speed, memory, warm, collector, spread, rounds) in measured.items():
+            for name, (speed, memory, warm, (collector, full_collections), spread, rounds) in measured.items():
                 ratio = speed / reference_speed
                 memory_ratio = memory / reference_memory if memory else None
                 ratios[key][name] = {"img_s": round(speed, 1), "ratio_vs_torchvision": round(ratio, 3),
                                      "memory_gb": round(memory, 2) if memory else None,
                                      "memory_ratio_vs_torchvision": round(memory_ratio, 3) if memory_ratio else None,
                                      "warmup_s": round(warm, 1), "gc_ms_per_step": round(collector, 3),
-                                     "rounds": rounds, "round_spread": round(spread, 3)}
+                                     "gc_full_collections": full_collections, "rounds": rounds,
+                                     "round_spread": round(spread, 3)}
                 rows.append((mode, res, name, speed, ratio, memory, memory_ratio, warm, collector, spread))
     device_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n{args.arch}, batch {args.batch}, {device_name}, {'bf16' if gpu else 'fp32'}, channels_last")
