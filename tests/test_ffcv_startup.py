@@ -16,3 +16,23 @@ def test_importing_the_loader_compiles_no_typed_dict_and_caches_the_quasi_random
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"modes": {"jpg": 0, "raw": 1}, "plain": True,
                                                         "restored": True, "compiled": 0, "cache": "FunctionCache"}
+
+
+def test_the_os_cache_reader_loads_from_numbas_disk_cache_and_reads_every_field(tiny_betons):
+    """OSCacheManager compiled its reader for every loader (2 s for a process's first, 0.25 s for each after).
+    The reader now comes from numba's disk cache; each loader still gets a dispatcher of its own, and it returns
+    each stored field's bytes as they are in the file."""
+    beton = tiny_betons / "train.beton"
+    code = ("import json, pipeline.data; from ffcv.memory_managers.os_cache import OSCacheManager; "
+            "from ffcv.reader import Reader; "
+            f"manager = OSCacheManager(Reader({str(beton)!r})); read, other = manager.compile_reader(), "
+            "manager.compile_reader(); manager.context.__enter__(); state = manager.context.state; "
+            f"data = open({str(beton)!r}, 'rb').read(); "
+            "print(json.dumps({'cache': type(read._cache).__name__, 'own': read is not other, "
+            "'fields': len(manager.ptrs), 'same': sum(bytes(read(address, state)) == data[address:address + size] "
+            "for address, size in zip(manager.ptrs, manager.sizes))}))")
+    done = run_script(["-c", code], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["fields"] >= 120 and found == {"cache": "FunctionCache", "own": True, "fields": found["fields"],
+                                                "same": found["fields"]}
