@@ -17,7 +17,8 @@ from cli import at_least, names_from  # a sibling module: benchmarks run as scri
 
 from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
-from pipeline.acceleration import Stopwatch, choose_precision, compile_mode_used, maybe_compile
+from pipeline.acceleration import (Stopwatch, choose_precision, compile_mode_used, maybe_compile,
+                                  tune_convolutions)
 from pipeline.config import COMPILE_MODES
 from pipeline.cores import usable_cores
 from pipeline.data import DeviceAugment, LoaderSettings, train_loader
@@ -62,6 +63,7 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     args = parse_arguments()
     device = torch.device("cuda" if gpu else "cpu")
+    tune_convolutions(device)  # as training does
     files = photo_set_files(args.data, args.per_class, seed=7)
     beton = args.data / f"train_{args.per_class}.beton"
     if not beton.exists():
@@ -95,7 +97,8 @@ def main() -> None:
     for key in ("loader_img_s", "model_img_s", "e2e_img_s"):
         print(f"  {key[:-6]:7s} {results[key]:9.0f} img/s")
     print(f"  end to end / min(loader, model) = {results['e2e_vs_min']:.2f} (target >= 0.9)")
-    print(json.dumps({key: round(value, 3) for key, value in results.items()} | {"device": name}))
+    print(json.dumps({key: round(value, 3) for key, value in results.items()}
+                     | {"device": name, "cudnn_benchmark": torch.backends.cudnn.benchmark}))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torchvision
 from cli import at_least, names_from, resolutions  # siblings: benchmarks run as scripts
 from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times
 
-from pipeline.acceleration import Stopwatch, maybe_compile
+from pipeline.acceleration import Stopwatch, maybe_compile, tune_convolutions
 from pipeline.config import COMPILE_MODES
 from pipeline.kernels import SE_KERNELS
 from pipeline.models import ARCHITECTURES, build_model
@@ -241,6 +241,7 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     args = parse_arguments()
     device = torch.device("cuda" if gpu else "cpu")
+    tune_convolutions(device)  # as training does: cuDNN's algorithms, timed once per shape, for every model
     reference_name = f"torchvision {args.arch}"
     rows, ratios, profiled = [], {}, {}
     for mode in args.modes.split(","):
@@ -273,7 +274,8 @@ def main() -> None:
     warning = spread_warning(rows)
     if warning:
         print(warning)
-    summary = {"device": device_name, "arch": args.arch, "batch": args.batch, "results": ratios}
+    summary = {"device": device_name, "arch": args.arch, "batch": args.batch,
+               "cudnn_benchmark": torch.backends.cudnn.benchmark, "results": ratios}
     if profiled:
         summary["profiles"] = print_profiles(profiled, args.batch)
     print(json.dumps(summary))

@@ -49,9 +49,15 @@ def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups(monkeyp
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the scripts import their siblings
     monkeypatch.setattr(sys, "argv", ["bench_model.py", "--arms", "gap", "--res", "32", "--batch", "2", "--steps", "1",
                                       "--warmup", "1", "--rounds", "3", "--profile-steps", "1"])
-    importlib.import_module("bench_model").main()  # in this process: a process start costs seconds of the suite
+    bench_model = importlib.import_module("bench_model")
+    tuned = []  # training's cuDNN set-up (autotuned convolutions on a GPU), given the device the models run on
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(bench_model, "tune_convolutions",
+                        lambda device: tuned.append(device) or setattr(torch.backends.cudnn, "benchmark", True))
+    bench_model.main()  # in this process: a process start costs seconds of the suite
     stdout = capsys.readouterr().out
     summary = json.loads(stdout.strip().splitlines()[-1])
+    assert tuned == [torch.device("cpu")] and summary["cudnn_benchmark"] is True
     rows = summary["results"]["eager@32"]
     assert [row["rounds"] for row in rows.values()] == [3, 3]
     assert "eager 32 round 3 of 3: torchvision resnet18" in stdout
