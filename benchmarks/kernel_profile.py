@@ -15,7 +15,8 @@ GROUPS = ("conv/matmul", "inductor", "SE passes", "SE small", "copy/fill", "othe
 # the fused SE kernels that stream activations (memory-bound); the others (finalize, excitation) do microseconds
 # of work on (B, C) rows, bound by their latency: a step losing time there needs fewer or shorter chains
 SE_PASS_KERNELS = frozenset({"z_stats_kernel", "apply_kernel", "grad_reduce_kernel", "grad_apply_kernel"})
-_CONV_OR_MATMUL = re.compile(r"conv|gemm|xmma|cutlass|cudnn|cublas|dgrad|wgrad|fprop|implicit|winograd|"
+# (fft: the FFT convolutions cuDNN's autotuner may pick, named without "cudnn")
+_CONV_OR_MATMUL = re.compile(r"conv|gemm|xmma|cutlass|cudnn|cublas|dgrad|wgrad|fprop|implicit|winograd|fft|"
                              r"addmm|aten::mm|aten::bmm", re.IGNORECASE)
 _COPY = re.compile(r"memcpy|memset|copy|fill", re.IGNORECASE)
 

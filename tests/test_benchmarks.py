@@ -26,6 +26,7 @@ _spec.loader.exec_module(kernel_profile)
     ("void cutlass::Kernel2<cutlass_80_simt_sgemm_32x128_8x5_tn_align1>(cutlass_80_simt_sgemm_32x128)",
      "conv/matmul"),
     ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>", "conv/matmul"),
+    ("void fft2d_r2c_32x32<float, false, 1u, true>(float2*, float const*, int, int, int, int, int)", "conv/matmul"),
     ("Memcpy DtoD (Device -> Device)", "copy/fill"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int>, std::array<char*, 1> >",
      "copy/fill"),
