@@ -30,6 +30,7 @@ from pipeline.acceleration import Stopwatch, maybe_compile, tune_convolutions
 from pipeline.config import COMPILE_MODES
 from pipeline.kernels import SE_KERNELS
 from pipeline.models import ARCHITECTURES, build_model
+from pipeline.optim import build_sgd
 from pipeline.squeeze import squeeze_names
 
 
@@ -86,12 +87,15 @@ class CollectorClock:
 
 
 class Trainee:
-    """One model's SGD step on fixed random data (channels_last; bf16 autocast on a GPU), kept between rounds."""
+    """One model's training step (training's SGD) on fixed random data (channels_last; bf16 autocast on a GPU), kept
+    between rounds."""
 
     def __init__(self, make_model, device: torch.device, batch: int, res: int, compile_mode: str):
         self.device, self.batch = device, batch
         self.model = make_model().to(device).to(memory_format=torch.channels_last).train()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        # training's optimizer: weight decay (the recipes' 1e-4 for ResNet-50) on conv and linear weights only
+        self.optimizer = build_sgd(self.model, 0.01, 0.9, nesterov=False, weight_decay=1e-4,
+                                   decay_norm_and_bias=False)
         if compile_mode != "eager":
             torch._dynamo.reset()  # each model compiles afresh, within dynamo's recompile limit
             # as training compiles: static shapes, fca's filters built before tracing

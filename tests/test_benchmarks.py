@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from pipeline.models import build_model
 
 _spec = importlib.util.spec_from_file_location("kernel_profile", REPO / "benchmarks" / "kernel_profile.py")
 kernel_profile = importlib.util.module_from_spec(_spec)
@@ -73,6 +74,18 @@ def test_bench_model_times_rounds_and_splits_a_profiled_step_into_groups(monkeyp
         assert row["conv/matmul"] > 0 and row["step_ms"] > 0
         assert row["SE passes"] == row["SE small"] == 0  # the torch ops ran: no fused kernel
     assert "-- kernels of one eager 32 gap [torch] step" in stdout
+
+
+def test_bench_model_steps_with_trainings_optimizer(monkeypatch):
+    """Weight decay on conv and linear weights only, as build_sgd gives training (it stepped without any)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    trainee = importlib.import_module("bench_model").Trainee(lambda: build_model("resnet18", "gap"),
+                                                             torch.device("cpu"), 2, 32, "eager")
+    groups = trainee.optimizer.param_groups
+    assert [group["weight_decay"] for group in groups] == [1e-4, 0.0] and groups[0]["momentum"] == 0.9
+    assert {id(parameter) for parameter in groups[1]["params"]} == {
+        id(parameter) for module in trainee.model.modules() if isinstance(module, torch.nn.BatchNorm2d)
+        for parameter in module.parameters(recurse=False)} | {id(trainee.model.fc.bias)}
 
 
 def test_bench_model_names_the_rows_whose_rounds_disagree(monkeypatch):
