@@ -19,11 +19,11 @@ from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.sample_set import photo_set_files
 from pipeline.acceleration import (Stopwatch, choose_precision, compile_mode_used, maybe_compile,
                                   tune_convolutions)
-from pipeline.config import COMPILE_MODES
+from pipeline.config import COMPILE_MODES, resolve
 from pipeline.cores import usable_cores
 from pipeline.data import DeviceAugment, LoaderSettings, train_loader
 from pipeline.models import ARCHITECTURES, build_model
-from pipeline.optim import build_sgd
+from pipeline.optim import build_sgd_for
 from pipeline.squeeze import squeeze_names
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     precision = choose_precision("auto", device)
     model = build_model(args.arch, args.squeeze, num_classes=10).to(device).to(memory_format=torch.channels_last)
     network = maybe_compile(model, compile_mode_used(args.compile, device, distributed=False))
-    optimizer = build_sgd(model, 0.01, 0.9, nesterov=False, weight_decay=1e-4, decay_norm_and_bias=False)  # training's
+    optimizer = build_sgd_for(model, 0.01, resolve(None, {}))  # training's, with the declared defaults
 
     def train_step(images, labels):
         images, labels = augment(images), labels.view(-1)  # the loader gives (B, 1) labels, as in the engine

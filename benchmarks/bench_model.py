@@ -27,11 +27,14 @@ from cli import at_least, names_from, resolutions  # siblings: benchmarks run as
 from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times
 
 from pipeline.acceleration import Stopwatch, maybe_compile, tune_convolutions
-from pipeline.config import COMPILE_MODES
+from pipeline.config import COMPILE_MODES, resolve
 from pipeline.kernels import SE_KERNELS
 from pipeline.models import ARCHITECTURES, build_model
-from pipeline.optim import build_sgd
+from pipeline.optim import build_sgd_for
 from pipeline.squeeze import squeeze_names
+
+
+TRAINING_DEFAULTS = resolve(None, {})  # the declared settings, before any recipe
 
 
 def peers(arch: str, with_timm: bool) -> dict:
@@ -93,9 +96,8 @@ class Trainee:
     def __init__(self, make_model, device: torch.device, batch: int, res: int, compile_mode: str):
         self.device, self.batch = device, batch
         self.model = make_model().to(device).to(memory_format=torch.channels_last).train()
-        # training's optimizer: weight decay (the recipes' 1e-4 for ResNet-50) on conv and linear weights only
-        self.optimizer = build_sgd(self.model, 0.01, 0.9, nesterov=False, weight_decay=1e-4,
-                                   decay_norm_and_bias=False)
+        # training's optimizer with the declared defaults: weight decay on conv and linear weights only
+        self.optimizer = build_sgd_for(self.model, 0.01, TRAINING_DEFAULTS)
         if compile_mode != "eager":
             torch._dynamo.reset()  # each model compiles afresh, within dynamo's recompile limit
             # as training compiles: static shapes, fca's filters built before tracing

@@ -1,6 +1,6 @@
 """SGD with momentum over two parameter groups: weight decay on conv/linear weights only, by default
 (decaying BN scales and biases hurts large-batch ResNet training; ffcv-imagenet does the same)."""
-from typing import List
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
@@ -21,6 +21,13 @@ def build_sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weig
               decay_norm_and_bias: bool) -> torch.optim.SGD:
     groups = parameter_groups(model, weight_decay, decay_norm_and_bias)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def build_sgd_for(model: nn.Module, lr: float, config: Dict[str, Any]) -> torch.optim.SGD:
+    """build_sgd with a resolved config's training.* settings: a run's, or the declared defaults for a benchmark
+    that steps as training does."""
+    return build_sgd(model, lr, config["training.momentum"], config["training.nesterov"],
+                     config["training.weight_decay"], config["training.decay_norm_and_bias"])
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -30,7 +30,7 @@ from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import build_model
-from pipeline.optim import build_sgd
+from pipeline.optim import build_sgd_for
 from pipeline.resume import finished_already, make_run_dir, restore, resume_state
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
                               RESULT_NAME, RunLock, run_name)
@@ -150,8 +150,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
     precision = choose_precision(config["training.precision"], world.device)
     global_batch = config["training.batch_size"] * world.world_size
     peak_lr = scaled_lr(config["lr.lr"], global_batch)
-    optimizer = build_sgd(model, peak_lr, config["training.momentum"], config["training.nesterov"],
-                          config["training.weight_decay"], config["training.decay_norm_and_bias"])
+    optimizer = build_sgd_for(model, peak_lr, config)
     scaler = precision.grad_scaler()
     history, first_epoch = [], 0
     state = from_main(world, lambda: resume_state(run_dir, config, world, data))
