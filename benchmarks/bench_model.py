@@ -116,7 +116,11 @@ class Trainee:
         self.optimizer.step()
 
     def throughput(self, steps: int) -> float:
-        """Images per second over `steps` steps, the device synchronised at both ends."""
+        """Images per second over `steps` steps, the device synchronised at both ends. A full collection first:
+        what a warm-up that compiled or autotuned (this model's or another's) left makes one due, which a
+        training run pays once in thousands of steps and a few timed steps must not (an H200 timed one, 225 ms,
+        in SE-ResNet-18 gapXstd's first round)."""
+        gc.collect()
         watch = Stopwatch(self.device)
         with self.collector:
             for _ in range(steps):
