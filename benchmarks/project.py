@@ -19,7 +19,9 @@ from pipeline.data import resolution_at
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 # per GPU at 192 px, bf16 (REFERENCE §4, H200): plain SE-ResNet-50 gap compiled; timm seresnet18 eager
 DEFAULT_MODEL_IMG_S = {"resnet50": 7_496, "resnet18": 13_887}
-DEFAULT_LOADER_PER_CORE = 469  # ffcv, 500 px / 0.5 / q90, RRC 176: 7,500 img/s on 16 cores (REFERENCE §4)
+# this project's loader (ffcv, its numba resize), 500 px / 0.5 / q90, RRC 176: 15,728 img/s on 16 cores of the H200
+# machine (`bench_loader.py --quick`, 3.38x torchvision's 4,646; benchmarks/RESULTS.md, 2026-11-27 nineteenth session)
+DEFAULT_LOADER_PER_CORE = 983
 
 
 def project(config: dict, gpus: int, cores: int, model_img_s: float, loader_per_core: float,
