@@ -14,7 +14,8 @@
 #       compiled once (~7 min, one device call; each model's graphs are freed before the next is compiled)
 #   scripts/device_check.sh compiled50 compiled50a                     # default-mode compile (what DDP runs): kernels,
 #       the torch ops and the closed form for gap; the kernels against the closed form for gmp and std, in one run
-#       (in two runs gmp's kernels were 0.76 and its closed form 0.69) (~10 min: two device calls)
+#       (in two runs gmp's kernels were 0.76 and its closed form 0.69), each profiled: where their time goes
+#       against torchvision's (inductor moves the same bytes for every squeeze's closed form) (~10 min: two calls)
 #   scripts/device_check.sh compiled50all                              # every arm but gap in default-mode compile with
 #       the closed form, torchvision compiled once (~8 min, one device call; 487 s on an H200)
 #   scripts/device_check.sh compiled50b                                # the other arms in default-mode compile with
@@ -49,7 +50,7 @@ declare -A command=(
     [kernels50]="python3 benchmarks/bench_model.py --arch resnet50 --modes eager --se-kernel triton --rounds 2 --profile-steps 2"
     [kernels18]="python3 benchmarks/bench_model.py --arch resnet18 --modes eager --steps 40 --se-kernel triton --rounds 2"
     [compiled50]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gap --se-kernel triton,torch,closed-form --max-compiled 4"
-    [compiled50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gmp,std --se-kernel closed-form,triton --max-compiled 5"
+    [compiled50a]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gmp,std --se-kernel closed-form,triton --max-compiled 5 --profile-steps 2"
     [compiled50b]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gapXstd,avgmax,fca,random --se-kernel closed-form --max-compiled 5"
     [compiled50all]="python3 benchmarks/bench_model.py --arch resnet50 --modes compiled --compiled-arms gmp,std,gapXstd,avgmax,fca,random --se-kernel closed-form --max-compiled 7"
     [graphs50]="python3 benchmarks/bench_model.py --arch resnet50 --modes reduce-overhead --compiled-arms gap --se-kernel triton,torch,closed-form --max-compiled 4 --profile-steps 3"
