@@ -24,7 +24,9 @@ FOLDING = ("triton", "closed-form")
 # the kernels' fewer memory passes win; in the other modes inductor generates the closed form's kernels itself.
 # Measured on an H200 (SE-ResNet-50 gap, 192 px, batch 256, bf16, x torchvision resnet50 in the same mode and
 # run): reduce-overhead kernels 0.93 (session 16); default mode closed form 0.91, torch ops 0.86, kernels 0.79
-# (session 17, benchmarks/logs/2026-11-27-h200-session17-check.log)
+# (session 17, benchmarks/logs/2026-11-27-h200-session17-check.log). The other arms' closed form, default mode:
+# 0.69 (gmp) to 0.86 (random) (session 19); gmp's kernels were 0.76 in another run (session 17), so which of the
+# two gmp should run there waits on one run with both (scripts/device_check.sh compiled50a)
 KERNEL_COMPILE_MODES = ("reduce-overhead",)
 
 
