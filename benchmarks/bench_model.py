@@ -18,12 +18,14 @@ import gc
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from cli import at_least, names_from, resolutions  # siblings: benchmarks run as scripts
+import compile_cache  # siblings: benchmarks run as scripts
+from cli import at_least, names_from, resolutions
 from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times
 
 from pipeline.acceleration import Stopwatch, maybe_compile, tune_convolutions
@@ -170,6 +172,8 @@ def measure_in_rounds(models: dict, args, device, mode: str, res: int, profiled:
         print(f"  {mode} {res} {name}: {speed:.1f} img/s", flush=True)
         if kernels:
             profiled[mode, res, name] = speed, kernels
+        if args.compile_cache and mode != "eager":  # after each model: a run cut off at its cap keeps the others
+            print("  " + compile_cache.save(args.compile_cache), flush=True)
         if rounds > 1:
             kept[name] = trainee
         del trainee
@@ -229,6 +233,10 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              "GPU's clocks over the run does not favour the models measured first")
     parser.add_argument("--profile-steps", type=at_least(0), default=0,
                         help="after timing, profile this many steps per model: busy time by kernel group")
+    parser.add_argument("--compile-cache", type=Path,
+                        help="a file of torch.compile's artifacts: loaded first where it exists, rewritten after "
+                             "each compiled model (compile_cache.py: a later run on a bare machine of the same GPU, "
+                             "torch and code compiles from it)")
     return parser.parse_args(argv)
 
 
@@ -252,6 +260,8 @@ def main() -> None:
     args = parse_arguments()
     device = torch.device("cuda" if gpu else "cpu")
     tune_convolutions(device)  # as training does: cuDNN's algorithms, timed once per shape, for every model
+    if args.compile_cache:
+        print(compile_cache.load(args.compile_cache), flush=True)
     reference_name = f"torchvision {args.arch}"
     rows, ratios, profiled = [], {}, {}
     for mode in args.modes.split(","):

@@ -27,6 +27,10 @@
 # Needs an NVIDIA GPU with torch, torchvision, numba, pytest, timm, scikit-image, psutil, PyYAML and scipy;
 # ffcv, fastargs, terminaltables and assertpy may come as wheels in .whl/ (README, "Running on GPUs").
 # Logs: ${OUT:-gpu_check}/check.log (everything) and results.jsonl (each benchmark's JSON line).
+# Compiled steps (bench_model.py compiled or reduce-overhead) also leave STEP.compile_cache.gz there: torch.compile's
+# artifacts (benchmarks/compile_cache.py). Copied into .compile_cache/ here and carried to the next lease
+# (`carry: [".whl", ".compile_cache"]`), the same step on the same GPU, torch and code loads them instead of
+# compiling from scratch (46-77 s per ResNet-50 model on an H200 cold).
 # STOP_ON_FAIL=1 ends the check at the first failed step (e.g. kernels that do not compile on this GPU).
 set -uo pipefail
 out=${OUT:-gpu_check}
@@ -36,6 +40,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then  # installed once per machine, found
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+compile_caches=.compile_cache  # carried from here: what the last lease's compiled steps left in $OUT
 
 # step name -> seconds allowed, then the command (kernels: fixed tiles, SSENET_AUTOTUNE=0, and 4 pytest workers that
 # compile in parallel, to spare compile time; every tile the autotuner may pick is checked by
@@ -72,7 +77,12 @@ for step in "${steps[@]}"; do
     [ -n "${command[$step]:-}" ] || { echo "unknown step '$step'; steps: ${order[*]}" >&2; exit 2; }
     echo "=== $step (cap ${cap[$step]} s): ${command[$step]}" | tee -a "$out/check.log"
     started=$SECONDS
-    timeout "${cap[$step]}" ${command[$step]} > "$out/$step.tmp" 2>&1
+    cache=()  # a compiled step starts from the artifacts an earlier lease compiled, and leaves its own in $out
+    if [[ ${command[$step]} == *bench_model.py*--modes\ compiled* || ${command[$step]} == *--modes\ reduce-overhead* ]]; then
+        [ -f "$compile_caches/$step.compile_cache.gz" ] && cp "$compile_caches/$step.compile_cache.gz" "$out/"
+        cache=(--compile-cache "$out/$step.compile_cache.gz")
+    fi
+    timeout "${cap[$step]}" ${command[$step]} "${cache[@]}" > "$out/$step.tmp" 2>&1
     status=$?
     tail -c 6000 "$out/$step.tmp" >> "$out/check.log"
     grep '^{' "$out/$step.tmp" | tail -1 | sed "s/^/{\"step\": \"$step\", \"result\": /; s/\$/}/" >> "$out/results.jsonl"

@@ -4,6 +4,7 @@ import gc
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_script
 from pipeline.models import build_model
 
 _spec = importlib.util.spec_from_file_location("kernel_profile", REPO / "benchmarks" / "kernel_profile.py")
@@ -134,6 +135,42 @@ def test_bench_model_settles_a_collection_the_warm_up_owes_before_it_times(monke
         gc.set_threshold(*thresholds)
         gc.enable()
     assert len(leftovers) == 300_000 and trainee.collector_figures()[1] == 0
+
+
+COMPILE_CACHE_PROBE = (
+    "import json, sys; from pathlib import Path; import torch; from torch._dynamo.utils import counters; "
+    "sys.path.insert(0, 'benchmarks'); import compile_cache; path = Path(sys.argv[1]); "
+    "print(compile_cache.load(path)); torch.compile(lambda x: torch.relu(x * 2 + 1).sum(0))(torch.randn(4, 8)); "
+    "print(compile_cache.save(path)); print(json.dumps(dict(counters['inductor'])))")
+
+
+def test_a_compile_cache_file_carries_compiled_work_to_a_machine_whose_caches_are_empty(tmp_path):
+    """Each device lease starts on a bare machine, where ResNet-50 compiled in 46-77 s a model: a second
+    process with its own empty inductor cache (another machine) finds the first one's graph in the file."""
+    cache = tmp_path / "compiled.gz"
+    outputs = []
+    for machine in ("first", "second"):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / machine)}
+        env.pop("TRITON_INTERPRET", None)
+        result = run_script(["-c", COMPILE_CACHE_PROBE, str(cache)], env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(result.stdout.splitlines())
+    (loaded, written, counts), (reloaded, rewritten, recounts) = outputs
+    assert loaded == f"compile cache: none at {cache}, compiling from scratch"
+    assert json.loads(counts).get("fxgraph_cache_miss") == 1 and "fxgraph_cache_hit" not in json.loads(counts)
+    assert written.startswith("compile cache: ") and written.endswith(f" MB written to {cache}")
+    assert re.fullmatch(rf"compile cache: [1-9]\d* artifacts loaded from {re.escape(str(cache))}", reloaded)
+    assert json.loads(recounts).get("fxgraph_cache_hit") == 1 and "fxgraph_cache_miss" not in json.loads(recounts)
+    assert rewritten.endswith(f" MB written to {cache}")
+
+
+def test_a_damaged_compile_cache_file_only_means_compiling_from_scratch(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    compile_cache = importlib.import_module("compile_cache")
+    damaged = tmp_path / "compiled.gz"
+    damaged.write_bytes(b"not gzip")
+    assert compile_cache.load(damaged).startswith(f"compile cache: {damaged} unreadable (BadGzipFile: ")
+    assert compile_cache.load(damaged).endswith("), compiling from scratch")
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # its bf16 autocast, meant for the GPU
