@@ -78,7 +78,7 @@ for step in "${steps[@]}"; do
     echo "=== $step (cap ${cap[$step]} s): ${command[$step]}" | tee -a "$out/check.log"
     started=$SECONDS
     cache=()  # a compiled step starts from the artifacts an earlier lease compiled, and leaves its own in $out
-    if [[ ${command[$step]} == *bench_model.py*--modes\ compiled* || ${command[$step]} == *--modes\ reduce-overhead* ]]; then
+    if [[ ${command[$step]} == *bench_model.py*--modes\ compiled* || ${command[$step]} == *bench_model.py*--modes\ reduce-overhead* ]]; then
         [ -f "$compile_caches/$step.compile_cache.gz" ] && cp "$compile_caches/$step.compile_cache.gz" "$out/"
         cache=(--compile-cache "$out/$step.compile_cache.gz")
     fi
