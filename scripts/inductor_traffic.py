@@ -4,6 +4,7 @@
     python scripts/inductor_traffic.py --squeezes gap,gmp --stage layer3 --batch 128
     python scripts/inductor_traffic.py --squeezes gmp --downsample      # a stage's first block
     python scripts/inductor_traffic.py --squeezes gap,gmp --network     # a whole ResNet-50 step (~50 s a model)
+    python scripts/inductor_traffic.py --squeezes gap,gmp --instructions    # and SASS per element (~25 s a tail)
 
 One SE tail, forward + backward (relu(SE(BN(z)) + identity), bf16 autocast, channels_last), compiled by
 inductor for each implementation that inductor generates the kernels of: torchvision's plain tail
@@ -14,6 +15,10 @@ tensors); nothing is compiled for or run on a device: each generated kernel's so
 inductor's own estimate says it moves (`kernel_num_gb`). At the memory ceiling a compiled tail's GPU time
 follows its bytes; each kernel also costs a launch (a few microseconds, less in a CUDA graph).
 
+With --instructions each pass over the big tensors is also compiled for sm90 with Triton's ptxas and counted in
+SASS instructions per element and per byte (generated_instructions.py): a pass issuing more per byte than the GPU
+issues per byte of bandwidth (H100 SXM ~8.8, H200 ~6.2) is bound by its arithmetic, whatever its bytes.
+
 The reference's measured default-mode compile on an H200 followed this count: gap 0.85x torchvision,
 gmp and std 0.66x (benchmarks/RESULTS.md). Bytes say nothing about the convolutions, which every arm shares.
 """
@@ -22,6 +27,7 @@ import contextlib
 import functools
 import io
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -169,7 +175,12 @@ def main(argv=None) -> int:
                         help="a stage's first block: the identity is the downsample conv's output, through its BN")
     parser.add_argument("--network", action="store_true",
                         help="a whole ResNet-50 training step against torchvision's (about 50 s per model)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also each big kernel's SASS instructions per element and per byte, compiled for sm90 "
+                             "(generated_instructions.py; not with --network)")
     args = parser.parse_args(argv)
+    if args.instructions and args.network:
+        parser.error("--instructions counts one tail's kernels; leave out --network")
     generated = generate_for_gpu()
     if args.network:
         measure = functools.partial(network_traffic, generated, batch=args.batch, res=args.res)
@@ -187,6 +198,8 @@ def main(argv=None) -> int:
     print(f"{'implementation':22s} {'squeeze':8s} {'kernels':>7s} {'GB':>7s} {'x peer':>7s}")
     plain_kernels, plain_gb = measure(PLAIN, "")
     print(f"{peer:22s} {'-':8s} {plain_kernels:7d} {plain_gb:7.3f} {1:7.2f}", flush=True)
+    count = instruction_counter(generated, math.prod(shape)) if args.instructions else None
+    instructions = {PLAIN: count()} if count else {}
     rows: Dict[str, Dict[str, list]] = {}
     for implementation in args.implementations.split(","):
         for squeeze in args.squeezes.split(","):
@@ -194,10 +207,42 @@ def main(argv=None) -> int:
             rows.setdefault(implementation, {})[squeeze] = [kernels, round(gigabytes, 3)]
             print(f"{implementation:22s} {squeeze:8s} {kernels:7d} {gigabytes:7.3f} {gigabytes / plain_gb:7.2f}",
                   flush=True)
+            if count:
+                instructions[f"{implementation} {squeeze}"] = count()
     scope = "network" if args.network else {"stage": args.stage, "downsample": args.downsample}
-    print(json.dumps({"scope": scope, "batch": args.batch, "res": args.res,
-                      "plain": [plain_kernels, round(plain_gb, 3)], "tails": rows}))
+    summary = {"scope": scope, "batch": args.batch, "res": args.res, "plain": [plain_kernels, round(plain_gb, 3)],
+               "tails": rows}
+    if count:
+        summary["instructions"] = instructions
+    print(json.dumps(summary))
     return 0
+
+
+# the passes over the big tensors; the (B, C) steps move a few MB each
+BIG_KERNEL_SHARE = 0.05
+
+
+def instruction_counter(generated: dict, elements: int):
+    """A function that prints and returns, for the tail measured last, each kernel moving at least BIG_KERNEL_SHARE
+    of its bytes: [kernel, GB, SASS instructions per element, per byte, launch] (generated_instructions.py),
+    `elements` being the big tensors' size."""
+    import generated_instructions  # compiles with Triton's ptxas: only when asked
+
+    def count() -> list:
+        sizes = {name: kernel_gigabytes(source) for (_, name), source in generated.items()}
+        rows = []
+        for (_, name), source in sorted(generated.items(), key=lambda item: -sizes[item[0][1]]):
+            if sizes[name] < BIG_KERNEL_SHARE * sum(sizes.values()):
+                continue
+            per_element, launch = generated_instructions.fewest_instructions(source, name)
+            per_byte = per_element * elements / (sizes[name] * 1e9)
+            kind = "reduction" if name.startswith("triton_red") else "pointwise"
+            print(f"    {kind:9s} {sizes[name]:6.3f} GB {per_element:6.1f} instr/element {per_byte:5.1f} instr/byte"
+                  f"  ({launch})", flush=True)
+            rows.append([kind, round(sizes[name], 3), round(per_element, 1), round(per_byte, 2), launch])
+        return rows
+
+    return count
 
 
 if __name__ == "__main__":

@@ -66,6 +66,11 @@ def sass(kernel, constexprs: dict, warps: int, arch: int) -> tuple:
     """The variant's SASS as (labels -> instruction index, instruction texts)."""
     with contextlib.redirect_stdout(io.StringIO()):  # ptxas's log
         compiled = compile_kernels.build(kernel, constexprs, warps, arch)
+    return disassemble(compiled)
+
+
+def disassemble(compiled) -> tuple:
+    """A compiled Triton kernel's SASS as (labels -> instruction index, instruction texts)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
@@ -78,6 +83,11 @@ def sass(kernel, constexprs: dict, warps: int, arch: int) -> tuple:
         elif instruction:
             instructions.append(instruction.group(1))
     return labels, instructions
+
+
+def issued(instructions: list) -> list:
+    """The instructions a thread issues once through straight-line code (NOPs are padding)."""
+    return [text for text in instructions if text != "NOP"]
 
 
 def hot_loop(labels: dict, instructions: list) -> list:
@@ -95,7 +105,7 @@ def per_element(kernel, switches: dict, tile: tuple, looped: bool, arch: int) ->
     """SASS instructions per element of a variant launched with `tile` (BLOCK_HW, BLOCK_C, warps)."""
     block_hw, block_c, warps = tile
     labels, instructions = sass(kernel, dict(switches, BLOCK_HW=block_hw, BLOCK_C=block_c), warps, arch)
-    counted = hot_loop(labels, instructions) if looped else [text for text in instructions if text != "NOP"]
+    counted = hot_loop(labels, instructions) if looped else issued(instructions)
     return len(counted) / (block_hw * block_c / (32 * warps))
 
 

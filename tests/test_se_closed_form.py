@@ -59,22 +59,37 @@ def test_compiled_by_inductor_without_graph_breaks(squeeze):
     assert [block.bn2.num_batches_tracked.item() for block in blocks.values()] == [1, 1]
 
 
+INSTRUCTION_PROBE = (
+    "g = traffic.generate_for_gpu(); traffic.traffic(g, 'closed-form', 'gmp', (16, 256, 48, 48), False); "
+    "sizes = {name: traffic.kernel_gigabytes(source) for (_, name), source in g.items()}; "
+    "import generated_instructions as counted; print(json.dumps({name: [*counted.fewest_instructions(source, name), "
+    "sizes[name]] for (_, name), source in g.items() if sizes[name] >= traffic.BIG_KERNEL_SHARE * sum(sizes.values())"
+    "}))")
+
+
 def test_inductor_generates_the_plain_tails_traffic_for_the_closed_form():
     """scripts/inductor_traffic.py: inductor's GPU code for a gmp tail (forward + backward, layer1's width)
     moves the bytes of torchvision's plain BN + add + ReLU in the closed form, about twice in the reference; in
-    a stage's first block too, whose downsample BN's sums over H*W fuse with the tail's. Both in one process
-    (a process start and inductor's set-up less)."""
+    a stage's first block too, whose downsample BN's sums over H*W fuse with the tail's. And its passes, compiled
+    for sm90, are counted in SASS instructions per element. All in one process (a process start and inductor's
+    set-up less)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     arguments = ["--squeezes", "gmp", "--batch", "16"]
-    result = run_script(["-c", "import sys; sys.path.insert(0, 'scripts'); import inductor_traffic as traffic; "
-                         f"traffic.main({arguments}); traffic.main({arguments + ['--downsample']})"], env=env)
+    result = run_script(["-c", "import json, sys; sys.path.insert(0, 'scripts'); import inductor_traffic as traffic; "
+                         f"traffic.main({arguments}); traffic.main({arguments + ['--downsample']}); "
+                         + INSTRUCTION_PROBE], env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [report["scope"]["downsample"] for report in reports] == [False, True]
-    for report in reports:
+    assert [report.get("scope", {}).get("downsample") for report in reports] == [False, True, None]
+    for report in reports[:2]:
         plain = report["plain"][1]
         closed_form, reference = report["tails"]["closed-form"]["gmp"][1], report["tails"]["torch"]["gmp"][1]
         assert closed_form <= 1.05 * plain and reference > 1.8 * plain, report
+    passes = reports[2]  # forward: statistics, output; backward: gradient sums, dz
+    assert sorted(name[:10] for name in passes) == ["triton_poi", "triton_poi", "triton_red", "triton_red"], passes
+    elements = 16 * 256 * 48 * 48
+    for per_element, launch, gigabytes in passes.values():
+        assert 0 < per_element * elements / (gigabytes * 1e9) < 20 and "XBLOCK=" in launch, passes
 
 
 def test_a_bn_the_closed_form_cannot_fold_is_refused_by_name_and_left_to_torch_by_auto():
