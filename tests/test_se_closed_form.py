@@ -70,9 +70,11 @@ INSTRUCTION_PROBE = (
 def test_inductor_generates_the_plain_tails_traffic_for_the_closed_form():
     """scripts/inductor_traffic.py: inductor's GPU code for a gmp tail (forward + backward, layer1's width)
     moves the bytes of torchvision's plain BN + add + ReLU in the closed form, about twice in the reference; in
-    a stage's first block too, whose downsample BN's sums over H*W fuse with the tail's. And its passes, compiled
-    for sm90, are counted in SASS instructions per element. All in one process (a process start and inductor's
-    set-up less)."""
+    a stage's first block too, whose downsample BN's sums over H*W fuse with the tail's. And its passes issue
+    fewer instructions per byte than an H200 issues per byte of bandwidth (6.2), compiled for sm90: the dz pass
+    issued 7.8 when autograd's backward left inductor to recompute the per-(b, c) coefficients at every element,
+    the statistics pass 11 with Welford's update. All in one process (a process start and inductor's set-up
+    less)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     arguments = ["--squeezes", "gmp", "--batch", "16"]
     result = run_script(["-c", "import json, sys; sys.path.insert(0, 'scripts'); import inductor_traffic as traffic; "
@@ -89,7 +91,7 @@ def test_inductor_generates_the_plain_tails_traffic_for_the_closed_form():
     assert sorted(name[:10] for name in passes) == ["triton_poi", "triton_poi", "triton_red", "triton_red"], passes
     elements = 16 * 256 * 48 * 48
     for per_element, launch, gigabytes in passes.values():
-        assert 0 < per_element * elements / (gigabytes * 1e9) < 20 and "XBLOCK=" in launch, passes
+        assert 0 < per_element * elements / (gigabytes * 1e9) < 6.2 and "XBLOCK=" in launch, passes
 
 
 def test_a_bn_the_closed_form_cannot_fold_is_refused_by_name_and_left_to_torch_by_auto():

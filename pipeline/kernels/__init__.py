@@ -26,7 +26,8 @@ FOLDING = ("triton", "closed-form")
 # run): reduce-overhead kernels 0.93 (session 16); default mode closed form 0.91, torch ops 0.86, kernels 0.79
 # (session 17, benchmarks/logs/2026-11-27-h200-session17-check.log). The other arms' closed form, default mode:
 # 0.69 (gmp) to 0.86 (random) (session 19); gmp's kernels were 0.76 in another run (session 17), so which of the
-# two gmp should run there waits on one run with both (scripts/device_check.sh compiled50a)
+# two gmp should run there waits on one run with both (scripts/device_check.sh compiled50a). The closed form's
+# backward has been rewritten since (session 20: fewer instructions per element, the same bytes), unmeasured
 KERNEL_COMPILE_MODES = ("reduce-overhead",)
 
 
