@@ -28,22 +28,24 @@ HOPPER = DeviceProperties(type="cuda", index=0, multi_processor_count=132, cc=90
                           regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
                           max_threads_per_block=1024, warp_size=32)
 POINTWISE_LAUNCHES = ((dict(XBLOCK=1024), 4), (dict(XBLOCK=512), 4), (dict(XBLOCK=1024), 8))
+# a persistent reduction holds all its positions at once (few of them: a late stage's 6 x 6 maps), no loop
+KINDS = ("pointwise", "reduction", "persistent_reduction")
 
 
 def launch_metadata(source: str) -> tuple:
-    """(kind, keyword arguments) of the autotuning decorator over a generated kernel: 'pointwise' or 'reduction',
-    with its size_hints, triton_meta and inductor_meta."""
+    """(kind, keyword arguments) of the autotuning decorator over a generated kernel: one of KINDS, with its
+    size_hints, triton_meta and inductor_meta (and a reduction's reduction_hint)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name.startswith("triton_"):
             for decorator in node.decorator_list:
-                if isinstance(decorator, ast.Call) and getattr(decorator.func, "attr", "") in ("pointwise",
-                                                                                                 "reduction"):
+                if isinstance(decorator, ast.Call) and getattr(decorator.func, "attr", "") in KINDS:
                     names = {"ReductionHint": ReductionHint, "DeviceProperties": DeviceProperties, "set": set}
                     arguments = {keyword.arg: eval(compile(ast.Expression(keyword.value), "<meta>", "eval"), names)
                                  for keyword in decorator.keywords if keyword.arg != "filename"}
                     return decorator.func.attr, arguments
-    raise RuntimeError("no pointwise or reduction decorator over the generated kernel (has inductor's output changed?)")
+    raise RuntimeError(f"no decorator of {', '.join(KINDS)} over the generated kernel (has inductor's output "
+                       "changed?)")
 
 
 def jit_function(source: str, name: str, folder: Path):
@@ -64,8 +66,14 @@ def launches(kind: str, metadata: dict) -> list:
     if kind == "pointwise":
         return list(POINTWISE_LAUNCHES)
     triton_meta = dict(metadata["triton_meta"], device=HOPPER)
-    configurations = get_codegen_heuristic("reduction", "cuda").get_configs(
-        size_hints=metadata["size_hints"], inductor_meta=metadata["inductor_meta"], triton_meta=triton_meta)
+    heuristics = get_codegen_heuristic("reduction", "cuda")
+    if kind == "persistent_reduction":
+        configurations = heuristics.get_persistent_configs(
+            size_hints=metadata["size_hints"], reduction_hint=metadata.get("reduction_hint", False),
+            inductor_meta=metadata["inductor_meta"], triton_meta=triton_meta)
+    else:
+        configurations = heuristics.get_configs(
+            size_hints=metadata["size_hints"], inductor_meta=metadata["inductor_meta"], triton_meta=triton_meta)
     unique = {(tuple(sorted(config.kwargs.items())), config.num_warps) for config in configurations}
     return [(dict(constexprs), warps) for constexprs, warps in sorted(unique)]
 
@@ -98,7 +106,7 @@ def fewest_instructions(source: str, name: str, arch: int = 90) -> tuple:
     """(SASS instructions per element, its launch as text) of a generated kernel: the fewest over its launches."""
     kind, metadata = launch_metadata(source)
     reduced = 1
-    if kind == "reduction":  # positions reduced over, which the kernel's body states (size_hints rounds it up)
+    if kind != "pointwise":  # positions reduced over, which the kernel's body states (size_hints rounds it up)
         reduced = int(source.split("r0_numel = ", 1)[1].split("\n", 1)[0])
     counts = []
     with tempfile.TemporaryDirectory() as folder:

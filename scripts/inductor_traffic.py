@@ -236,8 +236,8 @@ def instruction_counter(generated: dict, elements: int):
                 continue
             per_element, launch = generated_instructions.fewest_instructions(source, name)
             per_byte = per_element * elements / (sizes[name] * 1e9)
-            kind = "reduction" if name.startswith("triton_red") else "pointwise"
-            print(f"    {kind:9s} {sizes[name]:6.3f} GB {per_element:6.1f} instr/element {per_byte:5.1f} instr/byte"
+            kind = generated_instructions.launch_metadata(source)[0]
+            print(f"    {kind:20s} {sizes[name]:6.3f} GB {per_element:6.1f} instr/element {per_byte:5.1f} instr/byte"
                   f"  ({launch})", flush=True)
             rows.append([kind, round(sizes[name], 3), round(per_element, 1), round(per_byte, 2), launch])
         return rows
