@@ -224,7 +224,7 @@ BIG_KERNEL_SHARE = 0.05
 
 def instruction_counter(generated: dict, elements: int):
     """A function that prints and returns, for the tail measured last, each kernel moving at least BIG_KERNEL_SHARE
-    of its bytes: [kernel, GB, SASS instructions per element, per byte, launch] (generated_instructions.py),
+    of its bytes: [kind, GB, SASS instructions per element, per byte, launch] (generated_instructions.py),
     `elements` being the big tensors' size."""
     import generated_instructions  # compiles with Triton's ptxas: only when asked
 
