@@ -215,12 +215,18 @@ def spill_allowance(constexprs: dict, spills: int):
 
 def build(kernel, constexprs: dict, warps: int, arch: int, specialization: str = "aligned"):
     """Triton's compiled kernel of one variant, compiled afresh (Triton prints ptxas's log on stdout)."""
+    types = signature(kernel, constexprs)
+    return compile_typed(kernel, types, constexprs, divisibility_hints(types, specialization), warps, arch)
+
+
+def compile_typed(kernel, types: dict, constexprs: dict, hints: dict, warps: int, arch: int):
+    """`kernel` compiled afresh for sm`arch` with its parameters' Triton `types` (in order), `constexprs` by name
+    and a launch's divisibility `hints` (Triton prints ptxas's log on stdout)."""
     triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills per kernel
     triton.knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
-    names = list(inspect.signature(kernel.fn).parameters)
-    types = signature(kernel, constexprs)
+    names = list(types)
     source = ASTSource(kernel, types, constexprs={(names.index(name),): value for name, value in constexprs.items()},
-                       attrs=divisibility_hints(types, specialization))
+                       attrs=hints)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
 

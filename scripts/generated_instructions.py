@@ -15,12 +15,10 @@ import io
 import tempfile
 from pathlib import Path
 
-import triton
 from torch._inductor.heuristics.registry import get_codegen_heuristic
 from torch._inductor.runtime.hints import DeviceProperties, ReductionHint
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
+import compile_kernels  # first: it refuses TRITON_INTERPRET before triton is imported
 import kernel_instructions
 
 # what inductor's heuristics see on an H100/H200 (sm90: 132 SMs, 64K registers and 2048 threads per SM)
@@ -80,14 +78,9 @@ def launches(kind: str, metadata: dict) -> list:
 
 def compile_for_gpu(function, triton_meta: dict, constexprs: dict, warps: int, arch: int):
     """The kernel compiled for sm`arch` as a launch specialises it (inductor's divisibility hints)."""
-    signature = dict(triton_meta["signature"])
-    names = list(signature)
     hints = triton_meta["configs"][0] if triton_meta.get("configs") else {}
-    source = ASTSource(function, signature, constexprs={(names.index(name),): value
-                                                        for name, value in constexprs.items()}, attrs=hints)
-    triton.knobs.compilation.always_compile = True
-    with contextlib.redirect_stdout(io.StringIO()):
-        return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    with contextlib.redirect_stdout(io.StringIO()):  # ptxas's log
+        return compile_kernels.compile_typed(function, dict(triton_meta["signature"]), constexprs, hints, warps, arch)
 
 
 def per_element(listing: tuple, constexprs: dict, warps: int, reduced: int) -> float:
