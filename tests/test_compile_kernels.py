@@ -35,48 +35,49 @@ SWITCHES = dict(mode=(4, 5, 6), training=(False, True), fold=(False, True), padd
 
 
 @pytest.fixture(scope="module")
-def uncompiled_facts() -> dict:
-    """What compile_kernels says without compiling, from one process (each start costs seconds of the suite)."""
+def facts() -> dict:
+    """What compile_kernels says, from one process (each start costs seconds of the suite): without compiling, and
+    of two compilations, the excitation at 64 hidden units in steps of 128 channels on one warp (far more than 255
+    registers, which the check's tolerance of a few bytes does not let through; a smaller kernel to compile than
+    128 x 256 on 4 warps) and excite_grad's old step at ResNet-50 layer4's width."""
     return compile_kernels_value(
         "types = c.signature(c.se_forward.apply_kernel, dict(IDENTITY_NORM=False, BLOCK_HW=32, BLOCK_C=64)); "
+        "steps = dict(H_PAD=64, BLOCK_B=16, BLOCK_K=128); "
+        "spilled = c.compile_one(c.se_forward.excite_kernel, steps, 1, 90); "
         "print(dict(names=list(types), hinted=sorted(c.divisibility_hints(types, 'aligned')), "
         "plain=c.divisibility_hints(types, 'plain'), "
-        f"pairwise=c.pairwise({SWITCHES!r}), quick=len(list(c.variants(True))), full=len(list(c.variants()))))")
+        f"pairwise=c.pairwise({SWITCHES!r}), quick=len(list(c.variants(True))), full=len(list(c.variants())), "
+        "spilled=spilled + (c.spill_allowance(steps, spilled[2]),), "
+        "wide=c.compile_one(c.se_backward.excite_grad_kernel, dict(H_PAD=128, BLOCK_B=16, BLOCK_K=256), 8, 90), "
+        "limit=c.SHARED_MEMORY_PER_BLOCK[90]))")
 
 
-def test_quick_compiles_every_pair_of_each_kernels_switches_in_fewer_variants(uncompiled_facts):
-    chosen = uncompiled_facts["pairwise"]
+def test_quick_compiles_every_pair_of_each_kernels_switches_in_fewer_variants(facts):
+    chosen = facts["pairwise"]
     product = [dict(zip(SWITCHES, values)) for values in itertools.product(*SWITCHES.values())]
     assert all(setting in product for setting in chosen) and len(chosen) < len(product)
     for first, second in itertools.combinations(SWITCHES, 2):
         assert {(setting[first], setting[second]) for setting in chosen} == set(
             itertools.product(SWITCHES[first], SWITCHES[second])), (first, second)
     # the CI's compile check, and the full one a kernel change runs
-    assert uncompiled_facts["quick"] < 40 < 300 < uncompiled_facts["full"]
+    assert facts["quick"] < 40 < 300 < facts["full"]
 
 
-def test_a_launch_at_training_shapes_is_compiled_with_its_divisibility_hints(uncompiled_facts):
+def test_a_launch_at_training_shapes_is_compiled_with_its_divisibility_hints(facts):
     # Triton hints aligned pointers and multiples of 16 at launch; the check compiles that code too
-    names = uncompiled_facts["names"]
-    assert [names[index] for (index,) in uncompiled_facts["hinted"]] == [
+    names = facts["names"]
+    assert [names[index] for (index,) in facts["hinted"]] == [
         "z_ptr", "identity_ptr", "out_ptr", "work", "gamma_ptr", "beta_ptr", "identity_work", "identity_gamma_ptr",
         "identity_beta_ptr", "B", "H", "C", "HW"]
-    assert uncompiled_facts["plain"] == {}
+    assert facts["plain"] == {}
 
 
-def test_a_register_spill_and_a_block_over_its_shared_memory_are_reported():
-    # the excitation at 64 hidden units in steps of 128 channels on one warp: far more than 255 registers
-    # (the check's tolerance of a few bytes does not let it through), and a smaller kernel to compile than
-    # 128 x 256 on 4 warps (seconds of the suite)
-    (label, registers, spills, _, error, allowance), wide, limit = compile_kernels_value(
-        "steps = dict(H_PAD=64, BLOCK_B=16, BLOCK_K=128); "
-        "spilled = c.compile_one(c.se_forward.excite_kernel, steps, 1, 90); "
-        "wide = c.compile_one(c.se_backward.excite_grad_kernel, dict(H_PAD=128, BLOCK_B=16, BLOCK_K=256), 8, 90); "
-        "print((spilled + (c.spill_allowance(steps, spilled[2]),), wide, c.SHARED_MEMORY_PER_BLOCK[90]))")
+def test_a_register_spill_and_a_block_over_its_shared_memory_are_reported(facts):
+    (label, registers, spills, _, error, allowance), limit = facts["spilled"], facts["limit"]
     assert error is None and registers > 0 and spills > 0 and allowance is None, label
     # excite_grad's old step at ResNet-50 layer4's width compiled without a spill and failed at its launch on
     # an H200 (288 KB of shared memory asked, 227 KB there): the check now sees the bytes
-    label, _, _, shared, error = wide
+    label, _, _, shared, error = facts["wide"]
     assert error is None and shared > limit == 227 * 1024, label
 
 
