@@ -63,13 +63,13 @@ def test_compiled_by_inductor_without_graph_breaks(squeeze):
 # at batch 16), kept for the instruction count instead of generated again
 KEEP_GENERATED = ("kept = []; generate = traffic.generate_for_gpu; "
                   "traffic.generate_for_gpu = lambda: kept.append(generate()) or kept[-1]; ")
+# its big passes as inductor_traffic.py --instructions counts them, and one persistent reduction (a (B, C) step)
 INSTRUCTION_PROBE = (
-    "g = kept[0]; "
-    "sizes = {name: traffic.kernel_gigabytes(source) for (_, name), source in g.items()}; "
-    "import generated_instructions as counted; "
-    "persistent = min(name for name in sizes if name.startswith('triton_per')); "
-    "print(json.dumps({name: [*counted.fewest_instructions(source, name), sizes[name]] for (_, name), source in "
-    "g.items() if sizes[name] >= traffic.BIG_KERNEL_SHARE * sum(sizes.values()) or name == persistent}))")
+    "import generated_instructions as counted; g = kept[0]; "
+    "sources = {name: source for (_, name), source in g.items()}; "
+    "persistent = min(name for name in sources if name.startswith('triton_per')); "
+    "print(json.dumps({'passes': traffic.instruction_counter(g, 16 * 256 * 48 * 48)(), "
+    "'persistent': counted.fewest_instructions(sources[persistent], persistent)}))")
 
 
 def test_inductor_generates_the_plain_tails_traffic_for_the_closed_form():
@@ -92,14 +92,11 @@ def test_inductor_generates_the_plain_tails_traffic_for_the_closed_form():
         plain = report["plain"][1]
         closed_form, reference = report["tails"]["closed-form"]["gmp"][1], report["tails"]["torch"]["gmp"][1]
         assert closed_form <= 1.05 * plain and reference > 1.8 * plain, report
-    passes = reports[2]  # forward: statistics, output; backward: gradient sums, dz; and a (B, C) step
-    (small, (small_count, _, _)), = [(name, value) for name, value in passes.items() if name.startswith("triton_per")]
-    del passes[small]
-    assert small_count > 0  # a persistent reduction (all of its positions at once) is counted too
-    assert sorted(name[:10] for name in passes) == ["triton_poi", "triton_poi", "triton_red", "triton_red"], passes
-    elements = 16 * 256 * 48 * 48
-    for per_element, launch, gigabytes in passes.values():
-        assert 0 < per_element * elements / (gigabytes * 1e9) < 6.2 and "XBLOCK=" in launch, passes
+    passes = reports[2]["passes"]  # forward: statistics, output; backward: gradient sums, dz
+    assert reports[2]["persistent"][0] > 0  # a persistent reduction (all of its positions at once) is counted too
+    assert sorted(kind for kind, *_ in passes) == ["pointwise", "pointwise", "reduction", "reduction"], passes
+    for _, _, per_element, per_byte, launch in passes:
+        assert 0 < per_element and 0 < per_byte < 6.2 and "XBLOCK=" in launch, passes
 
 
 def test_a_bn_the_closed_form_cannot_fold_is_refused_by_name_and_left_to_torch_by_auto():
