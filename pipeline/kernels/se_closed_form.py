@@ -56,8 +56,8 @@ def closed_form_tail(z: Tensor, identity: Tensor, bn: nn.BatchNorm2d, excite: nn
         identity_scale, identity_shift = _batch_norm_affine(identity_bn, identity_mean, identity_variance, spatial)
         # per (b, c), as z's: the gradient's sums over H*W then share the iteration space of the tail's
         batch = z.shape[0]
-        residual = residual * identity_scale.expand(batch, -1)[:, :, None, None] + \
-            identity_shift.expand(batch, -1)[:, :, None, None]
+        residual = residual * _per_plane(identity_scale.expand(batch, -1)) + \
+            _per_plane(identity_shift.expand(batch, -1))
     out = _GatedResidual.apply(values, scale * gate, shift * gate, residual)
     return out.to(torch.promote_types(z.dtype, identity.dtype))
 
