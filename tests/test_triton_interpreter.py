@@ -1,0 +1,52 @@
+"""The suite's interpreter speed-up (tests/triton_interpreter.py): installed, the same values, one patch per module."""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("the kernels run compiled here, not interpreted", allow_module_level=True)
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.runtime import interpreter  # noqa: E402
+
+import triton_interpreter  # noqa: E402
+
+
+@triton.jit
+def doubled(x):
+    return x * 2.0
+
+
+@triton.jit
+def row_sums_kernel(x_ptr, out_ptr, WIDTH: tl.constexpr):
+    row = tl.program_id(0)
+    values = tl.load(x_ptr + row * WIDTH + tl.arange(0, WIDTH))
+    total = tl.sum(doubled(values), axis=0) + tl.sum(doubled(doubled(values)), axis=0)  # 6 x the row's sum
+    tl.store(out_ptr + row, total)
+
+
+def test_the_suite_runs_the_kernels_with_the_speed_up():
+    """conftest installs it for the pinned Triton: a newer one needs the skip read again against its interpreter."""
+    assert triton.__version__ == triton_interpreter.TRITON_VERSION, "read triton_interpreter.py against this Triton"
+    assert interpreter._patch_lang.__name__ == "patch_unless_patched"
+
+
+def test_each_language_module_is_patched_once_per_launch_and_values_are_unchanged(monkeypatch):
+    """Each program calls `doubled` three times and tl.sum twice. Patches per launch: the kernel's (triton.language:
+    4 scans) and tl.sum's first (its module sees triton.language.core too: 6 scans), as many for 6 programs as for
+    3. Without the skip, every helper call of every program scanned again: 76 scans for 3 programs."""
+    x = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    out = torch.empty(6)
+    row_sums_kernel[(6,)](x, out, WIDTH=4)  # the first launch rewrites tl.sum, which adds names to its module
+    assert torch.equal(out, 6 * x.sum(dim=1))
+    scans = []
+    scan = interpreter._patch_builtin
+    monkeypatch.setattr(interpreter, "_patch_builtin", lambda *args: scans.append(1) or scan(*args))
+    for programs in (3, 6):
+        scans.clear()
+        out = torch.zeros(6)
+        row_sums_kernel[(programs,)](x, out, WIDTH=4)
+        assert torch.equal(out[:programs], 6 * x[:programs].sum(dim=1)) and not out[programs:].any()
+        assert len(scans) == 10, programs
