@@ -15,7 +15,8 @@ TRITON_VERSION = "3.8.0"
 
 
 def patch_once_per_launch() -> bool:
-    """Install the skip in triton's interpreter; False where this Triton is not the one it was read against."""
+    """Install the skip in triton's interpreter; False where this Triton is not the one it was read against.
+    Imports triton here, not at the top: conftest sets TRITON_INTERPRET first, and triton reads it on import."""
     import triton
     import triton.language as tl
     from triton.runtime import interpreter
