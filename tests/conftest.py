@@ -1,5 +1,4 @@
 """Shared fixtures: a tiny real-photo beton pair built once per test session."""
-import importlib.util
 import io
 import os
 import signal
@@ -12,12 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import triton_interpreter
-
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors, interpreted; set before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
-if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None:
-    triton_interpreter.patch_once_per_launch()  # the interpreter re-patched at every helper call: a third of its CPU
 # inductor compiles in this process (and in the scripts the tests start), not in a pool of worker processes that
 # each import torch first: seconds of CPU per compiling process, on a suite that is bound by its 2 cores
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
@@ -33,6 +28,11 @@ from dataset_prep.beton import WriteSettings, write_beton
 from dataset_prep.image_folder import find_split
 from dataset_prep.write_imagenet import main as write_main
 from ffcv.loader import Loader
+from pipeline.kernels import interpreting, triton_available
+from triton_interpreter import patch_once_per_launch
+
+if interpreting() and triton_available():
+    patch_once_per_launch()  # the interpreter re-patched at every helper call: a third of its CPU
 
 REPO = Path(__file__).resolve().parents[1]
 

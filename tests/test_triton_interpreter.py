@@ -1,11 +1,11 @@
 """The suite's interpreter speed-up (tests/triton_interpreter.py): installed, the same values, one patch per module."""
-import os
-
 import pytest
 import torch
 
+from pipeline.kernels import interpreting
+
 pytest.importorskip("triton")
-if os.environ.get("TRITON_INTERPRET") != "1":
+if not interpreting():
     pytest.skip("the kernels run compiled here, not interpreted", allow_module_level=True)
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402

@@ -14,15 +14,15 @@ import inspect
 TRITON_VERSION = "3.8.0"
 
 
-def patch_once_per_launch() -> bool:
-    """Install the skip in triton's interpreter; False where this Triton is not the one it was read against.
+def patch_once_per_launch() -> None:
+    """Install the skip in triton's interpreter, unless this Triton is not the one it was read against.
     Imports triton here, not at the top: conftest sets TRITON_INTERPRET first, and triton reads it on import."""
     import triton
     import triton.language as tl
     from triton.runtime import interpreter
 
     if triton.__version__ != TRITON_VERSION:
-        return False
+        return
     patch_language, launch = interpreter._patch_lang, interpreter.GridExecutor.__call__
     patched_in_launch = []  # per launch in progress: the language modules swapped so far
 
@@ -47,4 +47,3 @@ def patch_once_per_launch() -> bool:
 
     interpreter.GridExecutor.__call__ = launch_tracked
     interpreter._patch_lang = patch_unless_patched
-    return True
