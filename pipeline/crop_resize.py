@@ -11,25 +11,40 @@ OpenCV's output but for rounding ties, which the other order of the sums can tip
 OpenCV, whose paths for those are fast. The decoders also decode each JPEG into a buffer of its own size instead of
 ffcv's scratch for every image of every batch in flight (`_FastResize.declare_state_and_memory`), and the random
 crops follow the loader's seed (`crop_seed`): ffcv draws them from numba's per-thread generators, seeded from the OS,
-so two runs of one seed (two arms of an ablation) trained on other crops.
+so two runs of one seed (two arms of an ablation) trained on other crops. They call ffcv's C code (libjpeg-turbo,
+OpenCV) by a symbol's name rather than through ctypes, so that numba loads them from its disk cache.
 """
+import ctypes
 import math
 
+import llvmlite.binding as llvm
 import numpy as np
 
 import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
+from ffcv import libffcv
 from ffcv.fields.rgb_image import (IMAGE_MODES, CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
                                    ResizedCropRGBImageDecoder)
-from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler
-from numba import njit
+from numba import types
 
 from pipeline.numba_cache import cached_njit
 
 # OpenCV leaves out a source pixel's part of a cell when it is under this fraction of a pixel
 _SLIVER = 1e-3
-# ffcv's ctypes call into OpenCV (cv::resize, INTER_AREA)
-_opencv_resize = njit(nogil=True)(resize_crop)
+
+
+def _by_symbol(name: str, signature) -> types.ExternalFunction:
+    """ffcv's C function `name`, called by a symbol's name: numba caches code that calls a named symbol, but not
+    code that calls through ctypes, whose address (another in every process) it writes into the machine code."""
+    symbol = f"ssenet_ffcv_{name}"
+    llvm.add_symbol(symbol, ctypes.cast(getattr(libffcv.lib, name), ctypes.c_void_p).value)
+    return types.ExternalFunction(symbol, signature)
+
+
+# what ffcv's resize_crop and imdecode call: OpenCV's cv::resize (INTER_AREA) and libjpeg-turbo's decode
+_OPENCV_RESIZE = _by_symbol("resize", types.void(*11 * [types.int64]))
+_DECODE_JPEG = _by_symbol("imdecode", types.int32(types.intp, types.uint64, types.uint32, types.uint32, types.intp,
+                                                  *6 * [types.uint32], types.uint8, types.uint8))
 
 
 def _compiled(**options):
@@ -136,7 +151,15 @@ def crop_seed(seed: int, batch_first: int, sample: int) -> np.uint32:
     return np.uint32((mixed ^ (mixed >> np.uint64(31))) & np.uint64(0xFFFFFFFF))
 
 
-@njit(nogil=True)  # not cached: numba cannot cache a call through ctypes (the shrink it calls is)
+@_compiled()
+def opencv_resize(image, top: int, bottom: int, left: int, right: int, destination) -> None:
+    """ffcv's resize_crop: destination (H, W, 3 uint8) = image[top:bottom, left:right] resized by OpenCV's
+    INTER_AREA. Both arrays are C-contiguous and their callers hold them."""
+    _OPENCV_RESIZE(0, image.ctypes.data, image.shape[0], image.shape[1], top, bottom, left, right,
+                   destination.ctypes.data, destination.shape[0], destination.shape[1])
+
+
+@_compiled()
 def crop_resize(image, top: int, bottom: int, left: int, right: int, destination) -> None:
     """ffcv's resize_crop (OpenCV INTER_AREA), with non-integer shrinks done by area_shrink."""
     height, width = destination.shape[0], destination.shape[1]
@@ -146,7 +169,16 @@ def crop_resize(image, top: int, bottom: int, left: int, right: int, destination
     if shrinks and not whole_factors:
         area_shrink(image, top, bottom, left, right, destination)
     else:
-        _opencv_resize(image, top, bottom, left, right, destination)
+        opencv_resize(image, top, bottom, left, right, destination)
+
+
+def image_pixels(data, jpeg: bool, height, width):
+    """An image's (height, width, 3) pixels: its JPEG decoded into a buffer of its own size, or its raw bytes."""
+    if not jpeg:
+        return data.reshape(height, width, 3)
+    pixels = np.empty(3 * np.int64(height) * np.int64(width), np.uint8)
+    _DECODE_JPEG(data.ctypes.data, data.size, height, width, pixels.ctypes.data, height, width, 0, 0, 1, 1, 0, 0)
+    return pixels.reshape(height, width, 3)
 
 
 class _FastResize(ResizedCropRGBImageDecoder):
@@ -164,9 +196,9 @@ class _FastResize(ResizedCropRGBImageDecoder):
 
     def generate_code(self):
         read = self.memory_read
-        # libjpeg-turbo through ctypes, compiled for each loader as ffcv does: one dispatcher shared by loaders of
-        # other array types (os_cache on and off) hung the second loader (numba raised a KeyError in its thread)
-        decode_jpeg = Compiler.compile(imdecode)
+        # a dispatcher for each loader, as ffcv compiles its imdecode for each: one shared by loaders of other array
+        # types (os_cache on and off) hung the second loader (numba raised a KeyError in its thread)
+        pixels_of = cached_njit(image_pixels)
         # ffcv's crop generator with Compiler.compile's options, from numba's disk cache: compiled in each loader,
         # it was 1.6 s of a process's first batch (0.6 s of each later loader's)
         choose_crop = cached_njit(self.get_crop_generator, fastmath=True, error_model="numpy")
@@ -181,12 +213,7 @@ class _FastResize(ResizedCropRGBImageDecoder):
                 field = metadata[batch_indices[at]]
                 data = read(field["data_ptr"], storage_state)
                 height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                if field["mode"] == jpeg:
-                    pixels = np.empty(3 * np.int64(height) * np.int64(width), np.uint8)
-                    decode_jpeg(data, pixels, height, width, height, width, 0, 0, 1, 1, False, False)
-                    image = pixels.reshape(height, width, 3)
-                else:
-                    image = data.reshape(height, width, 3)
+                image = pixels_of(data, field["mode"] == jpeg, height, width)
                 if seeded:  # numba's np.random: this thread's generator, which choose_crop draws from
                     np.random.seed(crop_seed(seed, batch_indices[0], batch_indices[at]))
                 top, left, rows, columns = choose_crop(height, width, scale, ratio)
