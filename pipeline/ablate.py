@@ -26,7 +26,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.config import ConfigError, parse_overrides, resolve
 from pipeline.cores import core_ranges, share_cores
 from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
-from pipeline.processes import die_with_parent
+from pipeline.processes import die_with_parent, wait_for_an_exit
 from pipeline.report import MANIFEST_NAME, write_report
 from pipeline.resume import make_run_dir
 from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
@@ -190,7 +190,7 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
                 else:
                     report(f"FAILED {job.run_dir.name} (exit {status}, twice); log: {log}")
         if running:
-            time.sleep(poll_seconds)
+            wait_for_an_exit([process for _, _, process in running.values()], poll_seconds)
 
 
 def user_error(log: Path) -> str:

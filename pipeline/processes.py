@@ -1,9 +1,13 @@
 """Child processes that end with their parent however it ends, kill -9 included (Linux's parent-death signal),
-and leave Ctrl-C to it."""
+and leave Ctrl-C to it; and a wait that wakes when one of them exits."""
 import ctypes
 import os
+import select
 import signal
+import subprocess
 import sys
+import time
+from typing import Sequence
 
 _PR_SET_PDEATHSIG = 1
 _REGISTERED = set()  # fork hooks this process has registered: os.register_at_fork cannot take one back
@@ -37,3 +41,26 @@ def _in_every_child(hook) -> None:
     if hook not in _REGISTERED:
         os.register_at_fork(after_in_child=hook)
         _REGISTERED.add(hook)
+
+
+def wait_for_an_exit(processes: Sequence[subprocess.Popen], timeout: float) -> None:
+    """Return once one of `processes` has exited, or after `timeout` seconds. On Linux each process's pidfd
+    becomes readable at its exit, so a scheduler starts the next run at once; it slept a whole poll interval
+    before. Elsewhere (no pidfds) this sleeps `timeout`."""
+    if timeout <= 0:
+        return
+    poller, descriptors = select.poll(), []
+    try:
+        for process in processes:
+            descriptors.append(os.pidfd_open(process.pid))
+            poller.register(descriptors[-1], select.POLLIN)
+    except (AttributeError, OSError):  # not Linux 5.3+, or no descriptor left: wait the whole interval
+        poller = None
+    try:
+        if poller is None:
+            time.sleep(timeout)
+        else:
+            poller.poll(timeout * 1000)
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)

@@ -13,6 +13,7 @@ from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process
                              run_schedule, visible_gpus)
 from pipeline.ablate import main as ablate_main
 from pipeline.config import ConfigError
+from pipeline.processes import wait_for_an_exit
 from pipeline.cores import core_ranges, share_cores
 from pipeline.run_dir import RunLock
 
@@ -111,6 +112,29 @@ def test_cpu_runs_one_after_another(tmp_path):
     assert command[1].endswith("pipeline/train.py")
     outcome, launches, _ = run_mocked(plan_jobs(["gap", "std"], [0], tmp_path, "resnet18", "s"), make_slots([], 1))
     assert len(launches) == 2 and len(outcome["done"]) == 2
+
+
+def test_the_next_run_starts_when_a_run_exits_not_at_the_next_poll(tmp_path):
+    """Real processes of 0.1 s, one slot, a poll interval of 30 s: each exit wakes the scheduler (pidfds). It
+    slept a whole interval after each start before, and left the GPU idle for up to that long."""
+    jobs = plan_jobs(["gap", "std", "gmp"], [0], tmp_path, "resnet18", "s")
+    started = time.monotonic()
+    outcome = run_schedule(jobs, make_slots(["0"], 1), lambda job, slot: subprocess.Popen(["sleep", "0.1"]),
+                           report=lambda _: None, poll_seconds=30)
+    assert len(outcome["done"]) == 3 and time.monotonic() - started < 10
+
+
+def test_without_pidfds_the_wait_is_the_poll_interval(monkeypatch):
+    """Where Linux's pidfds are missing (macOS), a wait sleeps its interval and the schedule goes on."""
+    monkeypatch.delattr(os, "pidfd_open")
+    process = subprocess.Popen(["sleep", "5"])
+    try:
+        started = time.monotonic()
+        wait_for_an_exit([process], 0.2)
+        assert 0.2 <= time.monotonic() - started < 4 and process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_failed_run_is_retried_once_then_reported(tmp_path):
