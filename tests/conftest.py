@@ -32,7 +32,7 @@ from pipeline.kernels import interpreting, triton_available
 from triton_interpreter import speed_up_interpreter
 
 if interpreting() and triton_available():
-    speed_up_interpreter()  # the interpreter re-patched at every helper call and rebuilt a table at every op
+    speed_up_interpreter()  # without the work the interpreter repeats or discards (measured there)
 
 REPO = Path(__file__).resolve().parents[1]
 
