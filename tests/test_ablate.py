@@ -13,8 +13,8 @@ from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process
                              run_schedule, visible_gpus)
 from pipeline.ablate import main as ablate_main
 from pipeline.config import ConfigError
-from pipeline.processes import wait_for_an_exit
 from pipeline.cores import core_ranges, share_cores
+from pipeline.processes import wait_for_an_exit
 from pipeline.run_dir import RunLock
 
 

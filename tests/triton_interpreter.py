@@ -1,4 +1,4 @@
-"""Triton's interpreter (TRITON_INTERPRET=1, how the CPU suite runs the kernels) without the work it repeats.
+"""Triton's interpreter (TRITON_INTERPRET=1, how the CPU suite runs the kernels) without work it repeats or discards.
 
 The interpreter swaps triton.language's builtins for interpreted ones when a kernel launch starts and puts them
 back when it ends. It also re-runs that swap, with `inspect.getmembers` over the language modules, at every call
