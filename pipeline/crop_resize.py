@@ -27,7 +27,7 @@ from ffcv.fields.rgb_image import (IMAGE_MODES, CenterCropRGBImageDecoder, Rando
 from ffcv.pipeline.compiler import Compiler
 from numba import types
 
-from pipeline.numba_cache import cached_njit
+from pipeline.numba_cache import cached_njit, jitable
 
 # OpenCV leaves out a source pixel's part of a cell when it is under this fraction of a pixel
 _SLIVER = 1e-3
@@ -172,6 +172,7 @@ def crop_resize(image, top: int, bottom: int, left: int, right: int, destination
         opencv_resize(image, top, bottom, left, right, destination)
 
 
+@jitable
 def image_pixels(data, jpeg: bool, height, width):
     """An image's (height, width, 3) pixels: its JPEG decoded into a buffer of its own size, or its raw bytes."""
     if not jpeg:
@@ -195,32 +196,30 @@ class _FastResize(ResizedCropRGBImageDecoder):
         return state, output
 
     def generate_code(self):
-        read = self.memory_read
-        # a dispatcher for each loader, as ffcv compiles its imdecode for each: one shared by loaders of other array
-        # types (os_cache on and off) hung the second loader (numba raised a KeyError in its thread)
-        pixels_of = cached_njit(image_pixels)
-        # ffcv's crop generator with Compiler.compile's options, from numba's disk cache: compiled in each loader,
-        # it was 1.6 s of a process's first batch (0.6 s of each later loader's)
-        choose_crop = cached_njit(self.get_crop_generator, fastmath=True, error_model="numpy")
-        images = Compiler.get_iterator()
+        # decode loads from numba's disk cache (ffcv_startup): its closure holds values and plain functions, which
+        # numba compiles into it, not dispatchers (see numba_cache.jitable). The reader is the memory manager's
+        # (os_cache on or off), the crop generator ffcv's, with Compiler.compile's options.
+        read = jitable(getattr(self.memory_read, "py_func", self.memory_read))
+        choose_crop = jitable(self.get_crop_generator, fastmath=True, error_model="numpy")
+        images = Compiler.get_iterator()  # prange or range: tells a parallel decode's cache entry from a serial one
         jpeg = IMAGE_MODES["jpg"]
         scale = np.array(self.scale) if isinstance(self.scale, tuple) else self.scale
         ratio = np.array(self.ratio) if isinstance(self.ratio, tuple) else self.ratio
-        seeded, seed = self.seed is not None, self.seed or 0
+        seeded, seed = self.seed is not None, self.seed or 0  # a cache entry per seed
 
         def decode(batch_indices, destination, metadata, storage_state):
             for at in images(len(batch_indices)):
                 field = metadata[batch_indices[at]]
                 data = read(field["data_ptr"], storage_state)
                 height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                image = pixels_of(data, field["mode"] == jpeg, height, width)
+                image = image_pixels(data, field["mode"] == jpeg, height, width)
                 if seeded:  # numba's np.random: this thread's generator, which choose_crop draws from
                     np.random.seed(crop_seed(seed, batch_indices[0], batch_indices[at]))
                 top, left, rows, columns = choose_crop(height, width, scale, ratio)
                 crop_resize(image, top, top + rows, left, left + columns, destination[at])
             return destination[:len(batch_indices)]
 
-        decode.is_parallel = True
+        decode.is_parallel = decode.disk_cache = True
         return decode
 
 

@@ -89,10 +89,20 @@ def _to_device(device: torch.device) -> list:
     return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
 
 
+class LabelDecoder(IntDecoder):
+    """ffcv's IntDecoder, whose code (closure-free) loads from numba's disk cache (ffcv_startup) instead of being
+    compiled again in every loader."""
+
+    def generate_code(self):
+        code = super().generate_code()
+        code.disk_cache = True
+        return code
+
+
 def _label_pipeline(device: torch.device) -> list:
     """Labels come out as (B, 1); the engine flattens them (ffcv's Squeeze turns a last batch of one image
     into a 0-d tensor)."""
-    return [IntDecoder(), ToTensor()] + _to_device(device)
+    return [LabelDecoder(), ToTensor()] + _to_device(device)
 
 
 def _image_tail(device: torch.device) -> list:

@@ -7,6 +7,7 @@ at decoration time: those functions compile in each process instead, as they did
 from typing import Callable
 
 from numba import njit
+from numba.extending import register_jitable
 
 
 def cached_njit(function: Callable, signature=None, **options) -> Callable:
@@ -17,3 +18,17 @@ def cached_njit(function: Callable, signature=None, **options) -> Callable:
         return njit(*arguments, nogil=True, cache=True, **options)(function)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         return njit(*arguments, nogil=True, **options)(function)
+
+
+_JITABLE = set()
+
+
+def jitable(function: Callable, **options) -> Callable:
+    """`function` itself, made callable from numba-compiled code, which compiles it into its own machine code (with
+    the jit `options` of its first call here). A cached function may hold it in its closure where it could not hold
+    a dispatcher: numba keys its cache on the closure's values, pickled, and a dispatcher pickles with an id of its
+    own process, so the key never matched (and each process added an entry)."""
+    if function not in _JITABLE:
+        register_jitable(**options)(function) if options else register_jitable(function)
+        _JITABLE.add(function)
+    return function
