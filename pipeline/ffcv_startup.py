@@ -36,7 +36,8 @@ def _cache_the_quasi_random_order() -> None:
 
 def _stored_bytes(address, state):
     """The bytes stored at `address` of the memory-mapped beton: `state` is OSCacheContext.state, (the mapped file,
-    every stored item's address in ascending order, their sizes in that order)."""
+    every stored item's address in ascending order, their sizes in that order). The image decoders compile it into
+    their cached code (crop_resize.py): after changing it, touch that file, whose changes alone numba checks."""
     mapped, addresses, sizes = state
     return mapped[address:address + sizes[np.searchsorted(addresses, address)]]
 

@@ -27,8 +27,10 @@ def jitable(function: Callable, **options) -> Callable:
     """`function` itself, made callable from numba-compiled code, which compiles it into its own machine code (with
     the jit `options` of its first call here). A cached function may hold it in its closure where it could not hold
     a dispatcher: numba keys its cache on the closure's values, pickled, and a dispatcher pickles with an id of its
-    own process, so the key never matched (and each process added an entry)."""
+    own process, so the key never matched (and each process added an entry). numba checks only the cached
+    function's own file for changes: after changing `function` in another file, touch the caller's."""
     if function not in _JITABLE:
-        register_jitable(**options)(function) if options else register_jitable(function)
+        register = register_jitable(**options) if options else register_jitable
+        register(function)
         _JITABLE.add(function)
     return function
