@@ -4,10 +4,30 @@ in milliseconds instead of compiling it again (0.25-2 s per function on 2 cores)
 A read-only install run by a user without a writable home has no such place, and numba refuses cache=True there
 at decoration time: those functions compile in each process instead, as they did before.
 """
+import hashlib
 from typing import Callable
 
 from numba import njit
+from numba.core.caching import IndexDataCacheFile
 from numba.extending import register_jitable
+
+
+def _save_in_a_file_of_the_keys_own(self, key, data) -> None:
+    """IndexDataCacheFile.save: numba named a new entry's data file by the first number free in the index it had
+    read, then wrote the index, then the data. Two processes saving entries of other keys at once (ablation runs
+    of other seeds, whose decoders' keys differ, starting together) chose the same file, and the index could end
+    up pointing one key at the other's code. Here the file is named by the key's hash and written before the
+    index: a race can only drop an entry from the index, which a later process compiles and saves again."""
+    number = int(hashlib.sha256(repr(key).encode()).hexdigest()[:12], 16)
+    name = self._data_name(number)
+    self._save_data(name, data)
+    overloads = self._load_index()
+    if overloads.get(key) != name:
+        overloads[key] = name
+        self._save_index(overloads)
+
+
+IndexDataCacheFile.save = _save_in_a_file_of_the_keys_own
 
 
 def cached_njit(function: Callable, signature=None, **options) -> Callable:
