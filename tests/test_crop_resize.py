@@ -132,9 +132,10 @@ def test_a_loaders_decoders_load_from_numbas_disk_cache_and_each_seed_has_its_ow
     0.2 s for each label decoder, in every process. They load from numba's disk cache now; the cache is keyed on
     the decoder's settings, the crops' seed among them, so a loader of another seed draws other crops."""
     def load(seed: int):
+        pipelines = {"image": [RandomResizedCropDecoder((24, 24), seed=seed), ToTensor()],
+                     "label": [LabelDecoder(), ToTensor()]}
         loader = Loader(str(tiny_betons / "val.beton"), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL,
-                        drop_last=False, pipelines={"image": [RandomResizedCropDecoder((24, 24), seed=seed), ToTensor()],
-                                                    "label": [LabelDecoder(), ToTensor()]})
+                        drop_last=False, pipelines=pipelines)
         images = np.concatenate([batch.numpy().copy() for batch, _ in loader])
         return images, compiled_decoders(loader)
 
