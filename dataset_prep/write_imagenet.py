@@ -15,13 +15,16 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from dataset_prep.beton import WRITE_MODES, WriteSettings, class_difference, verify_beton, write_beton
-from dataset_prep.image_folder import Split, UsageError, printable, scan, skip_kind
-from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
-from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
-from pipeline.atomic import remove_stale_temporaries, write_text_atomic
-from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
-from pipeline.processes import children_die_with_this_process, children_leave_ctrl_c_to_this_process
+from pipeline.gc_freeze import imports_frozen
+
+with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
+    from dataset_prep.beton import WRITE_MODES, WriteSettings, class_difference, verify_beton, write_beton
+    from dataset_prep.image_folder import Split, UsageError, printable, scan, skip_kind
+    from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
+    from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
+    from pipeline.atomic import remove_stale_temporaries, write_text_atomic
+    from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
+    from pipeline.processes import children_die_with_this_process, children_leave_ctrl_c_to_this_process
 
 SAMPLE_ROOT = Path("data/sample")
 SAMPLE_MAX_RES = 256

@@ -22,16 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from pipeline.atomic import write_text_atomic
-from pipeline.config import ConfigError, parse_overrides, resolve
-from pipeline.cores import core_ranges, share_cores
-from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
-from pipeline.processes import die_with_parent, wait_for_an_exit
-from pipeline.report import MANIFEST_NAME, write_report
-from pipeline.resume import make_run_dir
-from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
-from pipeline.squeeze import check_squeeze_name, squeeze_names
-from pipeline.trainer import check_data, data_identities
+from pipeline.gc_freeze import imports_frozen
+
+with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
+    from pipeline.atomic import write_text_atomic
+    from pipeline.config import ConfigError, parse_overrides, resolve
+    from pipeline.cores import core_ranges, share_cores
+    from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
+    from pipeline.processes import die_with_parent, wait_for_an_exit
+    from pipeline.report import MANIFEST_NAME, write_report
+    from pipeline.resume import make_run_dir
+    from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
+    from pipeline.squeeze import check_squeeze_name, squeeze_names
+    from pipeline.trainer import check_data, data_identities
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1

@@ -29,11 +29,14 @@ from concurrent.futures import ProcessPoolExecutor
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("compile_kernels.py: unset TRITON_INTERPRET (the interpreter does not compile kernels)")
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from pipeline.gc_freeze import imports_frozen  # noqa: E402
 
-from pipeline.kernels import layout, se_backward, se_forward, se_launch  # noqa: E402
+with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from pipeline.kernels import layout, se_backward, se_forward, se_launch
 
 FLOAT_SCALARS = {"corr_count", "eps", "std_eps", "momentum", "identity_eps", "identity_momentum"}
 FP32_POINTERS = {"work", "grad_work", "stats", "running_mean", "running_var", "identity_work", "identity_grad_work",

@@ -19,10 +19,13 @@ import subprocess
 import sys
 import tempfile
 
-import compile_kernels  # first: it refuses TRITON_INTERPRET before triton is imported
-import triton
+from pipeline.gc_freeze import imports_frozen
 
-from pipeline.kernels import se_backward, se_forward, se_launch
+with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
+    import compile_kernels  # first: it refuses TRITON_INTERPRET before triton is imported
+    import triton
+
+    from pipeline.kernels import se_backward, se_forward, se_launch
 
 NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
 INSTRUCTION = re.compile(r"/\*[0-9a-f]+\*/\s+(.+?)\s*;")

@@ -9,7 +9,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+from pipeline.gc_freeze import imports_frozen
+
+with imports_frozen():  # a worker's imports, out of the collections its tests start (pipeline/gc_freeze.py)
+    import torch
 
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors, interpreted; set before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -24,12 +28,13 @@ if "NUMBA_OPT" not in os.environ and "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_OPT"] = "1"
     os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"ssenet-tests-numba-O1-{os.getuid()}")
 
-from dataset_prep.beton import WriteSettings, write_beton
-from dataset_prep.image_folder import find_split
-from dataset_prep.write_imagenet import main as write_main
-from ffcv.loader import Loader
-from pipeline.kernels import interpreting, triton_available
-from triton_interpreter import speed_up_interpreter
+with imports_frozen():
+    from dataset_prep.beton import WriteSettings, write_beton
+    from dataset_prep.image_folder import find_split
+    from dataset_prep.write_imagenet import main as write_main
+    from ffcv.loader import Loader
+    from pipeline.kernels import interpreting, triton_available
+    from triton_interpreter import speed_up_interpreter
 
 if interpreting() and triton_available():
     speed_up_interpreter()  # without the work the interpreter repeats or discards (measured there)
