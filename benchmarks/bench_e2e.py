@@ -11,20 +11,23 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-import torch.nn.functional as F
-from cli import at_least, names_from  # a sibling module: benchmarks run as scripts
+from pipeline.gc_freeze import imports_frozen
 
-from dataset_prep.beton import WriteSettings, write_beton
-from dataset_prep.sample_set import photo_set_files
-from pipeline.acceleration import (Stopwatch, choose_precision, compile_mode_used, maybe_compile,
-                                  tune_convolutions)
-from pipeline.config import COMPILE_MODES, resolve
-from pipeline.cores import usable_cores
-from pipeline.data import DeviceAugment, LoaderSettings, train_loader
-from pipeline.models import ARCHITECTURES, build_model
-from pipeline.optim import build_sgd_for
-from pipeline.squeeze import squeeze_names
+with imports_frozen(as_a_script=__name__ == "__main__"):  # as train.py runs (pipeline/gc_freeze.py)
+    import torch
+    import torch.nn.functional as F
+    from cli import at_least, names_from  # a sibling module: benchmarks run as scripts
+
+    from dataset_prep.beton import WriteSettings, write_beton
+    from dataset_prep.sample_set import photo_set_files
+    from pipeline.acceleration import (Stopwatch, choose_precision, compile_mode_used, maybe_compile,
+                                      tune_convolutions)
+    from pipeline.config import COMPILE_MODES, resolve
+    from pipeline.cores import usable_cores
+    from pipeline.data import DeviceAugment, LoaderSettings, train_loader
+    from pipeline.models import ARCHITECTURES, build_model
+    from pipeline.optim import build_sgd_for
+    from pipeline.squeeze import squeeze_names
 
 
 def timed(batches, device, steps: int, warmup: int, work) -> float:

@@ -21,20 +21,23 @@ from pathlib import Path
 from queue import Empty
 from typing import List, Optional
 
-import psutil
-import torch
+from pipeline.gc_freeze import imports_frozen
 
-import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
-from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-from torchvision import datasets, transforms
+with imports_frozen(as_a_script=__name__ == "__main__"):  # as train.py runs (pipeline/gc_freeze.py)
+    import psutil
+    import torch
 
-from cli import at_least  # a sibling module: benchmarks run as scripts
+    import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from torchvision import datasets, transforms
 
-from dataset_prep.beton import WriteSettings, write_beton
-from dataset_prep.sample_set import photo_set_files
-from pipeline.cores import usable_cores
-from pipeline.crop_resize import RandomResizedCropDecoder
-from pipeline.data import LoaderSettings, train_loader
+    from cli import at_least  # a sibling module: benchmarks run as scripts
+
+    from dataset_prep.beton import WriteSettings, write_beton
+    from dataset_prep.sample_set import photo_set_files
+    from pipeline.cores import usable_cores
+    from pipeline.crop_resize import RandomResizedCropDecoder
+    from pipeline.data import LoaderSettings, train_loader
 
 
 def resident_mb(process: psutil.Process, children: bool) -> float:

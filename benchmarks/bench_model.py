@@ -21,19 +21,22 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-import torch.nn.functional as F
-import torchvision
-import compile_cache  # siblings: benchmarks run as scripts
-from cli import at_least, names_from, resolutions
-from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times
+from pipeline.gc_freeze import imports_frozen
 
-from pipeline.acceleration import Stopwatch, maybe_compile, tune_convolutions
-from pipeline.config import COMPILE_MODES, resolve
-from pipeline.kernels import SE_KERNELS
-from pipeline.models import ARCHITECTURES, build_model
-from pipeline.optim import build_sgd_for
-from pipeline.squeeze import squeeze_names
+with imports_frozen(as_a_script=__name__ == "__main__"):  # as train.py runs (pipeline/gc_freeze.py)
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+    import compile_cache  # siblings: benchmarks run as scripts
+    from cli import at_least, names_from, resolutions
+    from kernel_profile import GROUPS, group_times, kernel_times, print_kernel_times
+
+    from pipeline.acceleration import Stopwatch, maybe_compile, tune_convolutions
+    from pipeline.config import COMPILE_MODES, resolve
+    from pipeline.kernels import SE_KERNELS
+    from pipeline.models import ARCHITECTURES, build_model
+    from pipeline.optim import build_sgd_for
+    from pipeline.squeeze import squeeze_names
 
 
 TRAINING_DEFAULTS = resolve(None, {})  # the declared settings, before any recipe

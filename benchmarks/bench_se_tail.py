@@ -19,14 +19,17 @@ import time
 from typing import List, Optional
 from unittest import mock
 
-import torch
-from torch import nn
+from pipeline.gc_freeze import imports_frozen
 
-from cli import at_least, names_from  # siblings: benchmarks run as scripts
-from kernel_profile import kernel_times, print_kernel_times
-from pipeline.kernels.layout import SQUEEZE_MODES
-from pipeline.models import SqueezeExcite
-from pipeline.squeeze import STD_EPS, squeeze_names
+with imports_frozen(as_a_script=__name__ == "__main__"):  # as train.py runs (pipeline/gc_freeze.py)
+    import torch
+    from torch import nn
+
+    from cli import at_least, names_from  # siblings: benchmarks run as scripts
+    from kernel_profile import kernel_times, print_kernel_times
+    from pipeline.kernels.layout import SQUEEZE_MODES
+    from pipeline.models import SqueezeExcite
+    from pipeline.squeeze import STD_EPS, squeeze_names
 
 STAGES = {"layer1": (256, 4), "layer2": (512, 8), "layer3": (1024, 16), "layer4": (2048, 32)}  # channels, stride
 TAIL_PASSES = 11

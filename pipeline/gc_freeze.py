@@ -7,7 +7,8 @@ took 2 s. `import pipeline.trainer` plus exit took 8.3 s of CPU on this project'
 collector paused during the imports and their objects frozen afterwards (`gc.freeze`: moved to a generation that
 no collection scans; Python's documentation gives this pattern before a fork, where it also spares copy-on-write).
 Every process of a run pays its imports: each torchrun rank, each run of an ablation. Objects made later, a run's,
-are collected as before; the cyclic garbage the imports left (~9,500 objects, ~8 MB) stays until exit.
+are collected as before; the cyclic garbage the imports left (~9,500 objects, ~8 MB) stays until exit. The
+benchmarks freeze theirs too, so that a full collection inside a timed step costs what it costs in training.
 """
 import contextlib
 import gc
