@@ -96,11 +96,12 @@ def time_downsample_fold(se, bn, z, identity, grad, repeats: int, stage: str) ->
 
 def host_breakdown(z, identity, grad, repeats: int) -> dict:
     """Host µs of one gap tail, forward + backward: through the module and autograd, through se_launch called
-    directly, and through se_launch with Triton's launches stubbed out (its Python and allocations only). The
-    differences are autograd's and the module's share, and the cost of Triton's eight launches."""
+    directly (its launches direct, as training runs them, and through Triton's run), and through se_launch with
+    Triton's launches stubbed out (its Python and allocations only). The differences are autograd's and the
+    module's share, and the cost of the eight launches each way (pipeline/kernels/direct_launch.py)."""
     import triton  # here, not at the top: without a GPU (or triton) the script says so and exits first
 
-    from pipeline.kernels import se_launch
+    from pipeline.kernels import direct_launch, se_launch
     se = SqueezeExcite(z.shape[1], "gap", kernel="triton").to(z.device)
     bn = nn.BatchNorm2d(z.shape[1]).to(z.device)
     weights = (bn.weight, bn.bias, bn.running_mean, bn.running_var, se.excite[0].weight, se.excite[2].weight)
@@ -115,13 +116,17 @@ def host_breakdown(z, identity, grad, repeats: int) -> dict:
     module = 1000 * host_ms(tail_step(lambda a, b: se.tail(a, bn, b), z.clone().requires_grad_(),
                                       identity.clone().requires_grad_(), grad), repeats)
     launcher = 1000 * host_ms(direct, repeats)
-    with mock.patch.object(triton.runtime.jit.JITFunction, "run", lambda *args, **kwargs: None):
-        python = 1000 * host_ms(direct, repeats)
-    launches = launcher - python
-    print(f"host us per gap tail, forward + backward: module and autograd {module:.0f}, se_launch {launcher:.0f}, "
-          f"se_launch with launches stubbed {python:.0f}; so Triton's 8 launches {launches:.0f} "
-          f"({launches / 8:.0f} each), autograd and the module {module - launcher:.0f}")
-    return {"module_us": module, "se_launch_us": launcher, "python_us": python, "per_launch_us": launches / 8}
+    with mock.patch.object(direct_launch, "ENABLED", False):
+        through_triton = 1000 * host_ms(direct, repeats)
+        with mock.patch.object(triton.runtime.jit.JITFunction, "run", lambda *args, **kwargs: None):
+            python = 1000 * host_ms(direct, repeats)
+    launches, triton_launches = launcher - python, through_triton - python
+    print(f"host us per gap tail, forward + backward: module and autograd {module:.0f}, se_launch {launcher:.0f} "
+          f"({through_triton:.0f} through Triton's run), se_launch with launches stubbed {python:.0f}; so 8 launches "
+          f"{launches:.0f} ({launches / 8:.0f} each; {triton_launches / 8:.0f} through Triton's run), autograd and "
+          f"the module {module - launcher:.0f}")
+    return {"module_us": module, "se_launch_us": launcher, "through_triton_us": through_triton, "python_us": python,
+            "per_launch_us": launches / 8, "per_triton_launch_us": triton_launches / 8}
 
 
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -189,7 +189,8 @@ def test_bench_se_tail_host_breakdown_runs_on_cpu_tensors(monkeypatch, capsys):
 
     breakdown = bench_se_tail.host_breakdown(make(), make(), make(), 2)
     assert "host us per gap tail, forward + backward: module and autograd" in capsys.readouterr().out
-    assert sorted(breakdown) == ["module_us", "per_launch_us", "python_us", "se_launch_us"]
+    assert sorted(breakdown) == ["module_us", "per_launch_us", "per_triton_launch_us", "python_us", "se_launch_us",
+                                 "through_triton_us"]
 
 
 def device_check_table():

@@ -58,3 +58,37 @@ def test_training_run_with_cuda_graphs(tiny_betons, tmp_path):
     summary = json.loads((run_dir / "result.json").read_text())
     assert summary["finished_epochs"] == 2 and summary["top1"] > 0
     assert (summary["compile_used"], summary["se_kernel_used"]) == ("reduce-overhead", "triton")
+
+
+def test_direct_launches_give_the_results_of_tritons_own(monkeypatch):
+    """pipeline/kernels/direct_launch.py on the GPU: from a signature's third launch on, the fused tail's kernels
+    are launched without Triton's run, and the tail's output, batch statistics and gradients are bitwise those
+    of Triton's own launches (tests/test_direct_launch.py checks the launcher's arguments without a GPU)."""
+    from pipeline.kernels import direct_launch, se_launch
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    batch, channels, size, hidden = 8, 64, 6, 4
+
+    def cuda_randn(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device="cuda", generator=generator).to(dtype)
+    z, identity, grad = (cuda_randn(batch, channels, size, size, dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last) for _ in range(3))
+    weight, bias, w1, w2 = cuda_randn(channels), cuda_randn(channels), cuda_randn(hidden, channels), cuda_randn(
+        channels, hidden)
+
+    def tail_three_times() -> list:
+        mean, variance = torch.zeros(channels, device="cuda"), torch.ones(channels, device="cuda")
+        for _ in range(3):
+            out, work = se_launch.forward(z, identity, weight, bias, mean, variance, w1, w2, None, None, None, 1,
+                                          True, 1e-5, 1e-5, torch.zeros((), dtype=torch.long, device="cuda"), 0.1)
+            grads = se_launch.backward(grad, out, z, work, weight, bias, w1, w2, None, None, None, None, 1, True,
+                                       1e-5)
+        return [out, work, mean, variance, *[g for g in grads if g is not None]]
+
+    monkeypatch.setattr(direct_launch, "_SIGNATURES", {})
+    monkeypatch.setattr(direct_launch, "ENABLED", False)
+    through_triton = tail_three_times()
+    monkeypatch.setattr(direct_launch, "ENABLED", True)
+    direct = tail_three_times()
+    assert sum(type(entry) is direct_launch._Direct for entry in direct_launch._SIGNATURES.values()) >= 8
+    for seen, expected in zip(direct, through_triton):
+        assert torch.equal(seen, expected)

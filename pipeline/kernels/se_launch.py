@@ -4,7 +4,8 @@ Big tensors are handled in channels_last (a copy only when a caller passes anoth
 size (B, C) or smaller is fp32 and lives in one workspace per call and direction (layout.py). The host is
 what a fused tail pays for (a launch costs more CPU time than most of these kernels take on the GPU), so a
 tail is four launches each way and two allocations besides its outputs: the excitation MLP runs in Triton
-too, in fp32 (sigmoid applied where its logits are read).
+too, in fp32 (sigmoid applied where its logits are read). Every launch goes through direct_launch.py, which
+skips Triton's per-call argument handling once a kernel is compiled for the call's signature.
 """
 import contextlib
 import os
@@ -13,7 +14,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import triton
 
-from pipeline.kernels import interpreting, layout, se_backward, se_forward
+from pipeline.kernels import direct_launch, interpreting, layout, se_backward, se_forward
 
 Tensor = torch.Tensor
 FINALIZE_BLOCK_C = 16  # channels per program of the two finalize kernels
@@ -74,7 +75,7 @@ def _launch_tiled(kernel, tiles, grid: Callable[[dict], tuple], shape_key: tuple
     else:
         block_hw, block_c, warps = tiles[0]
         options = {"BLOCK_HW": block_hw, "BLOCK_C": block_c, "num_warps": warps}
-    kernel[grid(options)](*args, **constexprs, **options)
+    direct_launch.launch(kernel, grid(options), args, {**constexprs, **options})
 
 
 # tests set this: every buffer a kernel must write starts as NaN, so a missed write cannot pass as a stale value
@@ -187,16 +188,16 @@ def forward(z: Tensor, identity: Tensor, weight: Tensor, bias: Tensor, running_m
             _launch_tiled(se_forward.z_stats_kernel, REDUCE_TILES, reduce_grid, (channels, spatial, identity.dtype,
                           False, False), identity, work, identity_work, batch, channels, spatial, EXTREMES=False,
                           FILTER=False)
-        se_forward.forward_finalize_kernel[(_cdiv(channels, FINALIZE_BLOCK_C),)](
+        direct_launch.launch(se_forward.forward_finalize_kernel, (_cdiv(channels, FINALIZE_BLOCK_C),), (
             work, work if random_squeeze is None else random_squeeze, running_mean, running_var,
             batches_tracked if update else work, weight, bias, filter_sum if filtered else work, identity_work,
             norm.running_mean, norm.running_var, norm.batches_tracked if update and folded else work, batch,
-            channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, norm.eps, norm.momentum,
-            TRAINING=training, UPDATE=update, MODE=mode, IDENTITY_NORM=folded, BLOCK_B=FORWARD_FINALIZE_BLOCK_B,
-            BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
-        se_forward.excite_kernel[(_cdiv(batch, EXCITE_BLOCK_B),)](
-            work, w1, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B, BLOCK_K=excite_step,
-            num_warps=SMALL_KERNEL_WARPS)
+            channels, hidden, spatial, _corrected_count(spatial), eps, std_eps, momentum, norm.eps, norm.momentum),
+            dict(TRAINING=training, UPDATE=update, MODE=mode, IDENTITY_NORM=folded, BLOCK_B=FORWARD_FINALIZE_BLOCK_B,
+                 BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS))
+        direct_launch.launch(se_forward.excite_kernel, (_cdiv(batch, EXCITE_BLOCK_B),), (
+            work, w1, w2, batch, channels, hidden), dict(H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B, BLOCK_K=excite_step,
+                                                         num_warps=SMALL_KERNEL_WARPS))
         _launch_tiled(se_forward.apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
                       (*shape_key, out_dtype, identity.dtype, folded), z, identity, out, work, weight, bias,
                       identity_work, norm.weight, norm.bias, batch, hidden, channels, spatial, IDENTITY_NORM=folded)
@@ -238,15 +239,15 @@ def backward(grad: Tensor, out: Optional[Tensor], z: Tensor, work: Tensor, weigh
                       grad, out, z, identity, work, weight, bias, grad_work, gdm, identity_work, identity_grad_work,
                       batch, hidden, channels, spatial, IDENTITY_NORM=folded, PREMASKED=premasked,
                       EXTREMES=extremes)
-        se_backward.excite_grad_kernel[(_cdiv(batch, EXCITE_BLOCK_B),)](
-            work, grad_work, w2, batch, channels, hidden, H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
-            BLOCK_K=excite_step, num_warps=SMALL_KERNEL_WARPS)
-        se_backward.backward_finalize_kernel[(_cdiv(channels, FINALIZE_BLOCK_C),)](
+        direct_launch.launch(se_backward.excite_grad_kernel, (_cdiv(batch, EXCITE_BLOCK_B),), (
+            work, grad_work, w2, batch, channels, hidden), dict(H_PAD=padded, BLOCK_B=EXCITE_BLOCK_B,
+                                                                BLOCK_K=excite_step, num_warps=SMALL_KERNEL_WARPS))
+        direct_launch.launch(se_backward.backward_finalize_kernel, (_cdiv(channels, FINALIZE_BLOCK_C),), (
             work, grad_work, w1, weight, bias, filter_sum if filtered else work, weight_grad, bias_grad, w1_grad,
             w2_grad, identity_work, identity_grad_work, identity_weight if folded else weight, identity_weight_grad,
-            identity_bias_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps,
-            TRAINING=training, MODE=mode, IDENTITY_NORM=folded, H_PAD=padded, BLOCK_B=finalize_step,
-            BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS)
+            identity_bias_grad, batch, channels, hidden, spatial, _corrected_count(spatial), std_eps),
+            dict(TRAINING=training, MODE=mode, IDENTITY_NORM=folded, H_PAD=padded, BLOCK_B=finalize_step,
+                 BLOCK_C=FINALIZE_BLOCK_C, num_warps=SMALL_KERNEL_WARPS))
         _launch_tiled(se_backward.grad_apply_kernel, ELEMENTWISE_TILES, elementwise_grid,
                       (*shape_key, extremes, filtered), gdm, z, filters if filtered else work, work, grad_work, dz,
                       identity, identity_work, identity_grad_work, identity_weight if folded else weight, d_input,
