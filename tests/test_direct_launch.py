@@ -16,35 +16,34 @@ from pipeline.kernels import direct_launch, se_launch  # noqa: E402  (imports tr
 COMPILING = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
 
 
-@pytest.fixture(scope="module")
 def probe() -> dict:
     result = run_script(["tests/launch_probe.py"], env=COMPILING, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     return ast.literal_eval(result.stdout.strip().splitlines()[-1])
 
 
-def test_after_two_launches_through_triton_the_launcher_gets_what_triton_gave_it(probe):
-    aligned = probe["aligned"]
+def test_direct_launches_hand_the_launcher_what_triton_handed_it_and_follow_its_specialisation():
+    """One probe process (a start and two sm90 compilations: seconds of the suite, which xdist would pay once per
+    worker for a module-scoped fixture)."""
+    facts = probe()
+    aligned = facts["aligned"]
     # the first launch compiles, the second is watched; the third and fourth skip Triton's run
     assert aligned["triton_runs"] == 2 and len(aligned["calls"]) == 4
     first, *later = aligned["calls"]
     assert all(call == first for call in later)
     grid, stream, args, tail = first[:3], first[3], first[9:13], first[13:]
-    assert grid == (2, 1, 1) and stream == probe["stream"]
+    assert grid == (2, 1, 1) and stream == facts["stream"]
     assert [arg[0] for arg in args[:2]] == ["tensor", "tensor"] and args[2:] == (100, 2.0)
     assert tail == (64, 0)  # BLOCK as given, SHIFT's default: every parameter, constexprs included
 
-
-def test_another_alignment_is_another_signature_and_triton_compiles_it(probe):
-    unaligned = probe["unaligned"]
     # the same arguments but for the pointers' alignment: a signature of its own, compiled and watched by Triton
+    unaligned = facts["unaligned"]
     assert unaligned["triton_runs"] == 2 and len(unaligned["calls"]) == 3
-    assert probe["compiled"] == 2  # Triton's own cache: a kernel per alignment, which a direct launch must follow
+    assert facts["compiled"] == 2  # Triton's own cache: a kernel per alignment, which a direct launch must follow
 
-
-def test_disabled_every_launch_goes_through_triton(probe):
-    disabled = probe["disabled"]
-    assert disabled["triton_runs"] == 3 and disabled["calls"] == probe["aligned"]["calls"][:3]
+    # SSENET_DIRECT_LAUNCH=0: every launch through Triton, with the same calls
+    disabled = facts["disabled"]
+    assert disabled["triton_runs"] == 3 and disabled["calls"] == aligned["calls"][:3]
 
 
 def test_the_interpreter_keeps_tritons_path(monkeypatch):
