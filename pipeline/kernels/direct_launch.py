@@ -26,6 +26,7 @@ ENABLED = os.environ.get("SSENET_DIRECT_LAUNCH", "1") != "0"
 
 # signature -> None (Triton's path for good), _Watch (compiled, to be checked at the next call) or _Direct
 _SIGNATURES = {}
+_NEW = object()  # a signature not launched yet
 _PARAMETERS = {}  # id(kernel) -> its parameters' names and defaults, in order
 
 
@@ -73,14 +74,14 @@ def launch(kernel, grid: tuple, args: tuple, options: dict) -> None:
         kernel[grid](*args, **options)
         return
     signature = _signature(kernel, args, options)
-    entry = _SIGNATURES.get(signature, _Watch)
+    entry = _SIGNATURES.get(signature, _NEW)
     if type(entry) is _Direct and not kernel.pre_run_hooks:
         stream = driver.active.get_current_stream(args[0].get_device())
         values = (*args, *entry.tail)
         entry.run(*_grid3(grid), stream, entry.function, entry.metadata,
                   entry.compiled.launch_metadata(grid, stream, *values), knobs.runtime.launch_enter_hook,
                   knobs.runtime.launch_exit_hook, *values)
-    elif entry is _Watch:  # a new signature: Triton compiles (or finds) its kernel
+    elif entry is _NEW:  # Triton compiles (or finds) its kernel
         compiled = kernel[grid](*args, **options)
         launched = all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata"))
         _SIGNATURES[signature] = _Watch(compiled) if launched else None  # the interpreter returns nothing
