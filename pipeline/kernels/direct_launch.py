@@ -45,12 +45,11 @@ class _Direct:
         self.metadata, self.tail = compiled.packed_metadata, tail
 
 
-def _signature(kernel, args: tuple, options: dict) -> tuple:
+def _signature(kernel, device: int, args: tuple, options: dict) -> tuple:
     """What Triton specialises a launch on, or more: each tensor's dtype and 16-byte alignment, and every other
     argument, constexpr and option by value (the same shapes launch the same code)."""
-    return (id(kernel), args[0].get_device(), *[(value.dtype, value.data_ptr() % 16 == 0)
-                                                if isinstance(value, torch.Tensor) else value for value in args],
-            *options.items())
+    return (id(kernel), device, *[(value.dtype, value.data_ptr() % 16 == 0) if isinstance(value, torch.Tensor)
+                                  else value for value in args], *options.items())
 
 
 def _tail(kernel, count: int, options: dict) -> tuple:
@@ -73,10 +72,11 @@ def launch(kernel, grid: tuple, args: tuple, options: dict) -> None:
     if not ENABLED:
         kernel[grid](*args, **options)
         return
-    signature = _signature(kernel, args, options)
+    device = args[0].get_device()
+    signature = _signature(kernel, device, args, options)
     entry = _SIGNATURES.get(signature, _NEW)
     if type(entry) is _Direct and not kernel.pre_run_hooks:
-        stream = driver.active.get_current_stream(args[0].get_device())
+        stream = driver.active.get_current_stream(device)
         values = (*args, *entry.tail)
         entry.run(*_grid3(grid), stream, entry.function, entry.metadata,
                   entry.compiled.launch_metadata(grid, stream, *values), knobs.runtime.launch_enter_hook,
@@ -86,14 +86,14 @@ def launch(kernel, grid: tuple, args: tuple, options: dict) -> None:
         launched = all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata"))
         _SIGNATURES[signature] = _Watch(compiled) if launched else None  # the interpreter returns nothing
     elif type(entry) is _Watch:
-        _SIGNATURES[signature] = _launch_watched(kernel, grid, args, options, entry.compiled)
+        _SIGNATURES[signature] = _launch_watched(kernel, grid, device, args, options, entry.compiled)
     else:
         kernel[grid](*args, **options)
 
 
-def _launch_watched(kernel, grid: tuple, args: tuple, options: dict, compiled):
+def _launch_watched(kernel, grid: tuple, device: int, args: tuple, options: dict, compiled):
     """Launch through Triton with `compiled`'s launcher watched; a _Direct if Triton called it once, with what a
-    direct launch passes (the same objects), else None."""
+    direct launch passes (the same objects), else None (Triton's path for good)."""
     calls = []
     # Triton 3.8 keeps the launcher in `_run` behind a read-only `run` property; earlier versions in `run` itself
     name = "_run" if isinstance(getattr(type(compiled), "run", None), property) else "run"
@@ -102,23 +102,22 @@ def _launch_watched(kernel, grid: tuple, args: tuple, options: dict, compiled):
     def watched(*call):
         calls.append(call)
         return launcher(*call)
-    try:
-        setattr(compiled, name, watched)
-    except AttributeError:
-        launcher = None
-    if launcher is None:  # nothing to watch: Triton's path for good
-        kernel[grid](*args, **options)
-        return None
+    watching = launcher is not None
+    if watching:
+        try:
+            setattr(compiled, name, watched)
+        except AttributeError:  # a launcher that cannot be swapped cannot be watched
+            watching = False
     try:
         kernel[grid](*args, **options)
     finally:
-        setattr(compiled, name, launcher)
-    direct = _Direct(compiled, _tail(kernel, len(args), options))
-    values = (*args, *direct.tail)
-    expected = (*_grid3(grid), driver.active.get_current_stream(args[0].get_device()), direct.function,
-                direct.metadata)
+        if watching:
+            setattr(compiled, name, launcher)
     if len(calls) != 1 or kernel.pre_run_hooks:
         return None
+    direct = _Direct(compiled, _tail(kernel, len(args), options))
+    expected = (*_grid3(grid), driver.active.get_current_stream(device), direct.function, direct.metadata)
+    values = (*args, *direct.tail)
     call = calls[0]
     same = (len(call) == len(expected) + 3 + len(values) and call[:len(expected)] == expected
             and all(seen is value for seen, value in zip(call[len(expected) + 3:], values)))
