@@ -32,6 +32,7 @@ data/sample/train.beton: | setup
 # benchmarks: each prints a table and, last, a JSON line of ratios against a peer measured in the same run
 bench: setup
 	$(PY) benchmarks/bench_write.py
+	$(PY) benchmarks/bench_cpu_convolution.py
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_e2e.py

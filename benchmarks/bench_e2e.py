@@ -24,6 +24,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # as train.py runs (pi
                                       tune_convolutions)
     from pipeline.config import COMPILE_MODES, resolve
     from pipeline.cores import usable_cores
+    from pipeline.cpu_convolution import use_gemm_weight_gradients
     from pipeline.data import DeviceAugment, LoaderSettings, train_loader
     from pipeline.models import ARCHITECTURES, build_model
     from pipeline.optim import build_sgd_for
@@ -76,6 +77,7 @@ def main() -> None:
     augment = DeviceAugment(flip=True).to(device)
     precision = choose_precision("auto", device)
     model = build_model(args.arch, args.squeeze, num_classes=10).to(device).to(memory_format=torch.channels_last)
+    use_gemm_weight_gradients(model, device)  # as training does
     network = maybe_compile(model, compile_mode_used(args.compile, device, distributed=False))
     optimizer = build_sgd_for(model, 0.01, resolve(None, {}))  # training's, with the declared defaults
 

@@ -20,6 +20,7 @@ from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
                                    tune_convolutions, wrap_ddp)
 from pipeline.config import ConfigError, describe, parse_overrides, resolution_settings, resolve, settings_help
+from pipeline.cpu_convolution import use_gemm_weight_gradients
 from pipeline.cpu_memory import available_bytes, check_cpu_memory
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, ramp_shortfall,
                            resolution_at, set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
@@ -159,6 +160,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         if world.is_main:
             print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
     tune_convolutions(world.device)
+    use_gemm_weight_gradients(model, world.device)
     compile_mode = compile_used(config, world)
     if world.is_main and world.distributed and compile_mode == "reduce-overhead":
         print("training.compile=reduce-overhead under DDP: CUDA graphs are reported to be skipped there, with a "

@@ -176,6 +176,17 @@ def test_a_damaged_compile_cache_file_only_means_compiling_from_scratch(monkeypa
     assert compile_cache.load(damaged).endswith("), compiling from scratch")
 
 
+def test_bench_cpu_convolution_times_one_network_with_and_without_the_gemm(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the scripts import their siblings
+    bench = importlib.import_module("bench_cpu_convolution")
+    built = []
+    monkeypatch.setattr(bench, "build_model", lambda *args: built.append(build_model(*args)) or built[-1])
+    summary = bench.main(["--res", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--rounds", "2"])
+    assert list(summary["gemm_vs_torch"]) == ["32"] and summary["gemm_vs_torch"]["32"] > 0
+    assert [sum(type(module).__name__ == "SmallMapConv2d" for module in model.modules()) for model in built] == [0, 20]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+
+
 @pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # its bf16 autocast, meant for the GPU
 def test_bench_se_tail_host_breakdown_runs_on_cpu_tensors(monkeypatch, capsys):
     """Its last step (on the device it comes after minutes of others), with the kernels interpreted."""
