@@ -72,11 +72,11 @@ class GemmWeightGradientConv(torch.autograd.Function):
 
 class SmallMapConv2d(nn.Conv2d):
     """An nn.Conv2d (same parameters, same state_dict) that trains through GemmWeightGradientConv where that was
-    measured faster: fp32 CPU tensors, an output map of at most SMALL_MAP positions, gradients wanted, and
-    neither autocast nor torch.compile (which generates its own code)."""
+    measured faster: batched fp32 CPU tensors, an output map of at most SMALL_MAP positions, gradients wanted,
+    and neither autocast nor torch.compile (which generates its own code)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+        if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling()
                 and output_positions(self, x.shape[-2], x.shape[-1]) <= SMALL_MAP):

@@ -72,7 +72,7 @@ def test_a_small_map_trains_through_the_gemm_with_torchs_output_and_input_gradie
     torch.testing.assert_close(grad_weight, reference_grad_weight, rtol=1e-5, atol=1e-5)
 
 
-def test_larger_maps_evaluation_and_autocast_keep_torchs_convolution():
+def test_larger_maps_evaluation_autocast_and_unbatched_inputs_keep_torchs_convolution():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
     larger = torch.randn(2, 8, 3, 3)  # 9 output positions, more than SMALL_MAP
@@ -84,6 +84,10 @@ def test_larger_maps_evaluation_and_autocast_keep_torchs_convolution():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = switched(small.requires_grad_())
     assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ != "GemmWeightGradientConvBackward"
+    for module in (switched, conv):  # (C, H, W): nn.Conv2d takes it too
+        module.weight.grad = None
+        module(small[0].detach()).square().sum().backward()
+    assert torch.equal(switched.weight.grad, conv.weight.grad)
 
 
 def test_a_network_switches_its_plain_convolutions_on_the_cpu_only_and_keeps_its_checkpoints():
