@@ -87,15 +87,24 @@ def loader_settings(config: Dict[str, Any], workers: int, batch_size: int) -> Lo
 def build_data(config: Dict[str, Any], world: World, resolution: int, metadata: Tuple[dict, dict]):
     """Train and val loaders and the number of classes, from betons `check_data` passed (its metadata)."""
     train_meta, val_meta = metadata
+    workers = loader_workers(config, world)
+    train = train_loader(config["data.train_dataset"], loader_settings(config, workers, config["training.batch_size"]),
+                         resolution, world.device, world.distributed)
+    return train, build_val_data(config, world, val_meta, workers), len(train_meta["classes"])
+
+
+def loader_workers(config: Dict[str, Any], world: World) -> int:
     workers, note = loader_threads(config["data.num_workers"], world.local_world_size)
     if note and world.is_main:
         print(note, flush=True)
-    train = train_loader(config["data.train_dataset"], loader_settings(config, workers, config["training.batch_size"]),
-                         resolution, world.device, world.distributed)
+    return workers
+
+
+def build_val_data(config: Dict[str, Any], world: World, val_meta: dict, workers: int):
+    """This rank's shard of the val beton (ranks' shards differ by at most one image)."""
     indices = shard_indices(val_meta["num_samples"], world.rank, world.world_size)
-    val = val_loader(config["data.val_dataset"], loader_settings(config, workers, config["validation.batch_size"]),
-                     config["resolution.val_res"], world.device, indices)
-    return train, val, len(train_meta["classes"])
+    return val_loader(config["data.val_dataset"], loader_settings(config, workers, config["validation.batch_size"]),
+                      config["resolution.val_res"], world.device, indices)
 
 
 def rank_seed(config: Dict[str, Any], world: World) -> int:
@@ -261,7 +270,8 @@ def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
                      explicit: Dict[str, Tuple[Any, str]]) -> Dict[str, Any]:
     state, recorded = ckpt.load_weights(weights)
     config = weights_model_config(config, weights, recorded, explicit)
-    _, val_data, num_classes = build_data(config, world, config["resolution.min_res"], check_data(config))
+    val_meta, num_classes = check_val_data(config, weights)
+    val_data = build_val_data(config, world, val_meta, loader_workers(config, world))
     model = build_network(config, num_classes, world)
     try:
         model.load_state_dict(state)
@@ -286,6 +296,18 @@ def check_data(config: Dict[str, Any]) -> Tuple[dict, dict]:
                         f"{class_difference(val_meta['classes'], train_meta['classes'])}); write both splits from "
                         "the same class folders")
     return train_meta, val_meta
+
+
+def check_val_data(config: Dict[str, Any], weights: Path) -> Tuple[dict, int]:
+    """(val metadata, classes) for evaluating `weights`: the training set need not be on this machine, so the val
+    beton is checked against the weights' classes (those they record, or model.num_classes)."""
+    val_meta = check_beton(config["data.val_dataset"], None)
+    num_classes = config["model.num_classes"] or len(val_meta["classes"])
+    if num_classes != len(val_meta["classes"]):
+        raise DataError(f"--weights {weights} hold a model of {num_classes} classes but {config['data.val_dataset']} "
+                        f"has {len(val_meta['classes'])}; evaluate them on a val beton of their classes "
+                        "(--data.val_dataset)")
+    return val_meta, num_classes
 
 
 def data_identities(metadata: Tuple[dict, dict]) -> Dict[str, str]:

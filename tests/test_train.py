@@ -15,7 +15,7 @@ import torch
 
 from conftest import REPO, run_script, tiny_settings
 from pipeline.acceleration import choose_precision, compile_mode_used
-from pipeline.checkpoint import load_checkpoint, load_weights
+from pipeline.checkpoint import load_checkpoint, load_weights, save_final_weights
 from pipeline.data import DeviceAugment, LoaderSettings, set_train_resolution, shard_indices, train_loader, val_loader
 from pipeline.distributed import World
 from pipeline.engine import evaluate
@@ -263,6 +263,27 @@ def test_eval_of_weights_that_do_not_fit_the_model_is_one_line(tiny_betons, tmp_
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1, error
     assert f"--weights {weights} do not fit a resnet50 'gmp' model with 10 classes (" in error
+
+
+def test_eval_needs_the_val_beton_alone_and_one_of_the_weights_classes(tiny_betons, tmp_path, capsys):
+    """--eval-only on a machine that holds val.beton but not the training set was refused: "dataset
+    .../train.beton does not exist"."""
+    weights = tmp_path / "final.pt"
+    save_final_weights(weights, build_model("resnet18", "gmp", num_classes=10, blurpool=False),
+                       {"arch": "resnet18", "squeeze": "gmp", "reduction": 16, "num_classes": 10, "blurpool": False})
+    no_train = [f"--data.train_dataset={tmp_path / 'nowhere' / 'train.beton'}"]
+    assert train_main([*tiny_settings(tiny_betons, tmp_path / "r"), *no_train, "--eval-only",
+                       "--weights", str(weights)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["val_images"] == 49
+    model = build_model("resnet18", "gmp", num_classes=7, blurpool=False)
+    save_final_weights(weights, model, {"arch": "resnet18", "squeeze": "gmp", "reduction": 16, "num_classes": 7,
+                                        "blurpool": False})
+    assert train_main([*tiny_settings(tiny_betons, tmp_path / "r"), *no_train, "--eval-only",
+                       "--weights", str(weights)]) == 2
+    assert capsys.readouterr().err == (f"train.py: error: --weights {weights} hold a model of 7 classes but "
+                                       f"{tiny_betons / 'val.beton'} has 10; evaluate them on a val beton of "
+                                       "their classes (--data.val_dataset)\n")
+    assert not (tmp_path / "r").exists()
 
 
 def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(tiny_betons, tmp_path, capsys):
