@@ -252,9 +252,11 @@ def choose_gpus(text: Optional[str], visible: Sequence[str]) -> List[str]:
 
 
 def parse_command_line(argv: List[str]):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Any other --section.key=value "
-                                     "is passed to every run (see `python pipeline/train.py --help`), except "
-                                     f"those the runner sets per run: {', '.join(PER_RUN_KEYS)}.")
+    # no abbreviations: `--seed 3` (training.seed, as train.py has it) would run --seeds 3, seeds 0-2
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__.split("\n\n")[0],
+        epilog="Any other --section.key=value is passed to every run (see `python pipeline/train.py --help`), except "
+               f"those the runner sets per run: {', '.join(PER_RUN_KEYS)}.")
     parser.add_argument("--cfg", type=Path, required=True, help="recipe of every run")
     parser.add_argument("--squeeze", default="all", help="'all' (every registered arm) or a comma list")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds per arm")
@@ -281,7 +283,7 @@ def main(argv: List[str]) -> int:
     try:
         args, rest = parse_command_line(argv)
         squeezes = parse_squeezes(args.squeeze)
-        shared = parse_overrides(rest)
+        shared = parse_overrides(rest, instead=PER_RUN_KEYS)
         check_shared_settings(shared)
         config = resolve(args.cfg, shared)  # fail now, not in every run
         data = data_identities(check_data(config))

@@ -297,13 +297,15 @@ def resolution_settings(config: Dict[str, Any]) -> List[int]:
     return [config[f"resolution.{key}"] for key in ("min_res", "max_res", "start_ramp", "end_ramp")]
 
 
-def parse_overrides(arguments: List[str]) -> Dict[str, Tuple[Any, str]]:
-    """`--section.key=value` or `--section.key value` pairs; values parsed as YAML scalars (1e-4, true)."""
+def parse_overrides(arguments: List[str], instead: Optional[Dict[str, str]] = None) -> Dict[str, Tuple[Any, str]]:
+    """`--section.key=value` or `--section.key value` pairs; values parsed as YAML scalars (1e-4, true).
+    `instead`: {setting: the option a caller sets it with}, named when a bare `--key` asks for that setting."""
     overrides, index = {}, 0
     while index < len(arguments):
         argument = arguments[index]
         if not argument.startswith("--") or "." not in argument.split("=")[0]:
-            raise ConfigError(f"unexpected argument '{argument}'; settings are given as --section.key=value")
+            raise ConfigError(f"unexpected argument '{argument}'; settings are given as --section.key=value"
+                              f"{_section_hint(argument, instead or {})}")
         if "=" in argument:
             key, text = argument[2:].split("=", 1)
         elif index + 1 < len(arguments):
@@ -314,6 +316,15 @@ def parse_overrides(arguments: List[str]) -> Dict[str, Tuple[Any, str]]:
         overrides[key] = (yaml.safe_load(text) if text != "" else "", f"--{key}")
         index += 1
     return overrides
+
+
+def _section_hint(argument: str, instead: Dict[str, str]) -> str:
+    """'; did you mean --training.epochs=3?' for `--epochs=3`, the form most training scripts take."""
+    name, equals, value = argument[2:].partition("=") if argument.startswith("--") else ("", "", "")
+    name = name.replace("-", "_")
+    matches = [key for key in declared_keys(declare(Config())) if name and key.split(".", 1)[1] == name]
+    options = [instead.get(key, f"--{key}{equals}{value}") for key in matches]
+    return f"; did you mean {' or '.join(options)}?" if options else ""
 
 
 def describe(config: Dict[str, Any]) -> str:

@@ -42,8 +42,8 @@ MODEL_KEYS = tuple(f"model.{name}" for name in ckpt.MODEL_SETTING_NAMES)
 
 
 def parse_command_line(argv: List[str]):
-    parser = argparse.ArgumentParser(
-        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(  # no abbreviations: what argparse does not know goes to the settings parser
+        prog="train.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train (or evaluate) an SE-ResNet on FFCV betons. Any setting: --section.key=value.",
         epilog="settings (defaults <- --cfg recipe <- command line):\n" + settings_help())
     parser.add_argument("--cfg", type=Path, help="recipe YAML, e.g. recipes/rn50_88ep.yaml")

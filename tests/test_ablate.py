@@ -198,11 +198,14 @@ def test_gpus_that_are_not_visible_are_refused(text, visible, message):
     (["--logging.run_dir", "/tmp/x"], "--logging.run_dir: ablate.py sets logging.run_dir for each run; use "
                                       "--runs-root"),
     (["--model.squeeze=gmp"], "--model.squeeze: ablate.py sets model.squeeze for each run; use --squeeze"),
+    (["--seed", "3"], "unexpected argument '--seed'; settings are given as --section.key=value; did you mean "
+                      "--seeds and --first-seed?"),
 ])
 def test_ablate_refuses_arms_and_seeds_that_make_no_ablation(arguments, message, tmp_path, capsys):
     """gap,gap ran gap twice into one folder, '' wrote a manifest of no arms and reported success, a negative
     first seed was blamed on --seeds, and a shared --training.seed=5 won over each run's seed (every seed the same);
-    `--squeeze gap, gmp` was refused as an unexpected argument 'gmp'."""
+    `--squeeze gap, gmp` was refused as an unexpected argument 'gmp'; `--seed 3` ran three seeds (argparse took it
+    for --seeds)."""
     root = tmp_path / "ablation"
     assert ablate_main(["--cfg", "recipes/demo.yaml", "--runs-root", str(root), "--gpus", "none", *arguments]) == 2
     error = capsys.readouterr().err

@@ -83,6 +83,21 @@ def test_malformed_override_is_rejected():
         parse_overrides(["epochs=3"])
 
 
+@pytest.mark.parametrize("argument, hint", [
+    ("--epochs=3", "; did you mean --training.epochs=3?"),
+    ("--epochs", "; did you mean --training.epochs?"),
+    ("--precision=bf16", "; did you mean --training.precision=bf16?"),
+    ("--batch_size=64", "; did you mean --training.batch_size=64 or --validation.batch_size=64?"),
+    ("--batch-size=64", "; did you mean --training.batch_size=64 or --validation.batch_size=64?"),
+    ("--foo=1", ""),
+])
+def test_a_setting_given_without_its_section_names_the_section(argument, hint):
+    """`--epochs=3`, the way most training scripts take it, was only told the general form."""
+    with pytest.raises(ConfigError) as error:
+        parse_overrides([argument])
+    assert str(error.value) == f"unexpected argument '{argument}'; settings are given as --section.key=value{hint}"
+
+
 def test_a_setting_given_twice_in_a_recipe_is_refused(tmp_path):
     """PyYAML keeps the last of two equal keys without a word: this recipe trained 3 epochs, the 2 above unread."""
     recipe = tmp_path / "twice.yaml"
