@@ -314,6 +314,8 @@ def write_report(root: Path) -> Report:
         if roots:  # `runs`, above make demo's runs/demo and ablate.py's runs/ablate-<recipe>
             raise UserError(f"{root} holds no run directory itself but folders of runs: "
                             f"{', '.join(map(str, roots))}; give one of them")
+        if unreadable:
+            raise UserError(f"{root} holds no readable finished run: {'; '.join(unreadable)}")
         raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
     experiments, copies = group_experiments(runs)
     if not experiments:  # asked for, nothing finished: the table of missing arms

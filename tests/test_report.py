@@ -164,6 +164,17 @@ def test_report_on_the_folder_above_runs_roots_names_them(tmp_path, capsys):
                                        "them\n")
 
 
+def test_report_on_runs_whose_results_are_all_unreadable_names_them(tmp_path, capsys):
+    """It said "no */result.json" of a folder that holds two, both damaged."""
+    for name in ("resnet18-gap-x-s0", "resnet18-gmp-x-s0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text("{cut short")
+    assert report_main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"report.py: error: {tmp_path} holds no readable finished run: left out "
+                                       f"{tmp_path / 'resnet18-gap-x-s0'}: its result.json is unreadable; left out "
+                                       f"{tmp_path / 'resnet18-gmp-x-s0'}: its result.json is unreadable\n")
+
+
 def test_report_on_a_missing_folder_or_a_file_says_so(tmp_path, capsys):
     assert report_main([str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
