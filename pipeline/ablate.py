@@ -75,6 +75,10 @@ def plan_jobs(squeezes: Sequence[str], seeds: Sequence[int], root: Path, arch: s
 def make_slots(gpus: Sequence[str], gpus_per_run: Optional[int]) -> List[Slot]:
     """One slot per group of `gpus_per_run` GPUs (None: all in one group); no GPUs: one CPU slot."""
     if not gpus:
+        if gpus_per_run not in (None, 1):
+            raise ConfigError(f"--gpus-per-run {gpus_per_run} asks for GPUs, but the runs have none (this process "
+                              "sees no GPU, or --gpus none): they would train on the CPU; drop --gpus-per-run to "
+                              "train there")
         return [Slot()]
     size = len(gpus) if gpus_per_run is None else gpus_per_run
     if size < 1 or len(gpus) % size:

@@ -75,6 +75,11 @@ def test_all_gpus_per_run_uses_torchrun(tmp_path):
     assert make_slots(["0", "1", "2", "3"], 2) == [Slot(("0", "1")), Slot(("2", "3"))]
     with pytest.raises(ConfigError, match="does not divide"):
         make_slots(["0", "1", "2"], 2)
+    assert make_slots([], 1) == make_slots([], None) == [Slot()]  # the default and 'all': one CPU slot
+    with pytest.raises(ConfigError) as error:  # it trained on the CPU without a word
+        make_slots([], 2)
+    assert str(error.value) == ("--gpus-per-run 2 asks for GPUs, but the runs have none (this process sees no GPU, "
+                                "or --gpus none): they would train on the CPU; drop --gpus-per-run to train there")
 
 
 def two_socket_topology(cpu):
