@@ -195,6 +195,19 @@ def test_broken_sources_are_one_line_exit_2(layouts, tmp_path, capsys, kind, dam
     assert not list((tmp_path / "out").glob("*.beton"))
 
 
+@pytest.mark.parametrize("missing, message", [(VAL_TAR, f"needs {VAL_TAR}"), (DEVKIT, f"they come from {DEVKIT}")])
+def test_a_missing_val_source_is_refused_before_the_train_tar_is_indexed(layouts, tmp_path, capsys, monkeypatch,
+                                                                          missing, message):
+    """Indexing ImageNet's 140 GB train tar reads 1.28 M headers; the missing val tar was found after it."""
+    copy = tmp_path / "tars"
+    shutil.copytree(layouts["tars"], copy)
+    (copy / missing).unlink()
+    indexed = []
+    monkeypatch.setattr("dataset_prep.imagenet_layouts.index_tar_of_tars", indexed.append)
+    assert write(copy, tmp_path / "out") == 2
+    assert message in capsys.readouterr().err and indexed == []
+
+
 def test_subset_and_verify_on_the_tars(layouts, tmp_path, capsys):
     assert write(layouts["tars"], tmp_path, "--subset", "1", "--verify") == 0
     out = capsys.readouterr().out
