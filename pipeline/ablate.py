@@ -32,9 +32,9 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.processes import die_with_parent, wait_for_an_exit
     from pipeline.report import MANIFEST_NAME, write_report
     from pipeline.resume import make_run_dir
+    from pipeline.run_data import check_data, data_identities
     from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
     from pipeline.squeeze import check_squeeze_name, squeeze_names
-    from pipeline.trainer import check_data, data_identities
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1

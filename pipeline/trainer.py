@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from dataset_prep.beton import class_difference, data_identity
 from pipeline import checkpoint as ckpt
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
@@ -22,8 +21,7 @@ from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_co
 from pipeline.config import ConfigError, describe, parse_overrides, resolution_settings, resolve, settings_help
 from pipeline.cpu_convolution import use_gemm_weight_gradients
 from pipeline.cpu_memory import available_bytes, check_cpu_memory
-from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, ramp_shortfall,
-                           resolution_at, set_epoch, set_train_resolution, shard_indices, train_loader, val_loader)
+from pipeline.data import DeviceAugment, ramp_shortfall, resolution_at, set_epoch, set_train_resolution
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
                                   gather_to_main, init_world)
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -33,7 +31,9 @@ from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import build_model
 from pipeline.optim import build_sgd_for
 from pipeline.resume import finished_already, make_run_dir, restore, resume_state
-from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
+from pipeline.run_data import (build_data, build_val_data, check_batch_fits, check_data, check_val_data,
+                                data_identities, loader_workers)
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
                               RESULT_NAME, RunLock, run_name)
 from pipeline.schedule import lr_factor, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
@@ -77,34 +77,6 @@ def default_run_dir(config: Dict[str, Any], recipe: Optional[Path]) -> Path:
     name = run_name(config["model.arch"], config["model.squeeze"], recipe.stem if recipe else "defaults",
                     config["training.seed"])
     return Path(config["logging.runs_root"]) / name
-
-
-def loader_settings(config: Dict[str, Any], workers: int, batch_size: int) -> LoaderSettings:
-    return LoaderSettings(batch_size, workers, config["data.os_cache"], config["data.batches_ahead"],
-                          config["training.seed"])
-
-
-def build_data(config: Dict[str, Any], world: World, resolution: int, metadata: Tuple[dict, dict]):
-    """Train and val loaders and the number of classes, from betons `check_data` passed (its metadata)."""
-    train_meta, val_meta = metadata
-    workers = loader_workers(config, world)
-    train = train_loader(config["data.train_dataset"], loader_settings(config, workers, config["training.batch_size"]),
-                         resolution, world.device, world.distributed)
-    return train, build_val_data(config, world, val_meta, workers), len(train_meta["classes"])
-
-
-def loader_workers(config: Dict[str, Any], world: World) -> int:
-    workers, note = loader_threads(config["data.num_workers"], world.local_world_size)
-    if note and world.is_main:
-        print(note, flush=True)
-    return workers
-
-
-def build_val_data(config: Dict[str, Any], world: World, val_meta: dict, workers: int):
-    """This rank's shard of the val beton (ranks' shards differ by at most one image)."""
-    indices = shard_indices(val_meta["num_samples"], world.rank, world.world_size)
-    return val_loader(config["data.val_dataset"], loader_settings(config, workers, config["validation.batch_size"]),
-                      config["resolution.val_res"], world.device, indices)
 
 
 def rank_seed(config: Dict[str, Any], world: World) -> int:
@@ -285,42 +257,6 @@ def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
     precision = choose_precision(config["training.precision"], world.device)
     augment = DeviceAugment(False, channels_last=config["training.channels_last"]).to(world.device)
     return evaluate(model, val_data, augment, precision, config["validation.flip_tta"], world.device)
-
-
-def check_data(config: Dict[str, Any]) -> Tuple[dict, dict]:
-    """(train, val) metadata, once both betons exist, open and agree on their classes."""
-    train_meta = check_beton(config["data.train_dataset"], config["model.num_classes"] or None)
-    val_meta = check_beton(config["data.val_dataset"], len(train_meta["classes"]), against=config["data.train_dataset"])
-    if val_meta["classes"] != train_meta["classes"]:
-        raise DataError(f"{config['data.val_dataset']} and {config['data.train_dataset']} have different classes ("
-                        f"{class_difference(val_meta['classes'], train_meta['classes'])}); write both splits from "
-                        "the same class folders")
-    return train_meta, val_meta
-
-
-def check_val_data(config: Dict[str, Any], weights: Path) -> Tuple[dict, int]:
-    """(val metadata, classes) for evaluating `weights`: the training set need not be on this machine, so the val
-    beton is checked against the weights' classes (those they record, or model.num_classes)."""
-    val_meta = check_beton(config["data.val_dataset"], None)
-    num_classes = config["model.num_classes"] or len(val_meta["classes"])
-    if num_classes != len(val_meta["classes"]):
-        raise DataError(f"--weights {weights} hold a model of {num_classes} classes but {config['data.val_dataset']} "
-                        f"has {len(val_meta['classes'])}; evaluate them on a val beton of their classes "
-                        "(--data.val_dataset)")
-    return val_meta, num_classes
-
-
-def data_identities(metadata: Tuple[dict, dict]) -> Dict[str, str]:
-    """{data setting: what its beton holds}: a run directory is matched on these, not on the betons' paths."""
-    return {key: data_identity(meta) for key, meta in zip(DATA_KEYS, metadata)}
-
-
-def check_batch_fits(config: Dict[str, Any], train_meta: dict, world: World) -> None:
-    per_process = train_meta["num_samples"] // world.world_size
-    if config["training.batch_size"] > per_process:
-        raise ConfigError(f"training.batch_size {config['training.batch_size']} is larger than the {per_process} "
-                          f"train images per process of {config['data.train_dataset']}; lower it (batches that "
-                          "are not full are dropped)")
 
 
 def check_memory_fits(config: Dict[str, Any], num_classes: int, world: World) -> None:

@@ -10,7 +10,7 @@ import torch
 from pipeline import cores
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, set_epoch,
                            train_loader)
-from pipeline.trainer import check_data
+from pipeline.run_data import check_data
 
 
 def test_a_val_beton_with_other_classes_names_the_train_beton(tiny_betons):
