@@ -326,7 +326,11 @@ def main(argv: List[str]) -> int:
         se_kernel_used(config, world)
         choose_precision(config["training.precision"], world.device)
         if args.eval_only:
-            metrics = evaluate_weights(config, args.weights, world, explicit)
+            try:
+                metrics = evaluate_weights(config, args.weights, world, explicit)
+            except KeyboardInterrupt:
+                print("train.py: interrupted; --eval-only writes no file, so nothing is lost", file=sys.stderr)
+                return INTERRUPTED_EXIT
             if world.is_main:
                 print(f"{args.weights}: val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f} "
                       f"on {metrics['val_images']} images")

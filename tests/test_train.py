@@ -402,3 +402,8 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_pat
     assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), f"--logging.run_dir={run_dir}"]) == 130
     assert capsys.readouterr().err == (f"train.py: interrupted; the epochs finished so far are kept in {run_dir}: the "
                                        "same command resumes after the last of them\n")
+    monkeypatch.setattr("pipeline.trainer.evaluate_weights", interrupted)  # --eval-only: it was a traceback too
+    (tmp_path / "final.pt").write_bytes(b"")
+    assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), "--eval-only", "--weights",
+                       str(tmp_path / "final.pt")]) == 130
+    assert capsys.readouterr().err == "train.py: interrupted; --eval-only writes no file, so nothing is lost\n"
