@@ -10,7 +10,8 @@ from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError
 from pipeline.distributed import World, processes
 from pipeline.errors import StorageError
-from pipeline.run_dir import CHECKPOINT_NAME, RunDirError, has_checkpoint, is_finished, refuse_other_run
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, RunDirError, foreign_files, has_checkpoint, is_finished,
+                              refuse_other_run)
 
 OTHER_RUN_REMEDY = "choose another --logging.run_dir or delete that directory"
 
@@ -18,6 +19,10 @@ OTHER_RUN_REMEDY = "choose another --logging.run_dir or delete that directory"
 def finished_already(run_dir: Path, config: Dict[str, Any], resume_required: bool, data: Dict[str, str]) -> bool:
     """True when `run_dir` holds this run finished; raises where it holds another run, or no checkpoint where
     --resume insists on one."""
+    foreign = foreign_files(run_dir)
+    if foreign:
+        raise RunDirError(f"{run_dir} holds {', '.join(foreign)}, which no run wrote (a run's {CONFIG_NAME} names "
+                          "its settings); a run would overwrite them: choose a new or empty --logging.run_dir")
     if resume_required and not has_checkpoint(run_dir):
         raise ConfigError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME} to resume from")
     return is_finished(run_dir, config, OTHER_RUN_REMEDY, data)

@@ -19,6 +19,9 @@ CONFIG_NAME, LOG_NAME, RESULT_NAME = "config.yaml", "log.jsonl", "result.json"
 CHECKPOINT_NAME, FINAL_WEIGHTS_NAME, TRAIN_LOG_NAME, LOCK_NAME = "checkpoint.pt", "final.pt", "train.log", ".lock"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"  # the one before: resumed from when checkpoint.pt is unreadable
 DATA_NAME = "data.json"  # what the betons held ({setting: identity}), written at every start
+# what train.py writes in a run directory (train.log is ablate.py's, written before the run starts)
+RUN_FILE_NAMES = (CONFIG_NAME, DATA_NAME, LOG_NAME, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, FINAL_WEIGHTS_NAME,
+                  RESULT_NAME)
 # settings that change speed or output, not results: a run may resume (and count as finished) with other values
 RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.",
                     "model.se_kernel", "training.compile")
@@ -93,11 +96,33 @@ def recorded_config(run_dir: Path, result: Optional[Dict[str, Any]] = None) -> O
     result = result if result is not None else read_result(run_dir)
     if result and "config" in result:
         return result["config"]
+    tree = _config_tree(Path(run_dir))
+    if tree is None:
+        return None
+    return {f"{section}.{key}": value for section, values in tree.items() for key, value in values.items()}
+
+
+def _config_tree(run_dir: Path) -> Optional[Dict[str, Dict[str, Any]]]:
+    """config.yaml as {section: {key: value}}, or None where it is missing or has another shape."""
     try:
-        tree = yaml.safe_load((Path(run_dir) / CONFIG_NAME).read_text())
+        tree = yaml.safe_load((run_dir / CONFIG_NAME).read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return {f"{section}.{key}": value for section, values in (tree or {}).items() for key, value in values.items()}
+    if not (isinstance(tree, dict) and all(isinstance(values, dict) for values in tree.values())):
+        return None
+    return tree
+
+
+def foreign_files(run_dir: Path) -> List[str]:
+    """The files of `run_dir` named as a run's files when no run wrote them (a folder of one's own given as the
+    run directory): a run would overwrite them. A run writes its config.yaml first and result.json last."""
+    run_dir = Path(run_dir)
+    present = [name for name in RUN_FILE_NAMES if (run_dir / name).exists()]
+    if not present:
+        return []
+    written_by_a_run = ("squeeze" in (_config_tree(run_dir) or {}).get("model", {})
+                        or isinstance((read_result(run_dir) or {}).get("config"), dict))
+    return [] if written_by_a_run else present
 
 
 def has_checkpoint(run_dir: Path) -> bool:

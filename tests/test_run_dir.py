@@ -9,8 +9,9 @@ import time
 import pytest
 
 from pipeline.atomic import atomic_open, remove_stale_temporaries
-from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, RESULT_NAME, RunDirError, RunLock,
-                              first_difference, is_finished)
+from pipeline.config import describe
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, LOG_NAME, RESULT_NAME, TRAIN_LOG_NAME,
+                              RunDirError, RunLock, first_difference, foreign_files, is_finished, recorded_config)
 
 CONFIG = {"training.epochs": 2, "lr.lr": 0.4, "model.squeeze": "gmp", "logging.run_dir": "a", "model.se_kernel": "auto"}
 
@@ -57,6 +58,28 @@ def test_a_run_that_trained_nothing_may_start_again_with_other_settings(tmp_path
     (run_dir / CHECKPOINT_NAME).write_bytes(b"epoch 1")  # once an epoch is kept, other settings are another run
     with pytest.raises(RunDirError, match=r"holds a run with training.batch_size=1024, not 512; fix it"):
         is_finished(run_dir, {"training.epochs": 2, "training.batch_size": 512}, "fix it")
+
+
+def test_files_named_as_a_runs_that_no_run_wrote_are_foreign(tmp_path):
+    started = tmp_path / "started"  # a run killed before its first epoch ended: config.yaml and data.json
+    started.mkdir()
+    (started / CONFIG_NAME).write_text(describe({"model.squeeze": "gmp", "training.epochs": 2}))
+    (started / DATA_NAME).write_text("{}")
+    assert foreign_files(started) == [] and foreign_files(tmp_path / "absent") == []
+    assert foreign_files(finished_run(tmp_path / "copied")) == []  # result.json alone (copied off a cluster)
+    ablation = tmp_path / "ablation"  # ablate.py's train.log, before train.py starts
+    ablation.mkdir()
+    (ablation / TRAIN_LOG_NAME).write_text("starting\n")
+    assert foreign_files(ablation) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for text in ("my notes\n", "model: resnet\n", "- a list\n", "training: {epochs: 2}\n"):
+        (mine / CONFIG_NAME).write_text(text)
+        assert foreign_files(mine) == [CONFIG_NAME]
+        if "training" not in text:
+            assert recorded_config(mine) is None  # "my notes" raised AttributeError here
+    (mine / LOG_NAME).write_text("{}\n")
+    assert foreign_files(mine) == [CONFIG_NAME, LOG_NAME]
 
 
 def test_betons_are_matched_by_what_they_hold_not_where_they_lie(tmp_path):

@@ -286,6 +286,20 @@ def test_eval_needs_the_val_beton_alone_and_one_of_the_weights_classes(tiny_beto
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_directory_holding_files_no_run_wrote_is_refused_and_kept(tiny_betons, tmp_path, capsys):
+    """--logging.run_dir naming a folder of one's own: its config.yaml and log.jsonl were overwritten."""
+    mine = tmp_path / "experiment"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my sweep's settings\n")
+    (mine / "log.jsonl").write_text("my notes\n")
+    assert train_main(tiny_settings(tiny_betons, mine)) == 2
+    assert capsys.readouterr().err == (f"train.py: error: {mine} holds config.yaml, log.jsonl, which no run wrote (a "
+                                       "run's config.yaml names its settings); a run would overwrite them: choose "
+                                       "a new or empty --logging.run_dir\n")
+    assert (mine / "config.yaml").read_text() == "my sweep's settings\n"
+    assert sorted(path.name for path in mine.iterdir()) == ["config.yaml", "log.jsonl"]
+
+
 def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(tiny_betons, tmp_path, capsys):
     junk = tmp_path / "weights.pt"
     junk.write_text("hello")
