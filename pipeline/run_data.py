@@ -50,7 +50,21 @@ def check_data(config: Dict[str, Any]) -> Tuple[dict, dict]:
         raise DataError(f"{config['data.val_dataset']} and {config['data.train_dataset']} have different classes ("
                         f"{class_difference(val_meta['classes'], train_meta['classes'])}); write both splits from "
                         "the same class folders")
+    check_val_is_not_train(config, train_meta, val_meta)
     return train_meta, val_meta
+
+
+def check_val_is_not_train(config: Dict[str, Any], train_meta: dict, val_meta: dict) -> None:
+    """Refuse a val beton that holds the training images (validating on them measures fit, not accuracy): the
+    train beton itself or a copy (the same write), or one written from the same source folder or tar."""
+    if "created" in val_meta and data_identity(val_meta) == data_identity(train_meta):  # the time tells writes apart
+        holds = f"it is data.train_dataset (the same {data_identity(val_meta)})"
+    elif val_meta.get("source") and val_meta.get("source") == train_meta.get("source"):
+        holds = f"it was written from data.train_dataset's source ({val_meta['source']})"
+    else:
+        return
+    raise DataError(f"data.val_dataset {config['data.val_dataset']} holds the training images: {holds}; validate "
+                    "on the val split's beton (write_imagenet.py writes val.beton beside train.beton)")
 
 
 def check_val_data(config: Dict[str, Any], weights: Path) -> Tuple[dict, int]:

@@ -33,6 +33,38 @@ def test_betons_of_other_classes_name_the_first_class_that_differs(tiny_betons, 
                                   "folders")
 
 
+def test_training_images_given_as_the_val_set_are_refused(tiny_betons, tmp_path):
+    """Validating on the training images measures fit, not accuracy: the train beton given as val (a copy of it
+    too), or a beton written from the same source folder, was trained and reported without a word."""
+    config = {"data.train_dataset": str(tiny_betons / "train.beton"), "data.val_dataset": str(tiny_betons /
+              "train.beton"), "model.num_classes": 0}
+    with pytest.raises(DataError) as refusal:
+        check_data(config)
+    assert str(refusal.value) == (
+        f"data.val_dataset {tiny_betons}/train.beton holds the training images: it is data.train_dataset (the "
+        "same 120 images written " + json.loads((tiny_betons / "train.meta.json").read_text())["created"] +
+        "); validate on the val split's beton (write_imagenet.py writes val.beton beside train.beton)")
+    for name in ("val.beton", "val.meta.json"):
+        shutil.copy(tiny_betons / name, tmp_path / name)
+    metadata = json.loads((tmp_path / "val.meta.json").read_text())
+    metadata["source"] = json.loads((tiny_betons / "train.meta.json").read_text())["source"]
+    (tmp_path / "val.meta.json").write_text(json.dumps(metadata))
+    config["data.val_dataset"] = str(tmp_path / "val.beton")
+    with pytest.raises(DataError, match=r"holds the training images: it was written from "
+                                        r"data.train_dataset's source \(imagefolder: .*/train\); validate on"):
+        check_data(config)
+    config["data.val_dataset"] = str(tiny_betons / "val.beton")
+    assert [meta["num_samples"] for meta in check_data(config)] == [120, 49]
+    # betons of an older writer record no time: the same count does not make two of them one write
+    for name, source in (("train", "imagefolder: /data/train"), ("val", "imagefolder: /data/val")):
+        shutil.copy(tiny_betons / "train.beton", tmp_path / f"{name}.beton")
+        metadata = json.loads((tiny_betons / "train.meta.json").read_text())
+        del metadata["created"]
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps(metadata | {"source": source}))
+        config[f"data.{name}_dataset"] = str(tmp_path / f"{name}.beton")
+    assert [meta["num_samples"] for meta in check_data(config)] == [120, 120]
+
+
 def test_a_missing_beton_names_the_folder_a_relative_path_was_looked_for_in(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=f"dataset data/sample/train.beton does not exist in {tmp_path}; write it "
