@@ -45,6 +45,7 @@ class ArmSummary:
     parameters: Optional[int] = None
     images_per_s: List[float] = field(default_factory=list)
     failed_seeds: List[int] = field(default_factory=list)
+    unfinished_seeds: List[int] = field(default_factory=list)  # asked for, neither finished nor failed (yet)
     delta: List[float] = field(default_factory=list)  # paired top-1 differences to baseline, %p
 
 
@@ -174,6 +175,10 @@ def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
     for failure in manifest.get("failed", []):
         if failure["squeeze"] in arms:
             arms[failure["squeeze"]].failed_seeds.append(failure["seed"])
+    for name in expected:
+        arm = arms[name]
+        arm.unfinished_seeds = [seed for seed in manifest.get("seeds", [])
+                                if seed not in arm.seeds and seed not in arm.failed_seeds]
     baseline = arms.get("baseline")
     if baseline:
         by_seed = dict(zip(baseline.seeds, baseline.top1))
@@ -200,23 +205,28 @@ def table_rows(arms: Dict[str, ArmSummary]) -> List[List[str]]:
     has_baseline = bool(arms.get("baseline") and arms["baseline"].top1)
     rows = []
     for arm in arms.values():
-        seeds = str(len(arm.seeds)) + (f" ({len(arm.failed_seeds)} failed)" if arm.failed_seeds else "")
+        unseen = [f"{len(arm.failed_seeds)} failed"] * bool(arm.failed_seeds) + [
+            f"{len(arm.unfinished_seeds)} not finished"] * bool(arm.unfinished_seeds)
+        seeds = str(len(arm.seeds)) + (f" ({', '.join(unseen)})" if unseen else "")
         rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5), delta_text(arm, has_baseline), seeds,
                      f"{arm.parameters:,}" if arm.parameters else "–",
                      f"{mean(arm.images_per_s):,.0f}" if arm.images_per_s else "–"])
     return rows
 
 
-def markdown(rows: List[List[str]], title: str) -> str:
+def markdown(rows: List[List[str]], title: str, unfinished: bool) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(HEADER) + " |", "|" + " ---------- |" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     note = ("Top-1/Top-5: mean ± sd over seeds. Improved Top-1: mean of the per-seed differences to baseline "
             "(same seed = same shared init and training images), with a 95% Student-t confidence interval.")
+    if unfinished:
+        note += (" Not finished: asked for (ablation.json) without a result yet: still running, or stopped (the "
+                 "same ablate.py command continues it).")
     return "\n".join(lines + ["", note, ""])
 
 
 CSV_HEADER = ["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean", "delta_ci_low",
-              "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds", "arch", "experiment"]
+              "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch", "experiment"]
 
 
 def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
@@ -231,6 +241,7 @@ def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
                              _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
                              _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval, arm.parameters or "",
                              _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds)),
+                             " ".join(map(str, arm.unfinished_seeds)),
                              experiment.arch, experiment.label])
     return buffer.getvalue()
 
@@ -324,7 +335,7 @@ def write_report(root: Path) -> Report:
     for number, experiment in enumerate(experiments, 1):
         arms = summarize(experiment.runs, manifest)
         title = f"{experiment.arch} ({root.name})" + (f": {experiment.label}" if experiment.label else "")
-        sections.append(markdown(table_rows(arms), title))
+        sections.append(markdown(table_rows(arms), title, any(arm.unfinished_seeds for arm in arms.values())))
         tables.append((experiment, arms))
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"

@@ -112,6 +112,26 @@ def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
     assert "| std | 63.00 | 81.00 | +1.00 | 1 (1 failed) |" in text  # one pair: no interval
 
 
+def test_report_names_the_seeds_asked_for_that_have_not_finished(tmp_path):
+    """report.py during an ablation, or after one was stopped: a seed asked for without a result yet was only
+    one less in the Seeds column, as if it had never been asked for."""
+    for seed in range(3):
+        write_result(tmp_path, "baseline", seed, 60.0 + seed, 80.0)
+    write_result(tmp_path, "gap", 0, 61.0, 81.0)
+    (tmp_path / "resnet18-gap-x-s2").mkdir()  # running: its first epoch not done
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "gap", "gmp"], "seeds": [0, 1, 2],
+                                                        "failed": [{"squeeze": "gap", "seed": 1}]}))
+    text = write_report(tmp_path).text
+    assert "| baseline | 61.00 ± 1.00 | 80.00 ± 0.00 | +0.00 [+0.00, +0.00] | 3 |" in text
+    assert "| gap | 61.00 | 81.00 | +1.00 | 1 (1 failed, 1 not finished) |" in text
+    assert "| gmp | missing | missing | missing | 0 (3 not finished) |" in text
+    assert "Not finished: asked for (ablation.json) without a result yet" in text
+    rows = [row.split(",") for row in (tmp_path / "report.csv").read_text().splitlines()]
+    unfinished = rows[0].index("unfinished_seeds")
+    assert [row[unfinished] for row in rows[1:]] == ["", "2", "0 1 2"]
+    assert rows[2][rows[0].index("failed_seeds")] == "1"
+
+
 def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_path):
     """train.py's default runs/ holds every recipe: a 16- and an 88-epoch run of seed 0 were pooled as two seeds
     (and baseline's difference to itself was -2.00); so were runs of one recipe on 8 and on 4 GPUs."""
@@ -134,7 +154,7 @@ def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_pa
            f"{tmp_path / 'resnet18-gap-copy-s0'}" in report.text
     rows = (tmp_path / "report.csv").read_text().splitlines()
     assert len(rows) == 6 and rows[0].endswith(",arch,experiment")
-    assert rows[3] == 'baseline,0,71.0,,90.0,,0.0,,,11000000,1000.0,,resnet18,"global_batch=1024, training.epochs=88"'
+    assert rows[3] == 'baseline,0,71.0,,90.0,,0.0,,,11000000,1000.0,,,resnet18,"global_batch=1024, training.epochs=88"'
     assert [path.name for path in report.files[2:]] == [f"{kind}_{n}.png" for n in (1, 2, 3)
                                                         for kind in ("top1", "curves")]
 
