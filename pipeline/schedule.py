@@ -5,7 +5,7 @@ The lr is given per 256 images and scaled linearly by the global batch (Goyal et
 """
 import bisect
 import math
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 WARMUP_START = 1e-4  # the warmup starts at this fraction of the peak, as ffcv-imagenet
 
@@ -32,6 +32,18 @@ def _cosine(position, epochs, warmup_epochs, milestones, gamma):
 
 
 SCHEDULES: Dict[str, Callable[..., float]] = {"step": _step, "triangular": _triangular, "cosine": _cosine}
+
+
+def milestones_past_the_end(schedule: str, epochs: int, milestones: Sequence[float]) -> Optional[str]:
+    """A line naming the step schedule's milestones that the run ends before (a recipe shortened with
+    --training.epochs), else None: not an error, but the lr does not fall as the recipe says."""
+    past = [milestone for milestone in milestones if milestone >= epochs]
+    if schedule != "step" or not past:
+        return None
+    applied = len(milestones) - len(past)
+    return (f"lr.milestones {', '.join(f'{milestone:g}' for milestone in past)} {'is' if len(past) == 1 else 'are'} "
+            f"past the last epoch (training.epochs {epochs}): the lr is multiplied by lr.gamma {applied} "
+            f"time{'' if applied == 1 else 's'}, not {len(milestones)}")
 
 
 def lr_factor(schedule: str, position: float, epochs: int, warmup_epochs: float = 0.0,

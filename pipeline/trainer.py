@@ -35,7 +35,7 @@ from pipeline.run_data import (build_data, build_val_data, check_batch_fits, che
                                 data_identities, loader_workers)
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
                               RESULT_NAME, RunLock, run_name)
-from pipeline.schedule import lr_factor, scaled_lr
+from pipeline.schedule import lr_factor, milestones_past_the_end, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
 MODEL_KEYS = tuple(f"model.{name}" for name in ckpt.MODEL_SETTING_NAMES)
@@ -181,6 +181,15 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
     return result
 
 
+def recipe_shortfalls(config: Dict[str, Any]) -> List[str]:
+    """What of the recipe's resolution ramp and lr steps the run ends before (a recipe shortened with
+    --training.epochs): said at the start, not refused."""
+    epochs = config["training.epochs"]
+    notes = [ramp_shortfall(epochs, *resolution_settings(config)),
+             milestones_past_the_end(config["lr.schedule"], epochs, config["lr.milestones"])]
+    return [note for note in notes if note]
+
+
 def model_settings(config: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
     """What final.pt records of its model (num_classes as trained, not 0 = from the data)."""
     return {name: config[key] for name, key in zip(ckpt.MODEL_SETTING_NAMES, MODEL_KEYS)} | {
@@ -292,9 +301,8 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
             write_text_atomic(run_dir / DATA_NAME, json.dumps(data, indent=1) + "\n")
             print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
-            shortfall = ramp_shortfall(config["training.epochs"], *resolution_settings(config))
-            if shortfall:
-                print(f"note: {shortfall}", flush=True)
+            for note in recipe_shortfalls(config):
+                print(f"note: {note}", flush=True)
         barrier()
         result = train(config, run_dir, world, metadata, data)
     if world.is_main:
