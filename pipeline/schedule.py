@@ -34,9 +34,13 @@ def _cosine(position, epochs, warmup_epochs, milestones, gamma):
 SCHEDULES: Dict[str, Callable[..., float]] = {"step": _step, "triangular": _triangular, "cosine": _cosine}
 
 
-def milestones_past_the_end(schedule: str, epochs: int, milestones: Sequence[float]) -> Optional[str]:
-    """A line naming the step schedule's milestones that the run ends before (a recipe shortened with
-    --training.epochs), else None: not an error, but the lr does not fall as the recipe says."""
+def lr_shortfall(schedule: str, epochs: int, warmup_epochs: float, milestones: Sequence[float]) -> Optional[str]:
+    """A line saying what of the schedule the run ends before (a recipe shortened with --training.epochs): the end
+    of its warmup, or some of the step schedule's milestones; else None. Not an error, but the lr does not follow
+    the recipe."""
+    if warmup_epochs > epochs:
+        return (f"lr.warmup_epochs {warmup_epochs:g} is past the last epoch (training.epochs {epochs}): the lr rises "
+                f"to {100 * _warmup(epochs, warmup_epochs):.0f} % of its peak (lr.lr) and the run ends")
     past = [milestone for milestone in milestones if milestone >= epochs]
     if schedule != "step" or not past:
         return None

@@ -35,7 +35,7 @@ from pipeline.run_data import (build_data, build_val_data, check_batch_fits, che
                                 data_identities, loader_workers)
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
                               RESULT_NAME, RunLock, run_name)
-from pipeline.schedule import lr_factor, milestones_past_the_end, scaled_lr
+from pipeline.schedule import lr_factor, lr_shortfall, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
 MODEL_KEYS = tuple(f"model.{name}" for name in ckpt.MODEL_SETTING_NAMES)
@@ -182,11 +182,11 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
 
 
 def recipe_shortfalls(config: Dict[str, Any]) -> List[str]:
-    """What of the recipe's resolution ramp and lr steps the run ends before (a recipe shortened with
+    """What of the recipe's resolution ramp and lr schedule the run ends before (a recipe shortened with
     --training.epochs): said at the start, not refused."""
     epochs = config["training.epochs"]
     notes = [ramp_shortfall(epochs, *resolution_settings(config)),
-             milestones_past_the_end(config["lr.schedule"], epochs, config["lr.milestones"])]
+             lr_shortfall(config["lr.schedule"], epochs, config["lr.warmup_epochs"], config["lr.milestones"])]
     return [note for note in notes if note]
 
 

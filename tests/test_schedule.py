@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.data import ramp_shortfall, resolution_at, shard_indices
 from pipeline.config import parse_overrides, resolve
-from pipeline.schedule import WARMUP_START, lr_factor, milestones_past_the_end, scaled_lr
+from pipeline.schedule import WARMUP_START, lr_factor, lr_shortfall, scaled_lr
 from pipeline.trainer import recipe_shortfalls
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -71,24 +71,28 @@ def test_val_shards_cover_exactly_once(samples, world):
     assert joined == list(range(samples))
 
 
-def test_step_milestones_past_the_last_epoch_are_named():
+def test_a_warmup_or_step_milestones_past_the_last_epoch_are_named():
     """ssenet_rn18 (step at epochs 30 and 60) with --training.epochs=16 trained at its peak lr to the end, and
-    nothing said so."""
-    assert milestones_past_the_end("step", 16, [30, 60]) == (
+    rn50_88ep (2 warmup epochs) run for one never reached its peak; nothing said so."""
+    assert lr_shortfall("step", 16, 0, [30, 60]) == (
         "lr.milestones 30, 60 are past the last epoch (training.epochs 16): the lr is multiplied by lr.gamma 0 "
         "times, not 2")
-    assert milestones_past_the_end("step", 40, [60, 30]) == (
+    assert lr_shortfall("step", 40, 0, [60, 30]) == (
         "lr.milestones 60 is past the last epoch (training.epochs 40): the lr is multiplied by lr.gamma 1 time, "
         "not 2")
-    assert milestones_past_the_end("step", 60, [30, 60]) is not None  # epoch 60 is the 61st: never trained
-    assert milestones_past_the_end("step", 90, [30, 60]) is None
-    assert milestones_past_the_end("step", 16, [15.5]) is None  # halfway into the last epoch
-    assert milestones_past_the_end("triangular", 16, [30, 60]) is None  # no milestones in that schedule
+    assert lr_shortfall("step", 60, 0, [30, 60]) is not None  # epoch 60 is the 61st: never trained
+    assert lr_shortfall("step", 90, 0, [30, 60]) is None
+    assert lr_shortfall("step", 16, 0, [15.5]) is None  # halfway into the last epoch
+    assert lr_shortfall("triangular", 16, 2, [30, 60]) is None  # no milestones in that schedule
+    assert lr_shortfall("triangular", 1, 2, []) == ("lr.warmup_epochs 2 is past the last epoch (training.epochs 1): "
+                                                    "the lr rises to 50 % of its peak (lr.lr) and the run ends")
+    assert lr_shortfall("triangular", 2, 2, []) is None
 
 
 @pytest.mark.parametrize("recipe, epochs, notes", [
     ("ssenet_rn18", 16, ["lr.milestones 30, 60 are past the last epoch"]),
     ("rn18_16ep", 2, ["resolution.end_ramp 13 is past training.epochs 2"]),
+    ("rn18_16ep", 1, ["resolution.end_ramp 13 is past", "lr.warmup_epochs 2 is past"]),
     ("ssenet_rn18", 90, []), ("rn18_16ep", 16, [])])
 def test_a_run_shorter_than_its_recipe_says_what_it_ends_before(recipe, epochs, notes):
     config = resolve(RECIPES / f"{recipe}.yaml", parse_overrides([f"--training.epochs={epochs}"]))
