@@ -20,6 +20,9 @@ from pipeline.models import ARCHITECTURES, largest_reduction
 from pipeline.squeeze import BASELINE, squeeze_names
 
 
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # the project's recipes, named where one is missing
+
+
 class ConfigError(UserError, ValueError):
     """A bad recipe, key or value: one line saying what was given, where, and what is valid."""
 
@@ -211,13 +214,25 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _missing_recipe_error(path: Path, included_by: Optional[str]) -> ConfigError:
+    """What a missing recipe file may have meant: a project recipe of that name (given as `demo.yaml`, or as
+    `recipes/demo.yaml` from another folder), else the project's recipes by name."""
+    included = f" (the base: of {included_by})" if included_by else ""
+    location = "" if path.is_absolute() else f" in {Path.cwd()}"
+    meant = [candidate for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml")
+             if candidate.is_file()]
+    runnable = sorted(recipe.stem for recipe in RECIPES_DIR.glob("*.yaml") if not recipe.stem.startswith("_"))
+    hint = f"did you mean {meant[0]}?" if meant else f"the project's recipes are in {RECIPES_DIR}: {', '.join(runnable)}"
+    return ConfigError(f"recipe {path}{included} does not exist{location}; {hint}")
+
+
 def read_recipe(path: Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     """A recipe's flat {section.key: value}, its `base:` chain merged underneath."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"recipe {path} is a folder; give a recipe file, e.g. recipes/sample.yaml")
     if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist (recipes live in recipes/*.yaml)")
+        raise _missing_recipe_error(path, _seen[-1].name if _seen else None)
     if path.resolve() in _seen:
         raise ConfigError(f"recipe {path} includes itself through 'base:'")
     try:

@@ -6,7 +6,8 @@ import pytest
 from pipeline.config import ConfigError, describe, parse_overrides, resolve
 from pipeline.models import build_model
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -70,6 +71,22 @@ def test_base_chain_and_missing_recipe(tmp_path):
     assert (config["training.epochs"], config["training.seed"]) == (7, 4)
     with pytest.raises(ConfigError, match="does not exist"):
         resolve(tmp_path / "nope.yaml", {})
+
+
+def test_a_missing_recipe_names_the_project_recipe_meant_or_lists_them(tmp_path, monkeypatch):
+    """`--cfg demo.yaml` (or recipes/demo.yaml run from another folder) said "recipes live in recipes/*.yaml",
+    a folder relative to where the user was not."""
+    monkeypatch.chdir(tmp_path)
+    for given in ("demo.yaml", "recipes/demo.yaml", "demo"):
+        with pytest.raises(ConfigError) as error:
+            resolve(Path(given), {})
+        assert str(error.value) == f"recipe {given} does not exist in {tmp_path}; did you mean {RECIPES_DIR}/demo.yaml?"
+    (tmp_path / "child.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError) as error:
+        resolve(Path("child.yaml"), {})
+    assert str(error.value).startswith(f"recipe nowhere.yaml (the base: of child.yaml) does not exist in {tmp_path}; "
+                                       f"the project's recipes are in {RECIPES_DIR}: demo, rn18_16ep, ")
+    assert "_ffcv_imagenet" not in str(error.value)  # a base of others, not a recipe to run
 
 
 def test_described_config_round_trips(tmp_path):
