@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import config as config_module
 from pipeline.config import ConfigError, describe, parse_overrides, resolve
 from pipeline.models import build_model
 
@@ -87,6 +88,9 @@ def test_a_missing_recipe_names_the_project_recipe_meant_or_lists_them(tmp_path,
     assert str(error.value).startswith(f"recipe nowhere.yaml (the base: of child.yaml) does not exist in {tmp_path}; "
                                        f"the project's recipes are in {RECIPES_DIR}: demo, rn18_16ep, ")
     assert "_ffcv_imagenet" not in str(error.value)  # a base of others, not a recipe to run
+    monkeypatch.setattr(config_module, "RECIPES_DIR", tmp_path / "site-packages" / "recipes")  # a wheel install
+    with pytest.raises(ConfigError, match=r"^recipe demo.yaml does not exist in .*; give a recipe file's path$"):
+        resolve(Path("demo.yaml"), {})
 
 
 def test_described_config_round_trips(tmp_path):
