@@ -33,7 +33,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.report import MANIFEST_NAME, write_report
     from pipeline.resume import make_run_dir
     from pipeline.run_data import check_data, data_identities
-    from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, run_name
+    from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
     from pipeline.squeeze import check_squeeze_name, squeeze_names
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -158,34 +158,37 @@ def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[J
                  report: Callable[[str], None] = print, poll_seconds: float = 1.0) -> Dict[str, List[Job]]:
     """Keep every slot busy until all jobs ran; returns {'done': [...], 'failed': [...]}."""
     queue = collections.deque((job, 0) for job in jobs)
-    running: Dict[int, Tuple[Job, int, subprocess.Popen]] = {}
+    running: Dict[int, Tuple[Job, int, subprocess.Popen, float]] = {}
     outcome: Dict[str, List[Job]] = {"done": [], "failed": []}
     try:
         _schedule(queue, running, outcome, slots, launch, report, poll_seconds)
     finally:  # an exception or Ctrl-C in the runner stops its runs too (kill -9: the parent-death signal)
-        for _, _, process in running.values():
+        for _, _, process, _ in running.values():
             process.terminate()
-        for _, _, process in running.values():
+        for _, _, process, _ in running.values():
             process.wait()
     return outcome
 
 
 def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> None:
+    total = len(queue)
     while queue or running:
         for index, slot in enumerate(slots):
             if index not in running and queue:
                 job, attempt = queue.popleft()
-                running[index] = (job, attempt, launch(job, slot))
+                running[index] = (job, attempt, launch(job, slot), time.monotonic())
                 report(f"[{slot.name}] start {job.run_dir.name}" + (f" (retry {attempt})" if attempt else ""))
         for index in list(running):
-            job, attempt, process = running[index]
+            job, attempt, process, started = running[index]
             status = process.poll()
             if status is None:
                 continue
             del running[index]
+            ended = f"({len(outcome['done']) + len(outcome['failed']) + 1} of {total} ended)"
             if status == 0:
                 outcome["done"].append(job)
-                report(f"done {job.run_dir.name}")
+                report(f"done {job.run_dir.name} in {clock_time(time.monotonic() - started)}"
+                       f"{top1_text(job.run_dir)} {ended}")
             elif attempt < RETRIES and status != USAGE_EXIT:
                 queue.appendleft((job, attempt + 1))
                 report(f"failed {job.run_dir.name} (exit {status}); retrying, log: {job.run_dir / TRAIN_LOG_NAME}")
@@ -193,11 +196,24 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
                 outcome["failed"].append(job)
                 log = job.run_dir / TRAIN_LOG_NAME
                 if status == USAGE_EXIT:
-                    report(f"FAILED {job.run_dir.name} (a user error, not retried): {user_error(log)}; log: {log}")
+                    report(f"FAILED {job.run_dir.name} (a user error, not retried): {user_error(log)}; log: {log} "
+                           f"{ended}")
                 else:
-                    report(f"FAILED {job.run_dir.name} (exit {status}, twice); log: {log}")
+                    report(f"FAILED {job.run_dir.name} (exit {status}, twice); log: {log} {ended}")
         if running:
-            wait_for_an_exit([process for _, _, process in running.values()], poll_seconds)
+            wait_for_an_exit([process for _, _, process, _ in running.values()], poll_seconds)
+
+
+def clock_time(seconds: float) -> str:
+    """h:mm:ss (runs take hours, an ablation days)."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def top1_text(run_dir: Path) -> str:
+    """': top-1 NN.NN' from a finished run's result.json, or nothing where it cannot be read."""
+    top1 = (read_result(run_dir) or {}).get("top1")
+    return f": top-1 {top1:.2f}" if isinstance(top1, (int, float)) and not isinstance(top1, bool) else ""
 
 
 def user_error(log: Path) -> str:

@@ -1,4 +1,5 @@
 """Ablation runner: the scheduler with a mocked launcher; skip, resume, refusal and orphans for real."""
+import json
 import os
 import subprocess
 import sys
@@ -160,7 +161,24 @@ def test_a_run_that_exits_with_a_user_error_is_not_retried_and_says_which(tmp_pa
     assert [job.squeeze for job, _ in launches] == ["gap", "std"]
     assert [job.squeeze for job in outcome["failed"]] == ["gap"]
     assert f"FAILED {jobs[0].run_dir.name} (a user error, not retried): {error[len('train.py: error: '):]}; log: " \
-           f"{jobs[0].run_dir / 'train.log'}" in messages
+           f"{jobs[0].run_dir / 'train.log'} (1 of 2 ended)" in messages
+
+
+def test_each_run_that_ends_is_reported_with_its_top1_its_time_and_the_count(tmp_path, monkeypatch):
+    """An ablation of 24 ResNet-50 runs prints a line per run over days: 'done NAME' said nothing of how the
+    run went, how long it took or how many were left."""
+    jobs = plan_jobs(["gap", "std", "gmp"], [0], tmp_path, "resnet18", "s")
+    jobs[0].run_dir.mkdir(parents=True)
+    (jobs[0].run_dir / "result.json").write_text(json.dumps({"top1": 61.254}))
+    clock = iter([0.0, 3725.0, 3725.0, 3800.0, 3812.0])  # each start, and the end of each run that is done
+    monkeypatch.setattr(ablate.time, "monotonic", lambda: next(clock))
+    messages = []
+    run_mocked(jobs, make_slots(["0"], 1), statuses={"std": 2}, report=messages.append)
+    ended = [message for message in messages if not message.startswith("[")]
+    assert ended[0] == f"done {jobs[0].run_dir.name} in 1:02:05: top-1 61.25 (1 of 3 ended)"
+    assert ended[1].startswith(f"FAILED {jobs[1].run_dir.name} (a user error, not retried)")
+    assert ended[1].endswith("(2 of 3 ended)")
+    assert ended[2] == f"done {jobs[2].run_dir.name} in 0:00:12 (3 of 3 ended)"  # no readable result: no top-1
 
 
 def test_gpus_are_numbered_as_this_process_sees_them(monkeypatch):
