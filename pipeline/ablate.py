@@ -312,18 +312,27 @@ def main(argv: List[str]) -> int:
         root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         jobs = plan_jobs(squeezes, seeds, root, config["model.arch"], args.cfg.stem)
-        todo = runs_to_do(jobs, args.cfg, rest, data)
         make_run_dir(root, "--runs-root")
-        manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes, "seeds": seeds,
-                    "overrides": rest, "failed": []}
-        write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+        # one runner per root: a second one failed the runs the first was training and wrote them down as failed
+        with RunLock(root, "--runs-root"):
+            todo = runs_to_do(jobs, args.cfg, rest, data)
+            manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes,
+                        "seeds": seeds, "overrides": rest, "failed": []}
+            write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+            return run_ablation(jobs, todo, slots, root, manifest, lambda job, slot: launch_process(
+                job, slot, args.cfg, rest))
     except UserError as error:
         return report_user_error("ablate.py", error)
+
+
+def run_ablation(jobs: Sequence[Job], todo: Sequence[Job], slots: Sequence[Slot], root: Path, manifest: dict,
+                 launch: Callable[[Job, Slot], subprocess.Popen]) -> int:
+    """Run what is left, record the failures in the manifest, print the report; the exit status."""
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
           f"{len(slots)} slot(s): {'; '.join(slot.describe() for slot in slots)}", flush=True)
     started = time.time()
     try:
-        outcome = run_schedule(todo, slots, lambda job, slot: launch_process(job, slot, args.cfg, rest))
+        outcome = run_schedule(todo, slots, launch)
     except KeyboardInterrupt:  # Ctrl-C: the runs in progress were stopped (run_schedule), each keeps its epochs
         print(f"ablate.py: interrupted; the finished runs and epochs are kept in {root}: the same command "
               "continues the ablation", file=sys.stderr)

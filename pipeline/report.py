@@ -172,8 +172,8 @@ def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
         arm.top5.append(run["top5"])
         arm.parameters = run["parameters"]
         arm.images_per_s.append(run["train_images_per_s"])
-    for failure in manifest.get("failed", []):
-        if failure["squeeze"] in arms:
+    for failure in manifest.get("failed", []):  # a seed that finished since (another command ran it) did not fail
+        if failure["squeeze"] in arms and failure["seed"] not in arms[failure["squeeze"]].seeds:
             arms[failure["squeeze"]].failed_seeds.append(failure["seed"])
     for name in expected:
         arm = arms[name]

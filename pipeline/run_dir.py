@@ -149,13 +149,16 @@ def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str, data: Option
 
 
 class RunLock:
-    """An exclusive lock on a run directory while a process trains in it (flock: released when it dies).
+    """An exclusive lock on a run directory while a process trains in it, or on a runs root while ablate.py runs
+    its ablation (flock: released when it dies).
 
-    The holder writes its PID and host into the lock file, so a second process can say who holds it.
+    The holder writes its PID and host into the lock file, so a second process can say who holds it; a refusal
+    names `option`, the setting that chooses another folder.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, option: str = "--logging.run_dir"):
         self.path = Path(run_dir) / LOCK_NAME
+        self.option = option
         self._handle = None
 
     def holder(self) -> str:
@@ -172,7 +175,7 @@ class RunLock:
             handle.close()
             if error.errno in (errno.EAGAIN, errno.EACCES):
                 raise RunDirError(f"{self.path.parent} is in use by {self.holder()}; wait for it to end or choose "
-                                  "another --logging.run_dir") from None
+                                  f"another {self.option}") from None
             raise
         handle.seek(0)
         handle.truncate()

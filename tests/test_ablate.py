@@ -1,6 +1,7 @@
 """Ablation runner: the scheduler with a mocked launcher; skip, resume, refusal and orphans for real."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -245,6 +246,21 @@ def test_a_runs_root_that_is_a_file_is_one_line(tiny_betons, tmp_path, capsys):
                         f"--data.val_dataset={tiny_betons / 'val.beton'}"]) == 2
     assert capsys.readouterr().err == f"ablate.py: error: {notes} is a file, not a folder; choose another --runs-root\n"
     assert notes.read_text() == "mine\n"
+
+
+def test_a_second_ablation_on_a_runs_root_in_use_is_refused(tiny_betons, tmp_path, capsys):
+    """Two ablate.py on one root (the same command started twice) each failed the runs the other was training,
+    wrote them into the manifest as failed, and a finished arm showed as '1 (1 failed)'."""
+    root = tmp_path / "ablation"
+    root.mkdir()
+    (root / "ablation.json").write_text("{}\n")
+    with RunLock(root, "--runs-root"):  # as the first ablate.py holds it
+        assert ablate_main(["--cfg", "recipes/demo.yaml", "--runs-root", str(root), "--gpus", "none",
+                            f"--data.train_dataset={tiny_betons / 'train.beton'}",
+                            f"--data.val_dataset={tiny_betons / 'val.beton'}"]) == 2
+    assert capsys.readouterr().err == (f"ablate.py: error: {root} is in use by process {os.getpid()} on "
+                                       f"{socket.gethostname()}; wait for it to end or choose another --runs-root\n")
+    assert (root / "ablation.json").read_text() == "{}\n"  # the first runner's manifest is left to it
 
 
 def test_ctrl_c_says_the_same_command_continues(tiny_betons, tmp_path, capsys, monkeypatch):

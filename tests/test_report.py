@@ -119,8 +119,10 @@ def test_report_names_the_seeds_asked_for_that_have_not_finished(tmp_path):
         write_result(tmp_path, "baseline", seed, 60.0 + seed, 80.0)
     write_result(tmp_path, "gap", 0, 61.0, 81.0)
     (tmp_path / "resnet18-gap-x-s2").mkdir()  # running: its first epoch not done
+    # gap seed 0 failed once and finished since (run by another command): it is finished
     (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "gap", "gmp"], "seeds": [0, 1, 2],
-                                                        "failed": [{"squeeze": "gap", "seed": 1}]}))
+                                                        "failed": [{"squeeze": "gap", "seed": 1},
+                                                                   {"squeeze": "gap", "seed": 0}]}))
     text = write_report(tmp_path).text
     assert "| baseline | 61.00 ± 1.00 | 80.00 ± 0.00 | +0.00 [+0.00, +0.00] | 3 |" in text
     assert "| gap | 61.00 | 81.00 | +1.00 | 1 (1 failed, 1 not finished) |" in text
