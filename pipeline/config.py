@@ -222,8 +222,12 @@ def _missing_recipe_error(path: Path, included_by: Optional[str]) -> ConfigError
     meant = [candidate for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml")
              if candidate.is_file()]
     runnable = sorted(recipe.stem for recipe in RECIPES_DIR.glob("*.yaml") if not recipe.stem.startswith("_"))
-    hint = (f"did you mean {meant[0]}?" if meant else f"the project's recipes are in {RECIPES_DIR}: {', '.join(runnable)}"
-            if runnable else "give a recipe file's path")  # an install without the project's folder
+    if meant:
+        hint = f"did you mean {meant[0]}?"
+    elif runnable:
+        hint = f"the project's recipes are in {RECIPES_DIR}: {', '.join(runnable)}"
+    else:  # an install without the project's folder
+        hint = "give a recipe file's path"
     return ConfigError(f"recipe {path}{included} does not exist{location}; {hint}")
 
 

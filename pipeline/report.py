@@ -205,8 +205,8 @@ def table_rows(arms: Dict[str, ArmSummary]) -> List[List[str]]:
     has_baseline = bool(arms.get("baseline") and arms["baseline"].top1)
     rows = []
     for arm in arms.values():
-        unseen = [f"{len(arm.failed_seeds)} failed"] * bool(arm.failed_seeds) + [
-            f"{len(arm.unfinished_seeds)} not finished"] * bool(arm.unfinished_seeds)
+        unseen = [f"{len(listed)} {what}" for listed, what in ((arm.failed_seeds, "failed"),
+                                                               (arm.unfinished_seeds, "not finished")) if listed]
         seeds = str(len(arm.seeds)) + (f" ({', '.join(unseen)})" if unseen else "")
         rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5), delta_text(arm, has_baseline), seeds,
                      f"{arm.parameters:,}" if arm.parameters else "–",
@@ -226,7 +226,8 @@ def markdown(rows: List[List[str]], title: str, unfinished: bool) -> str:
 
 
 CSV_HEADER = ["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean", "delta_ci_low",
-              "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch", "experiment"]
+              "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch",
+              "experiment"]
 
 
 def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
