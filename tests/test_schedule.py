@@ -1,14 +1,11 @@
 """Learning-rate schedules and progressive resizing at known points."""
-from pathlib import Path
-
 import pytest
 
+from conftest import REPO
 from pipeline.data import ramp_shortfall, resolution_at, shard_indices
 from pipeline.config import parse_overrides, resolve
 from pipeline.schedule import WARMUP_START, lr_factor, lr_shortfall, scaled_lr
 from pipeline.trainer import recipe_shortfalls
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def test_lr_scales_with_global_batch():
@@ -95,6 +92,6 @@ def test_a_warmup_or_step_milestones_past_the_last_epoch_are_named():
     ("rn18_16ep", 1, ["resolution.end_ramp 13 is past", "lr.warmup_epochs 2 is past"]),
     ("ssenet_rn18", 90, []), ("rn18_16ep", 16, [])])
 def test_a_run_shorter_than_its_recipe_says_what_it_ends_before(recipe, epochs, notes):
-    config = resolve(RECIPES / f"{recipe}.yaml", parse_overrides([f"--training.epochs={epochs}"]))
+    config = resolve(REPO / "recipes" / f"{recipe}.yaml", parse_overrides([f"--training.epochs={epochs}"]))
     said = recipe_shortfalls(config)
     assert len(said) == len(notes) and all(note.startswith(start) for note, start in zip(said, notes)), said
