@@ -47,6 +47,7 @@ class ArmSummary:
     failed_seeds: List[int] = field(default_factory=list)
     unfinished_seeds: List[int] = field(default_factory=list)  # asked for, neither finished nor failed (yet)
     delta: List[float] = field(default_factory=list)  # paired top-1 differences to baseline, %p
+    delta_seeds: List[int] = field(default_factory=list)  # the seeds of `delta`: those baseline finished too
 
 
 # what the report reads of a finished run's result.json: (key, its types, what to say when it is not one)
@@ -183,6 +184,7 @@ def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
     if baseline:
         by_seed = dict(zip(baseline.seeds, baseline.top1))
         for arm in arms.values():
+            arm.delta_seeds = [seed for seed in arm.seeds if seed in by_seed]
             arm.delta = [top1 - by_seed[seed] for seed, top1 in zip(arm.seeds, arm.top1) if seed in by_seed]
     return arms
 
@@ -193,8 +195,10 @@ def delta_text(arm: ArmSummary, has_baseline: bool) -> str:
     if not arm.delta:
         return "missing"
     interval = paired_interval(arm.delta)
-    text = f"{mean(arm.delta):+.2f}"
-    return text + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
+    text = f"{mean(arm.delta):+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
+    # over fewer seeds than the arm's own columns (baseline's missing ones have no pair): said, as the interval is
+    pairs = len(arm.delta)
+    return text + (f" ({pairs} {'pair' if pairs == 1 else 'pairs'})" if pairs < len(arm.seeds) else "")
 
 
 HEADER = ["Squeeze operation", "Top-1 Acc (%)", "Top-5 Acc (%)", "Improved Top-1 %p (95% CI)", "Seeds",
@@ -214,19 +218,23 @@ def table_rows(arms: Dict[str, ArmSummary]) -> List[List[str]]:
     return rows
 
 
-def markdown(rows: List[List[str]], title: str, unfinished: bool) -> str:
+def markdown(arms: Dict[str, ArmSummary], title: str) -> str:
+    """The table of one experiment, and a legend that explains what its cells say."""
     lines = [f"### {title}", "", "| " + " | ".join(HEADER) + " |", "|" + " ---------- |" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(arms)]
     note = ("Top-1/Top-5: mean ± sd over seeds. Improved Top-1: mean of the per-seed differences to baseline "
             "(same seed = same shared init and training images), with a 95% Student-t confidence interval.")
-    if unfinished:
+    if any(arm.delta and len(arm.delta) < len(arm.seeds) for arm in arms.values()):
+        note += (" (N pairs): the difference is over the seeds that baseline finished too, fewer than the arm's "
+                 "own.")
+    if any(arm.unfinished_seeds for arm in arms.values()):
         note += (" Not finished: asked for (ablation.json) without a result yet: still running, or stopped (the "
                  "same ablate.py command continues it).")
     return "\n".join(lines + ["", note, ""])
 
 
 CSV_HEADER = ["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean", "delta_ci_low",
-              "delta_ci_high", "parameters", "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch",
+              "delta_ci_high", "delta_seeds", "parameters", "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch",
               "experiment"]
 
 
@@ -240,7 +248,8 @@ def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
             interval = paired_interval(arm.delta) or ("", "")
             writer.writerow([arm.squeeze, " ".join(map(str, arm.seeds)),
                              _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
-                             _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval, arm.parameters or "",
+                             _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval,
+                             " ".join(map(str, arm.delta_seeds)), arm.parameters or "",
                              _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds)),
                              " ".join(map(str, arm.unfinished_seeds)),
                              experiment.arch, experiment.label])
@@ -336,7 +345,7 @@ def write_report(root: Path) -> Report:
     for number, experiment in enumerate(experiments, 1):
         arms = summarize(experiment.runs, manifest)
         title = f"{experiment.arch} ({root.name})" + (f": {experiment.label}" if experiment.label else "")
-        sections.append(markdown(table_rows(arms), title, any(arm.unfinished_seeds for arm in arms.values())))
+        sections.append(markdown(arms, title))
         tables.append((experiment, arms))
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"

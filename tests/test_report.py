@@ -112,6 +112,25 @@ def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
     assert "| std | 63.00 | 81.00 | +1.00 | 1 (1 failed) |" in text  # one pair: no interval
 
 
+def test_a_difference_over_fewer_seeds_than_the_arms_says_how_many_pairs(tmp_path):
+    """Baseline's seed 0 failed: gap's difference and its interval were over seeds 1 and 2 alone, beside a Seeds
+    column of 3 and a top-1 over all three, with nothing to say so."""
+    for seed, (base, gap) in enumerate([(None, 75.0), (71.0, 71.5), (72.0, 73.5)]):
+        if base is not None:
+            write_result(tmp_path, "baseline", seed, base, 90.0)
+        write_result(tmp_path, "gap", seed, gap, 91.0)
+    (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "gap"], "seeds": [0, 1, 2],
+                                                        "failed": [{"squeeze": "baseline", "seed": 0}]}))
+    text = write_report(tmp_path).text
+    low, high = paired_interval([0.5, 1.5])  # seeds 1 and 2; seed 0's 75.0 has no baseline to pair with
+    assert f"| gap | 73.33 ± 1.76 | 91.00 ± 0.00 | +1.00 [{low:+.2f}, {high:+.2f}] (2 pairs) | 3 |" in text
+    assert "| baseline | 71.50 ± 0.71 | 90.00 ± 0.00 | +0.00 [+0.00, +0.00] | 2 (1 failed) |" in text
+    assert "(N pairs): the difference is over the seeds that baseline finished too" in text
+    rows = [row.split(",") for row in (tmp_path / "report.csv").read_text().splitlines()]
+    assert [row[rows[0].index("delta_seeds")] for row in rows[1:]] == ["1 2", "1 2"]
+    assert [row[rows[0].index("seeds")] for row in rows[1:]] == ["1 2", "0 1 2"]
+
+
 def test_report_names_the_seeds_asked_for_that_have_not_finished(tmp_path):
     """report.py during an ablation, or after one was stopped: a seed asked for without a result yet was only
     one less in the Seeds column, as if it had never been asked for."""
@@ -156,7 +175,7 @@ def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_pa
            f"{tmp_path / 'resnet18-gap-copy-s0'}" in report.text
     rows = (tmp_path / "report.csv").read_text().splitlines()
     assert len(rows) == 6 and rows[0].endswith(",arch,experiment")
-    assert rows[3] == 'baseline,0,71.0,,90.0,,0.0,,,11000000,1000.0,,,resnet18,"global_batch=1024, training.epochs=88"'
+    assert rows[3] == 'baseline,0,71.0,,90.0,,0.0,,,0,11000000,1000.0,,,resnet18,"global_batch=1024, training.epochs=88"'
     assert [path.name for path in report.files[2:]] == [f"{kind}_{n}.png" for n in (1, 2, 3)
                                                         for kind in ("top1", "curves")]
 
