@@ -4,7 +4,7 @@ The train beton is read only by training: evaluating weights (`train.py --eval-o
 beton alone, so a machine holding val.beton and final.pt can evaluate without the training set.
 """
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from dataset_prep.beton import class_difference, data_identity
 from pipeline.config import ConfigError
@@ -77,6 +77,24 @@ def check_val_data(config: Dict[str, Any], weights: Path) -> Tuple[dict, int]:
                         f"has {len(val_meta['classes'])}; evaluate them on a val beton of their classes "
                         "(--data.val_dataset)")
     return val_meta, num_classes
+
+
+# the resolution each beton's images are cropped to
+OUTPUT_RESOLUTION = {"data.train_dataset": "resolution.max_res", "data.val_dataset": "resolution.val_res"}
+
+
+def upscaling_notes(config: Dict[str, Any], metadata: Dict[str, dict]) -> List[str]:
+    """For each beton ({data setting: its metadata}) whose images are stored smaller than the run crops them to
+    (written with a small --max-res to save disk): a line saying so. Every crop of it is upscaled, which a run
+    should say at its start rather than train or evaluate on without a word."""
+    notes = []
+    for key, meta in metadata.items():
+        stored, wanted = meta.get("settings", {}).get("max_res"), OUTPUT_RESOLUTION[key]
+        if isinstance(stored, int) and stored < config[wanted]:
+            notes.append(f"{key} {config[key]} stores images of at most {stored} px (write_imagenet.py --max-res "
+                         f"{stored}) and {wanted} is {config[wanted]}: every crop is upscaled; write the betons "
+                         f"with --max-res {config[wanted]} or more for this recipe")
+    return notes
 
 
 def data_identities(metadata: Tuple[dict, dict]) -> Dict[str, str]:

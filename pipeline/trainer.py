@@ -32,8 +32,8 @@ from pipeline.models import build_model
 from pipeline.optim import build_sgd_for
 from pipeline.resume import finished_already, make_run_dir, restore, resume_state
 from pipeline.run_data import (build_data, build_val_data, check_batch_fits, check_data, check_val_data,
-                                data_identities, loader_workers)
-from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
+                                data_identities, loader_workers, upscaling_notes)
+from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
                               RESULT_NAME, RunLock, run_name)
 from pipeline.schedule import lr_factor, lr_shortfall, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
@@ -252,6 +252,8 @@ def evaluate_weights(config: Dict[str, Any], weights: Path, world: World,
     state, recorded = ckpt.load_weights(weights)
     config = weights_model_config(config, weights, recorded, explicit)
     val_meta, num_classes = check_val_data(config, weights)
+    for note in upscaling_notes(config, {"data.val_dataset": val_meta}) if world.is_main else []:
+        print(f"note: {note}", flush=True)
     val_data = build_val_data(config, world, val_meta, loader_workers(config, world))
     model = build_network(config, num_classes, world)
     try:
@@ -301,7 +303,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
             write_text_atomic(run_dir / DATA_NAME, json.dumps(data, indent=1) + "\n")
             print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
-            for note in recipe_shortfalls(config):
+            for note in recipe_shortfalls(config) + upscaling_notes(config, dict(zip(DATA_KEYS, metadata))):
                 print(f"note: {note}", flush=True)
         barrier()
         result = train(config, run_dir, world, metadata, data)

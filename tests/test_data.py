@@ -10,7 +10,7 @@ import torch
 from pipeline import cores
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, set_epoch,
                            train_loader)
-from pipeline.run_data import check_data
+from pipeline.run_data import check_data, upscaling_notes
 
 
 def test_a_val_beton_with_other_classes_names_the_train_beton(tiny_betons):
@@ -63,6 +63,21 @@ def test_training_images_given_as_the_val_set_are_refused(tiny_betons, tmp_path)
         (tmp_path / f"{name}.meta.json").write_text(json.dumps(metadata | {"source": source}))
         config[f"data.{name}_dataset"] = str(tmp_path / f"{name}.beton")
     assert [meta["num_samples"] for meta in check_data(config)] == [120, 120]
+
+
+def test_betons_stored_smaller_than_the_run_crops_them_to_are_noted(tiny_betons):
+    metadata = dict(zip(("data.train_dataset", "data.val_dataset"), check_data(
+        {"data.train_dataset": str(tiny_betons / "train.beton"), "data.val_dataset": str(tiny_betons / "val.beton"),
+         "model.num_classes": 0})))  # written with --max-res 64
+    config = {"data.train_dataset": "t.beton", "data.val_dataset": "v.beton", "resolution.max_res": 64,
+              "resolution.val_res": 64}
+    assert upscaling_notes(config, metadata) == []  # at the stored size: no upscaling
+    notes = upscaling_notes(config | {"resolution.max_res": 192}, metadata)
+    assert notes == ["data.train_dataset t.beton stores images of at most 64 px (write_imagenet.py --max-res 64) and "
+                     "resolution.max_res is 192: every crop is upscaled; write the betons with --max-res 192 or more "
+                     "for this recipe"]
+    older = {key: {k: v for k, v in meta.items() if k != "settings"} for key, meta in metadata.items()}
+    assert upscaling_notes(config | {"resolution.max_res": 192}, older) == []  # what it was written at: unknown
 
 
 def test_a_missing_beton_names_the_folder_a_relative_path_was_looked_for_in(tmp_path, monkeypatch):

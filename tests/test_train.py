@@ -35,9 +35,15 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     stale.write_bytes(b"partial")
     # in this process (a process start costs seconds of the suite's budget; the SIGKILL, ablation and two-node
     # tests run train.py as a program)
+    # validated at 96 px from betons stored at 64 px (a small --max-res): said at the start
+    upscaled = "--resolution.val_res=96"
     assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=4", "--squeeze", "gmp",
-                                    "--training.compile=auto")) == 0
+                                    "--training.compile=auto", upscaled)) == 0
     out = capsys.readouterr().out
+    note = (f"note: data.val_dataset {tiny_betons / 'val.beton'} stores images of at most 64 px (write_imagenet.py "
+            "--max-res 64) and resolution.val_res is 96: every crop is upscaled; write the betons with --max-res 96 "
+            "or more for this recipe")
+    assert note in out.splitlines() and "note: data.train_dataset" not in out  # trained at 32 px
     log = read_log(run_dir)
     assert [line["epoch"] for line in log] == [1, 2, 3, 4]
     assert log[-1]["train_loss"] < log[0]["train_loss"]
@@ -57,17 +63,17 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     assert "first step incl. torch.compile" not in out
     assert f"training on the CPU: torch {torch.__version__} sees no CUDA GPU" in out  # a GPU recipe too
     assert not stale.exists() and f"removed 1 temporary file(s) left by dead processes: {stale.name}" in out
-    assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=4", "--squeeze", "gmp")) == 0
+    assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=4", "--squeeze", "gmp", upscaled)) == 0
     assert "already finished" in capsys.readouterr().out
     # --eval-only takes the model from final.pt (sample.yaml alone would build a 'gap' model), here with more
     # loader threads than numba starts (a recipe from a bigger machine: numba raised) and without the training set
     # (it was refused: "dataset .../train.beton does not exist") ...
     threads = numba.config.NUMBA_NUM_THREADS
-    assert train_main([*tiny_settings(tiny_betons, tmp_path / "unused", f"--data.num_workers={threads + 6}"),
+    assert train_main([*tiny_settings(tiny_betons, tmp_path / "unused", f"--data.num_workers={threads + 6}", upscaled),
                        f"--data.train_dataset={tmp_path / 'nowhere' / 'train.beton'}",
                        "--eval-only", "--weights", str(run_dir / "final.pt")]) == 0
     out = capsys.readouterr().out
-    assert f"val top-1 {summary['top1']:.2f}" in out
+    assert f"val top-1 {summary['top1']:.2f}" in out and note in out.splitlines()
     assert f"data.num_workers {threads + 6} is more than the {threads} threads numba starts" in out
     # ... and refuses a command line that names another one
     status = train_main([*tiny_settings(tiny_betons, tmp_path / "unused"), "--eval-only", "--weights",
