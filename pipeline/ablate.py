@@ -13,6 +13,7 @@ import argparse
 import collections
 import dataclasses
 import functools
+import heapq
 import json
 import os
 import subprocess
@@ -171,7 +172,7 @@ def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[J
 
 
 def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> None:
-    total = len(queue)
+    total, took = len(queue), []  # took: the durations of the runs done
     while queue or running:
         for index, slot in enumerate(slots):
             if index not in running and queue:
@@ -184,11 +185,16 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
             if status is None:
                 continue
             del running[index]
-            ended = f"({len(outcome['done']) + len(outcome['failed']) + 1} of {total} ended)"
+            now = time.monotonic()
+            if status == 0:
+                took.append(now - started)
+            count = len(outcome["done"]) + len(outcome["failed"]) + 1
+            to_go = time_to_go(took, [began for _, _, _, began in running.values()], len(queue), len(slots), now)
+            ended = f"({count} of {total} ended" + (
+                f"; ≈ {clock_time(to_go)} to go at this pace)" if to_go is not None else ")")
             if status == 0:
                 outcome["done"].append(job)
-                report(f"done {job.run_dir.name} in {clock_time(time.monotonic() - started)}"
-                       f"{top1_text(job.run_dir)} {ended}")
+                report(f"done {job.run_dir.name} in {clock_time(took[-1])}{top1_text(job.run_dir)} {ended}")
             elif attempt < RETRIES and status != USAGE_EXIT:
                 queue.appendleft((job, attempt + 1))
                 report(f"failed {job.run_dir.name} (exit {status}); retrying, log: {job.run_dir / TRAIN_LOG_NAME}")
@@ -202,6 +208,22 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> N
                     report(f"FAILED {job.run_dir.name} (exit {status}, twice); log: {log} {ended}")
         if running:
             wait_for_an_exit([process for _, _, process, _ in running.values()], poll_seconds)
+
+
+def time_to_go(took: Sequence[float], running_since: Sequence[float], queued: int, slots: int,
+               now: float) -> Optional[float]:
+    """Seconds until the last run ends, if every run takes as long as the mean of those done (`took`; None before
+    one is, or when none is left): what is left of the running ones, then the queued ones on whichever slot
+    frees first. Arms differ in cost and resumed runs are shorter, so it is an estimate; over a days-long ablation
+    it says which day."""
+    if not took or not (queued or running_since):
+        return None
+    each = sum(took) / len(took)
+    free = [max(each - (now - since), 0.0) for since in running_since] + [0.0] * (slots - len(running_since))
+    heapq.heapify(free)
+    for _ in range(queued):
+        heapq.heapreplace(free, free[0] + each)
+    return max(free)
 
 
 def clock_time(seconds: float) -> str:

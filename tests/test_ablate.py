@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, tiny_settings
 from pipeline import ablate
 from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process, make_slots, pin_cores, plan_jobs,
-                             run_schedule, visible_gpus)
+                             run_schedule, time_to_go, visible_gpus)
 from pipeline.ablate import main as ablate_main
 from pipeline.config import ConfigError
 from pipeline.cores import core_ranges, share_cores
@@ -171,15 +171,25 @@ def test_each_run_that_ends_is_reported_with_its_top1_its_time_and_the_count(tmp
     jobs = plan_jobs(["gap", "std", "gmp"], [0], tmp_path, "resnet18", "s")
     jobs[0].run_dir.mkdir(parents=True)
     (jobs[0].run_dir / "result.json").write_text(json.dumps({"top1": 61.254}))
-    clock = iter([0.0, 3725.0, 3725.0, 3800.0, 3812.0])  # each start, and the end of each run that is done
+    clock = iter([0.0, 3725.0, 3725.0, 3800.0, 3800.0, 3812.0])  # each start and each end
     monkeypatch.setattr(ablate.time, "monotonic", lambda: next(clock))
     messages = []
     run_mocked(jobs, make_slots(["0"], 1), statuses={"std": 2}, report=messages.append)
     ended = [message for message in messages if not message.startswith("[")]
-    assert ended[0] == f"done {jobs[0].run_dir.name} in 1:02:05: top-1 61.25 (1 of 3 ended)"
+    # two runs left on one GPU, at the pace of the one done
+    assert ended[0] == (f"done {jobs[0].run_dir.name} in 1:02:05: top-1 61.25 (1 of 3 ended; ≈ 2:04:10 to go at this "
+                        "pace)")
     assert ended[1].startswith(f"FAILED {jobs[1].run_dir.name} (a user error, not retried)")
-    assert ended[1].endswith("(2 of 3 ended)")
+    assert ended[1].endswith("(2 of 3 ended; ≈ 1:02:05 to go at this pace)")
     assert ended[2] == f"done {jobs[2].run_dir.name} in 0:00:12 (3 of 3 ended)"  # no readable result: no top-1
+
+
+def test_the_time_to_go_finishes_the_running_runs_then_queues_the_rest_on_the_first_free_slot():
+    # runs take 150 s (the mean of 100 and 200); one running for 50 s (100 s left), one for 200 s (due now), a
+    # third slot free; four queued: at 0, 0, 100 and 150 s from now they start, the last ends at 300 s
+    assert time_to_go([100.0, 200.0], [950.0, 800.0], 4, 3, 1000.0) == 300.0
+    assert time_to_go([], [950.0], 4, 3, 1000.0) is None  # no run done yet: no pace
+    assert time_to_go([100.0], [], 0, 3, 1000.0) is None  # nothing left
 
 
 def test_gpus_are_numbered_as_this_process_sees_them(monkeypatch):
