@@ -28,6 +28,9 @@ from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
 
 METADATA_FORMAT = 1
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
+# `smart`: an image whose raw pixels take more bytes than this is stored as a JPEG, a smaller one raw. ffcv's own
+# default (None) stores every image raw in that mode, the largest file of all, after encoding each as a JPEG
+SMART_THRESHOLD = 256 * 256 * 3
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class WriteSettings:
     jpeg_quality: int = 90
     compress_prob: float = 0.5
     write_mode: str = "proportion"
+    smart_threshold: int = SMART_THRESHOLD  # bytes of raw pixels above which `smart` stores a JPEG
     chunk_size: int = 100
     workers: int = usable_cores()
     exif_transpose: bool = False  # apply EXIF orientation (torchvision's loader does not)
@@ -81,6 +85,7 @@ def _metadata(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str], 
         "counts": counts.tolist(), "skipped": skipped, "source": source,
         "settings": {"max_res": settings.max_res, "jpeg_quality": settings.jpeg_quality,
                      "compress_prob": settings.compress_prob, "write_mode": settings.write_mode,
+                     **({"smart_threshold": settings.smart_threshold} if settings.write_mode == "smart" else {}),
                      "exif_transpose": settings.exif_transpose},
         "versions": _versions(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
@@ -96,7 +101,8 @@ def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str]
     dataset = RGBFileDataset(files, failure_log, settings.exif_transpose)
     fields = {
         "image": RGBImageField(write_mode=settings.write_mode, max_resolution=settings.max_res,
-                               jpeg_quality=settings.jpeg_quality, compress_probability=settings.compress_prob),
+                               jpeg_quality=settings.jpeg_quality, compress_probability=settings.compress_prob,
+                               smart_threshold=settings.smart_threshold),
         "label": IntField(),
     }
     try:

@@ -48,7 +48,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
     parser.add_argument("--compress-prob", type=float, default=defaults.compress_prob,
                         help="share of images stored as JPEG with --write-mode proportion")
-    parser.add_argument("--write-mode", choices=WRITE_MODES, default=defaults.write_mode)
+    parser.add_argument("--write-mode", choices=WRITE_MODES, default=defaults.write_mode,
+                        help="proportion: --compress-prob of the images as JPEG, the rest raw; smart: JPEG for an "
+                             "image whose raw pixels take more than --smart-threshold bytes, raw for the others")
+    parser.add_argument("--smart-threshold", type=int, help=f"bytes, with --write-mode smart (default "
+                        f"{defaults.smart_threshold:,}: a 256 x 256 image's raw pixels)")
     parser.add_argument("--subset", type=int, help="keep the first N images of every class")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="processes that scan and write (the writer's lay images out in the order they "
@@ -76,6 +80,10 @@ def check_args(args: argparse.Namespace) -> None:
         (args.sample_train is None or args.sample_train >= 1,
          f"--sample-train {args.sample_train}: must be at least 1"),
         (args.sample_val is None or args.sample_val >= 1, f"--sample-val {args.sample_val}: must be at least 1"),
+        (args.smart_threshold is None or args.write_mode == "smart",
+         f"--smart-threshold applies to --write-mode smart, not {args.write_mode}; drop it or pass --write-mode smart"),
+        (args.smart_threshold is None or args.smart_threshold >= 0,
+         f"--smart-threshold {args.smart_threshold}: must be at least 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -146,7 +154,8 @@ def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: a
         report.unlink(missing_ok=True)
     if not good:
         raise UsageError(f"{source}: none of the {len(split.files)} files could be decoded (see {report})")
-    settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode,
+    smart_threshold = WriteSettings().smart_threshold if args.smart_threshold is None else args.smart_threshold
+    settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode, smart_threshold,
                              args.chunk_size, writer_workers, args.exif_transpose)
     started = time.perf_counter()
     write_beton(good, split.classes, out, settings, f"{kind}: {source.resolve()}", len(skipped),

@@ -17,6 +17,7 @@ from dataset_prep.beton import WriteSettings, metadata_path, verify_beton, write
 from dataset_prep.image_folder import find_split, load_rgb
 from dataset_prep.sample_set import build_sample_folder, photo_set_files, sample_folder_counts
 from dataset_prep.write_imagenet import main
+from ffcv.fields.rgb_image import IMAGE_MODES
 from ffcv.reader import Reader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -385,6 +386,31 @@ def test_a_killed_writer_takes_its_workers_along(tmp_path):
         writer.kill()
     assert main(write_args(tmp_path / "imagenet", out, "--split", "train", "--subset", "1")) == 0
     assert not temporary.exists()
+
+
+def test_smart_mode_stores_the_images_over_its_threshold_as_jpegs(tmp_path, capsys):
+    """`--write-mode smart` stored every image raw (ffcv's mode without a threshold): the largest beton, where a
+    user asked for large images to be compressed."""
+    train = tmp_path / "imagenet" / "train"
+    for label in range(2):
+        (train / str(label)).mkdir(parents=True)
+        for index in range(4):
+            photo(40 + 8 * index, 40).save(train / str(label) / f"{index}.JPEG")  # 40 ... 64 px tall
+    threshold = 50 * 40 * 3
+    assert main(write_args(tmp_path / "imagenet", tmp_path / "out", "--split", "train", "--write-mode", "smart",
+                           "--smart-threshold", str(threshold))) == 0
+    fields = Reader(str(tmp_path / "out" / "train.beton")).metadata["f0"]
+    as_jpeg = [mode == IMAGE_MODES["jpg"] for mode in fields["mode"]]
+    assert as_jpeg == [int(height) * int(width) * 3 > threshold for height, width in zip(fields["height"],
+                                                                                         fields["width"])]
+    assert 0 < sum(as_jpeg) < len(as_jpeg)  # 56 and 64 px tall over it, 40 and 48 under
+    settings = json.loads(metadata_path(tmp_path / "out" / "train.beton").read_text())["settings"]
+    assert (settings["write_mode"], settings["smart_threshold"]) == ("smart", threshold)
+    # the threshold of another mode is refused, not ignored
+    assert main(write_args(tmp_path / "imagenet", tmp_path / "other", "--smart-threshold", "100")) == 2
+    assert capsys.readouterr().err.endswith("error: --smart-threshold applies to --write-mode smart, not proportion; "
+                                            "drop it or pass --write-mode smart\n")
+    assert not (tmp_path / "other").exists()
 
 
 def test_writing_the_same_photos_again_stores_each_image_the_same_way(tmp_path):
