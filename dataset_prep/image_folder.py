@@ -128,45 +128,54 @@ def skip_kind(reason: str) -> str:
     return next((kind for kind in SKIP_KINDS if reason.startswith(kind)), "corrupt")
 
 
-def check_image(path: ImageSource, exif_transpose: bool = False) -> Optional[str]:
-    """None when `path` decodes completely; else the reason it is skipped (one line, starting with its kind).
-    Never raises: one bad file must not end a scan of a million."""
+def check_image(path: ImageSource, exif_transpose: bool = False) -> Tuple[Optional[str], Tuple[int, int]]:
+    """(None, its (height, width)) when `path` decodes completely; else (the reason it is skipped: one line,
+    starting with its kind; (0, 0)). Never raises: one bad file must not end a scan of a million."""
     try:
         if source_size(path) == 0:
-            return "empty: zero-byte file"
+            return "empty: zero-byte file", (0, 0)
         image = load_rgb(path, exif_transpose)
         if image.ndim != 3 or min(image.shape[:2]) < 1:
-            return f"corrupt: unusable image shape {image.shape}"
-        return None
+            return f"corrupt: unusable image shape {image.shape}", (0, 0)
+        return None, image.shape[:2]
     except Image.DecompressionBombError as error:
-        return f"too large: {str(error).splitlines()[0]}"
+        reason = f"too large: {str(error).splitlines()[0]}"
     except Image.UnidentifiedImageError:
-        return "not an image PIL can identify"
+        reason = "not an image PIL can identify"
     except PermissionError as error:
-        return f"unreadable: {error.strerror}"
+        reason = f"unreadable: {error.strerror}"
     except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for truncated or corrupt data
-        return f"corrupt: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'corrupt image'}"
+        reason = f"corrupt: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'corrupt image'}"
     except Exception as error:  # noqa: BLE001 -- see the docstring
-        return f"unexpected: {type(error).__name__}: {error}"
+        reason = f"unexpected: {type(error).__name__}: {error}"
+    return reason, (0, 0)
 
 
-def _check_entry(entry: Tuple[ImageSource, int, bool]) -> Tuple[ImageSource, int, Optional[str]]:
-    return entry[0], entry[1], check_image(entry[0], entry[2])
+def _check_entry(entry: Tuple[ImageSource, int, bool]):
+    return (entry[0], entry[1], *check_image(entry[0], entry[2]))
 
 
-def scan(files: Sequence[Tuple[ImageSource, int]], workers: int, desc: str = "scan", exif_transpose: bool = False
-         ) -> Tuple[List[Tuple[str, int]], List[Tuple[str, str]]]:
-    """Decode every file in parallel: returns (good (path, label) in input order, skipped (path, reason))."""
-    good, skipped = [], []
+@dataclass(frozen=True)
+class Scanned:
+    good: List[Tuple[ImageSource, int]]  # (path, label) of every file that decoded, in input order
+    shapes: List[Tuple[int, int]]  # their (height, width): what the beton's size follows from
+    skipped: List[Tuple[str, str]]  # (path, reason)
+
+
+def scan(files: Sequence[Tuple[ImageSource, int]], workers: int, desc: str = "scan",
+         exif_transpose: bool = False) -> Scanned:
+    """Decode every file in parallel."""
+    scanned = Scanned([], [], [])
     chunk = max(1, min(64, len(files) // (4 * max(workers, 1)) or 1))
     with Pool(workers) as pool, stop_if_a_worker_dies(desc, "one killed for memory: pass fewer --workers"):
         results = pool.imap(_check_entry, [(path, label, exif_transpose) for path, label in files], chunksize=chunk)
-        for path, label, reason in tqdm(results, total=len(files), desc=desc, unit="img", mininterval=1):
+        for path, label, reason, shape in tqdm(results, total=len(files), desc=desc, unit="img", mininterval=1):
             if reason is None:
-                good.append((path, label))
+                scanned.good.append((path, label))
+                scanned.shapes.append(tuple(shape))
             else:
-                skipped.append((path, reason))
-    return good, skipped
+                scanned.skipped.append((path, reason))
+    return scanned
 
 
 class RGBFileDataset:

@@ -12,6 +12,7 @@ import collections
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -19,6 +20,7 @@ from pipeline.gc_freeze import imports_frozen
 
 with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
     from dataset_prep.beton import WRITE_MODES, WriteSettings, class_difference, verify_beton, write_beton
+    from dataset_prep.beton_size import check_room, estimate_beton, jpeg_bytes_per_pixel
     from dataset_prep.image_folder import Split, UsageError, printable, scan, skip_kind
     from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
     from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
@@ -145,8 +147,8 @@ def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: a
     list_splits; `kind` is the layout's."""
     out = out_dir / f"{split_name}.beton"
     source = split.root
-    good, skipped = scan(split.files, args.workers, f"{split_name} scan", args.exif_transpose)
-    skipped = list(split.skipped) + skipped
+    scanned = scan(split.files, args.workers, f"{split_name} scan", args.exif_transpose)
+    good, skipped = scanned.good, list(split.skipped) + scanned.skipped
     report = out_dir / f"{split_name}_skipped.txt"
     if skipped:
         write_text_atomic(report, "".join(f"{printable(path)}\t{reason}\n" for path, reason in skipped))
@@ -157,6 +159,10 @@ def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: a
     smart_threshold = WriteSettings().smart_threshold if args.smart_threshold is None else args.smart_threshold
     settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode, smart_threshold,
                              args.chunk_size, writer_workers, args.exif_transpose)
+    per_pixel = jpeg_bytes_per_pixel(good, settings)
+    estimate = estimate_beton(scanned.shapes, settings, per_pixel)
+    check_room(out, estimate, lambda: estimate_beton(scanned.shapes, replace(settings, write_mode="jpg"), per_pixel))
+    print(f"{split_name}: writing {out}, {estimate.describe()}", flush=True)
     started = time.perf_counter()
     write_beton(good, split.classes, out, settings, f"{kind}: {source.resolve()}", len(skipped),
                 split.class_names)

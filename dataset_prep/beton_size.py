@@ -1,0 +1,109 @@
+"""How many bytes a beton will take, known before it is written, and a refusal when its disk has less room.
+
+ImageNet's train beton takes ≈ 337 GB at ffcv-imagenet's settings and hours to write; a disk without that room
+ended the writer at the full disk, after those hours. The scan before the write decodes every image, so each
+image's size is known: ffcv stores it shrunk to --max-res (`stored_shape`), raw or as a JPEG by the write mode
+(the proportion mode's draw is seeded by the image's index, so which images are raw is known exactly), in pages
+of its writer. Only a JPEG's bytes are estimated, from a sample of the images encoded as ffcv encodes them.
+"""
+import inspect
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Sequence, Tuple
+
+import numpy as np
+
+import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
+from ffcv.fields.rgb_image import encode_jpeg, resizer
+from ffcv.writer import DatasetWriter
+
+from dataset_prep.archive import ImageSource
+from dataset_prep.beton import WriteSettings
+from dataset_prep.image_folder import UsageError, load_rgb
+
+PAGE_BYTES = inspect.signature(DatasetWriter).parameters["page_size"].default  # what write_beton's writer uses
+TABLE_BYTES_PER_IMAGE = 24 + 24  # the image and label fields' metadata row and the allocation table's row
+JPEG_SAMPLE = 48  # images encoded to estimate a JPEG's bytes per pixel (≈ 0.5 s)
+
+
+def stored_shape(height: int, width: int, max_res: int) -> Tuple[int, int]:
+    """(height, width) of an image as ffcv's RGBImageField stores it: shrunk so its longest side is max_res."""
+    ratio = max_res / max(height, width)
+    if ratio >= 1:
+        return height, width
+    return int(ratio * height), int(ratio * width)  # ffcv's (ratio * size).astype(int)
+
+
+def stored_as_jpeg(index: int, raw_bytes: int, settings: WriteSettings) -> bool:
+    """Whether the writer stores the image at `index` as a JPEG (beton.RGBFileDataset seeds numpy's generator by
+    the index just before ffcv draws the proportion mode's choice)."""
+    if settings.write_mode == "proportion":
+        np.random.seed(index)
+        return bool(np.random.rand() < settings.compress_prob)
+    if settings.write_mode == "smart":
+        return raw_bytes > settings.smart_threshold
+    return settings.write_mode == "jpg"
+
+
+def jpeg_bytes_per_pixel(files: Sequence[Tuple[ImageSource, int]], settings: WriteSettings) -> float:
+    """A JPEG's bytes per stored pixel, over up to JPEG_SAMPLE images spread over the split, encoded as ffcv
+    encodes them (shrunk to max_res, at the quality asked)."""
+    picked = np.unique(np.linspace(0, len(files) - 1, min(JPEG_SAMPLE, len(files))).round().astype(int))
+    encoded = pixels = 0
+    for index in picked:
+        image = resizer(load_rgb(files[index][0], settings.exif_transpose), settings.max_res)
+        encoded += encode_jpeg(image, settings.jpeg_quality).nbytes
+        pixels += image.shape[0] * image.shape[1]
+    return encoded / max(pixels, 1)
+
+
+@dataclass(frozen=True)
+class BetonEstimate:
+    total_bytes: int
+    jpegs: int  # images stored as JPEGs
+    images: int
+
+    def describe(self) -> str:
+        return f"≈ {self.total_bytes / 1e9:.2f} GB ({self.images:,} images, {self.jpegs:,} of them as JPEGs)"
+
+
+def stored_bytes(shapes: Sequence[Tuple[int, int]], settings: WriteSettings, per_pixel: float
+                 ) -> List[Tuple[int, bool]]:
+    """(bytes, stored as a JPEG) of each image of a split written with `settings`, from its (height, width): a
+    raw image's bytes exactly, a JPEG's at `per_pixel` (jpeg_bytes_per_pixel)."""
+    stored = []
+    for index, (height, width) in enumerate(shapes):
+        pixels = math.prod(stored_shape(height, width, settings.max_res))
+        jpeg = stored_as_jpeg(index, 3 * pixels, settings)
+        stored.append((math.ceil(per_pixel * pixels) if jpeg else 3 * pixels, jpeg))
+    return stored
+
+
+def estimate_beton(shapes: Sequence[Tuple[int, int]], settings: WriteSettings, per_pixel: float) -> BetonEstimate:
+    """The beton's bytes: each image's stored bytes packed into the writer's pages in order (an image that does
+    not fit the rest of a page starts the next), a partial page more per writer process (each fills pages of its
+    own: one page more than this packing in the sample set's val beton), the tables."""
+    pages, used = 0, PAGE_BYTES  # no page open yet
+    stored = stored_bytes(shapes, settings, per_pixel)
+    for size, _ in stored:
+        if used + size > PAGE_BYTES:
+            pages, used = pages + 1, 0
+        used += size
+    pages += min(settings.workers, math.ceil(len(shapes) / settings.chunk_size))
+    return BetonEstimate(pages * PAGE_BYTES + TABLE_BYTES_PER_IMAGE * len(shapes), sum(jpeg for _, jpeg in stored),
+                         len(shapes))
+
+
+def check_room(out: Path, estimate: BetonEstimate, all_jpegs: Callable[[], BetonEstimate]) -> None:
+    """Refuse a write its disk has no room for, before it starts; the refusal says what the same images would take
+    as JPEGs (`all_jpegs`: seconds for ImageNet's train split, so only when refusing)."""
+    free = shutil.disk_usage(out.parent).free
+    if estimate.total_bytes <= free:
+        return
+    smallest = all_jpegs()
+    fewer = (f", or store the images as JPEGs (--write-mode jpg: {smallest.describe()})"
+             if smallest.total_bytes < estimate.total_bytes else "")
+    raise UsageError(f"{out} needs {estimate.describe()} and the disk of {out.parent} has {free / 1e9:.2f} GB free; "
+                     f"free space or pass another --out-dir{fewer}")
