@@ -48,8 +48,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--max-res", type=int, help=f"longest side stored, px (default {defaults.max_res}; "
                         f"{SAMPLE_MAX_RES} for the sample set, whose training runs at low resolution)")
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
-    parser.add_argument("--compress-prob", type=float, default=defaults.compress_prob,
-                        help="share of images stored as JPEG with --write-mode proportion")
+    parser.add_argument("--compress-prob", type=float, help="share of images stored as JPEG, with --write-mode "
+                        f"proportion (default {defaults.compress_prob})")
     parser.add_argument("--write-mode", choices=WRITE_MODES, default=defaults.write_mode,
                         help="proportion: --compress-prob of the images as JPEG, the rest raw; smart: JPEG for an "
                              "image whose raw pixels take more than --smart-threshold bytes, raw for the others")
@@ -75,7 +75,11 @@ def check_args(args: argparse.Namespace) -> None:
     checks = [
         (args.max_res >= 32, f"--max-res {args.max_res}: must be at least 32"),
         (1 <= args.jpeg_quality <= 100, f"--jpeg-quality {args.jpeg_quality}: must be in 1..100"),
-        (0.0 <= args.compress_prob <= 1.0, f"--compress-prob {args.compress_prob}: must be in [0, 1]"),
+        (args.compress_prob is None or 0.0 <= args.compress_prob <= 1.0,
+         f"--compress-prob {args.compress_prob}: must be in [0, 1]"),
+        (args.compress_prob is None or args.write_mode == "proportion",
+         f"--compress-prob applies to --write-mode proportion, not {args.write_mode}; drop it or pass --write-mode "
+         "proportion"),
         (args.workers >= 1, f"--workers {args.workers}: must be at least 1"),
         (args.chunk_size >= 1, f"--chunk-size {args.chunk_size}: must be at least 1"),
         (args.subset is None or args.subset >= 1, f"--subset {args.subset}: must be at least 1"),
@@ -156,9 +160,10 @@ def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: a
         report.unlink(missing_ok=True)
     if not good:
         raise UsageError(f"{source}: none of the {len(split.files)} files could be decoded (see {report})")
-    smart_threshold = WriteSettings().smart_threshold if args.smart_threshold is None else args.smart_threshold
-    settings = WriteSettings(args.max_res, args.jpeg_quality, args.compress_prob, args.write_mode, smart_threshold,
-                             args.chunk_size, writer_workers, args.exif_transpose)
+    given = {"compress_prob": args.compress_prob, "smart_threshold": args.smart_threshold}  # of one mode each
+    settings = WriteSettings(max_res=args.max_res, jpeg_quality=args.jpeg_quality, write_mode=args.write_mode,
+                             chunk_size=args.chunk_size, workers=writer_workers, exif_transpose=args.exif_transpose,
+                             **{name: value for name, value in given.items() if value is not None})
     per_pixel = jpeg_bytes_per_pixel(good, settings)
     estimate = estimate_beton(scanned.shapes, settings, per_pixel)
     check_room(out, estimate, lambda: estimate_beton(scanned.shapes, replace(settings, write_mode="jpg"), per_pixel))

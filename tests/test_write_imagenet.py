@@ -406,10 +406,14 @@ def test_smart_mode_stores_the_images_over_its_threshold_as_jpegs(tmp_path, caps
     assert 0 < sum(as_jpeg) < len(as_jpeg)  # 56 and 64 px tall over it, 40 and 48 under
     settings = json.loads(metadata_path(tmp_path / "out" / "train.beton").read_text())["settings"]
     assert (settings["write_mode"], settings["smart_threshold"]) == ("smart", threshold)
-    # the threshold of another mode is refused, not ignored
-    assert main(write_args(tmp_path / "imagenet", tmp_path / "other", "--smart-threshold", "100")) == 2
-    assert capsys.readouterr().err.endswith("error: --smart-threshold applies to --write-mode smart, not proportion; "
-                                            "drop it or pass --write-mode smart\n")
+    capsys.readouterr()
+    # the setting of another mode is refused, not ignored
+    for extra, said in [(["--smart-threshold", "100"], "--smart-threshold applies to --write-mode smart, not "
+                                                       "proportion; drop it or pass --write-mode smart"),
+                        (["--write-mode", "jpg", "--compress-prob", "0.1"], "--compress-prob applies to --write-mode "
+                         "proportion, not jpg; drop it or pass --write-mode proportion")]:
+        assert main(write_args(tmp_path / "imagenet", tmp_path / "other", *extra)) == 2
+        assert capsys.readouterr().err == f"write_imagenet.py: error: {said}\n"
     assert not (tmp_path / "other").exists()
 
 
