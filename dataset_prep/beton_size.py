@@ -105,5 +105,7 @@ def check_room(out: Path, estimate: BetonEstimate, all_jpegs: Callable[[], Beton
     smallest = all_jpegs()
     fewer = (f", or store the images as JPEGs (--write-mode jpg: {smallest.describe()})"
              if smallest.total_bytes < estimate.total_bytes else "")
-    raise UsageError(f"{out} needs {estimate.describe()} and the disk of {out.parent} has {free / 1e9:.2f} GB free; "
-                     f"free space or pass another --out-dir{fewer}")
+    kept = (f" (the {out.name} it replaces, {out.stat().st_size / 1e9:.2f} GB, stays until the new one is whole)"
+            if out.exists() else "")
+    raise UsageError(f"{out} needs {estimate.describe()} and the disk of {out.parent} has {free / 1e9:.2f} GB free"
+                     f"{kept}; free space or pass another --out-dir{fewer}")

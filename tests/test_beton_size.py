@@ -72,10 +72,16 @@ def test_a_write_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_path, 
         f"write_imagenet.py: error: {out / 'train.beton'} needs ≈ 0.02 GB (40 images, 0 of them as JPEGs) and the "
         f"disk of {out} has 0.00 GB free; free space or pass another --out-dir")  # as JPEGs: the same pages
     assert list(out.iterdir()) == []  # nothing written, no temporary file left
+    (out / "train.beton").write_bytes(bytes(10**6))  # an --overwrite: the old beton stays until the new is whole
+    assert main(["--data-dir", str(tmp_path / "imagenet"), "--out-dir", str(out), "--split", "train",
+                 "--max-res", "64", "--workers", "2", "--write-mode", "raw", "--overwrite"]) == 2
+    assert "has 0.00 GB free (the train.beton it replaces, 0.00 GB, stays until the new one is whole); free space" \
+        in capsys.readouterr().err
+    assert [path.name for path in out.iterdir()] == ["train.beton"]
     # where JPEGs take fewer pages, the refusal says how many
     raw, jpeg = BetonEstimate(337 * 10**9, 0, 1_281_167), BetonEstimate(80 * 10**9, 1_281_167, 1_281_167)
     with pytest.raises(UsageError, match=r"needs ≈ 337.00 GB \(1,281,167 images, 0 of them as JPEGs\) and the disk "
                                          r"of .* has 0.00 GB free; free space or pass another --out-dir, or store "
                                          r"the images as JPEGs \(--write-mode jpg: ≈ 80.00 GB \(1,281,167 images, "
                                          r"1,281,167 of them as JPEGs\)\)$"):
-        check_room(out / "train.beton", raw, lambda: jpeg)
+        check_room(out / "other.beton", raw, lambda: jpeg)
