@@ -151,7 +151,7 @@ def check_image(path: ImageSource, exif_transpose: bool = False) -> Tuple[Option
     return reason, (0, 0)
 
 
-def _check_entry(entry: Tuple[ImageSource, int, bool]):
+def _check_entry(entry: Tuple[ImageSource, int, bool]) -> Tuple[ImageSource, int, Optional[str], Tuple[int, int]]:
     return (entry[0], entry[1], *check_image(entry[0], entry[2]))
 
 
