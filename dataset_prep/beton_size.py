@@ -100,16 +100,27 @@ def estimate_beton(shapes: Sequence[Tuple[int, int]], settings: WriteSettings, p
                          len(shapes))
 
 
-def check_room(out: Path, estimate: BetonEstimate, all_jpegs: Callable[[], BetonEstimate]) -> None:
-    """Refuse a write its disk has no room for, before it starts; the refusal says what the same images would take
-    as JPEGs (`all_jpegs`: seconds for ImageNet's train split, so only when refusing)."""
-    free = shutil.disk_usage(out.parent).free
-    if estimate.total_bytes <= free:
+@dataclass(frozen=True)
+class PlannedBeton:
+    out: Path
+    estimate: BetonEstimate
+    all_jpegs: Callable[[], BetonEstimate]  # the same images all stored as JPEGs (seconds for ImageNet's train)
+
+
+def check_room(planned: Sequence[PlannedBeton]) -> None:
+    """Refuse writes that their disk (one --out-dir's) has no room for, before the first starts: a val beton
+    refused after the hours of the train beton's write would have been found late. The refusal says what the
+    same images take as JPEGs, which is worked out only then."""
+    folder = planned[0].out.parent
+    free = shutil.disk_usage(folder).free
+    if sum(plan.estimate.total_bytes for plan in planned) <= free:
         return
-    smallest = all_jpegs()
-    fewer = (f", or store the images as JPEGs (--write-mode jpg: {smallest.describe()})"
-             if smallest.total_bytes < estimate.total_bytes else "")
-    kept = (f" (the {out.name} it replaces, {out.stat().st_size / 1e9:.2f} GB, stays until the new one is whole)"
-            if out.exists() else "")
-    raise UsageError(f"{out} needs {estimate.describe()} and the disk of {out.parent} has {free / 1e9:.2f} GB free"
-                     f"{kept}; free space or pass another --out-dir{fewer}")
+    needs = " and ".join(f"{plan.out} needs {plan.estimate.describe()}" for plan in planned)
+    smallest = sum(plan.all_jpegs().total_bytes for plan in planned)
+    fewer = (f", or store the images as JPEGs (--write-mode jpg: ≈ {smallest / 1e9:.2f} GB)"
+             if smallest < sum(plan.estimate.total_bytes for plan in planned) else "")
+    replaced = [plan.out.name for plan in planned if plan.out.exists()]
+    kept = (f" ({', '.join(replaced)}, which the write replaces, {'is' if len(replaced) == 1 else 'are'} deleted "
+            f"only once the new {'one is' if len(replaced) == 1 else 'ones are'} whole)" if replaced else "")
+    raise UsageError(f"{needs}; the disk of {folder} has {free / 1e9:.2f} GB free{kept}: free space or pass another "
+                     f"--out-dir{fewer}")

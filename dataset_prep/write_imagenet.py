@@ -12,15 +12,16 @@ import collections
 import sys
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from pipeline.gc_freeze import imports_frozen
 
 with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
+    from dataset_prep.archive import ImageSource
     from dataset_prep.beton import WRITE_MODES, WriteSettings, class_difference, verify_beton, write_beton
-    from dataset_prep.beton_size import check_room, estimate_beton, jpeg_bytes_per_pixel
+    from dataset_prep.beton_size import PlannedBeton, check_room, estimate_beton, jpeg_bytes_per_pixel
     from dataset_prep.image_folder import Split, UsageError, printable, scan, skip_kind
     from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
     from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
@@ -145,12 +146,22 @@ def list_splits(layout: Layout, names: List[str], subset: Optional[int]) -> Dict
     return splits
 
 
-def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: argparse.Namespace,
-                writer_workers: int) -> None:
-    """Scan (by --workers processes), write (by `writer_workers`) and (optionally) verify one split listed by
-    list_splits; `kind` is the layout's."""
-    out = out_dir / f"{split_name}.beton"
-    source = split.root
+@dataclass(frozen=True)
+class PlannedSplit:
+    """A split scanned, with what its beton will take: every split asked for is planned before the first is
+    written, so that a disk without room for all of them is refused before any write."""
+    name: str
+    split: Split
+    good: List[Tuple[ImageSource, int]]
+    skipped: List[Tuple[str, str]]
+    report: Path  # where the skipped files are listed
+    settings: WriteSettings
+    beton: PlannedBeton
+
+
+def plan_split(split_name: str, split: Split, out_dir: Path, args: argparse.Namespace,
+               writer_workers: int) -> PlannedSplit:
+    """Scan (by --workers processes) one split listed by list_splits and estimate its beton."""
     scanned = scan(split.files, args.workers, f"{split_name} scan", args.exif_transpose)
     good, skipped = scanned.good, list(split.skipped) + scanned.skipped
     report = out_dir / f"{split_name}_skipped.txt"
@@ -159,27 +170,34 @@ def write_split(split_name: str, split: Split, kind: str, out_dir: Path, args: a
     else:
         report.unlink(missing_ok=True)
     if not good:
-        raise UsageError(f"{source}: none of the {len(split.files)} files could be decoded (see {report})")
+        raise UsageError(f"{split.root}: none of the {len(split.files)} files could be decoded (see {report})")
     given = {"compress_prob": args.compress_prob, "smart_threshold": args.smart_threshold}  # of one mode each
     settings = WriteSettings(max_res=args.max_res, jpeg_quality=args.jpeg_quality, write_mode=args.write_mode,
                              chunk_size=args.chunk_size, workers=writer_workers, exif_transpose=args.exif_transpose,
                              **{name: value for name, value in given.items() if value is not None})
     per_pixel = jpeg_bytes_per_pixel(good, settings)
-    estimate = estimate_beton(scanned.shapes, settings, per_pixel)
-    check_room(out, estimate, lambda: estimate_beton(scanned.shapes, replace(settings, write_mode="jpg"), per_pixel))
-    print(f"{split_name}: writing {out}, {estimate.describe()}", flush=True)
+    beton = PlannedBeton(out_dir / f"{split_name}.beton", estimate_beton(scanned.shapes, settings, per_pixel),
+                         lambda: estimate_beton(scanned.shapes, replace(settings, write_mode="jpg"), per_pixel))
+    return PlannedSplit(split_name, split, good, skipped, report, settings, beton)
+
+
+def write_split(plan: PlannedSplit, kind: str, verify: bool) -> None:
+    """Write (by the plan's writer processes) and (optionally) verify one planned split; `kind` is the layout's."""
+    split, out, good, skipped = plan.split, plan.beton.out, plan.good, plan.skipped
+    print(f"{plan.name}: writing {out}, {plan.beton.estimate.describe()}", flush=True)
     started = time.perf_counter()
-    write_beton(good, split.classes, out, settings, f"{kind}: {source.resolve()}", len(skipped),
+    write_beton(good, split.classes, out, plan.settings, f"{kind}: {split.root.resolve()}", len(skipped),
                 split.class_names)
     seconds = time.perf_counter() - started
-    print(f"{split_name}: {len(good)} written, {skipped_summary(skipped)}, {len(split.files)} found"
+    print(f"{plan.name}: {len(good)} written, {skipped_summary(skipped)}, {len(split.files)} found"
           + (f" ({split.nested} in subfolders of class folders)" if split.nested else "")
-          + f" -> {out} ({len(good) / seconds:.0f} img/s)" + (f"; skipped files listed in {report}" if skipped else ""))
-    if args.verify:
+          + f" -> {out} ({len(good) / seconds:.0f} img/s)"
+          + (f"; skipped files listed in {plan.report}" if skipped else ""))
+    if verify:
         problems = verify_beton(out, [label for _, label in good], len(split.classes))
         if problems:
             raise RuntimeError("; ".join(problems))
-        print(f"{split_name}: verified {out} (count and label histogram match the source)")
+        print(f"{plan.name}: verified {out} (count and label histogram match the source)")
 
 
 def interrupted_advice(splits: List[str], written: List[str]) -> str:
@@ -223,9 +241,12 @@ def main(argv: List[str]) -> int:
         if args.data_dir is None:
             prepare_sample_folder(data_dir, args.sample_train, args.sample_val, args.workers)
         writer_workers = SAMPLE_WRITER_WORKERS if args.data_dir is None else args.workers
-        for split_name, split in list_splits(layout, splits, args.subset).items():
-            write_split(split_name, split, layout.kind, out_dir, args, writer_workers)
-            written.append(split_name)
+        plans = [plan_split(name, split, out_dir, args, writer_workers)
+                 for name, split in list_splits(layout, splits, args.subset).items()]
+        check_room([plan.beton for plan in plans])
+        for plan in plans:
+            write_split(plan, layout.kind, args.verify)
+            written.append(plan.name)
     except UserError as error:
         return report_user_error("write_imagenet.py", error)
     except KeyboardInterrupt as interrupt:

@@ -8,19 +8,20 @@ from PIL import Image
 
 from dataset_prep import beton_size
 from dataset_prep.beton import WriteSettings
-from dataset_prep.beton_size import BetonEstimate, check_room, estimate_beton, jpeg_bytes_per_pixel, stored_bytes
+from dataset_prep.beton_size import (BetonEstimate, PlannedBeton, check_room, estimate_beton, jpeg_bytes_per_pixel,
+                                     stored_bytes)
 from dataset_prep.image_folder import UsageError, find_split, scan
 from dataset_prep.write_imagenet import main
 from ffcv.fields.rgb_image import IMAGE_MODES
 from ffcv.reader import Reader
 
 
-def photo_folder(root, sizes):
-    """An ImageFolder of 2 classes of smooth photos with a little noise (JPEGs of a photo's size, not a flat
+def photo_folder(root, sizes, split="train"):
+    """An ImageFolder split of 2 classes of smooth photos with a little noise (JPEGs of a photo's size, not a flat
     colour's) of the (height, width) given."""
     generator = np.random.default_rng(0)
     for index, (height, width) in enumerate(sizes):
-        folder = root / "train" / str(index % 2)
+        folder = root / split / str(index % 2)
         folder.mkdir(parents=True, exist_ok=True)
         y, x = np.mgrid[0:height, 0:width]
         smooth = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1)
@@ -62,28 +63,31 @@ def test_the_estimate_knows_each_images_stored_shape_and_mode_and_its_bytes(tmp_
     assert f"train: writing {out / 'train.beton'}, {estimate.describe()}" in capsys.readouterr().out
 
 
-def test_a_write_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_path, capsys, monkeypatch):
-    """A disk without room for the beton ended the writer at the full disk, after the hours of an ImageNet write."""
+def test_writes_the_disk_has_no_room_for_are_refused_before_the_first_starts(tmp_path, capsys, monkeypatch):
+    """A disk without room for a beton ended the writer at the full disk, after the hours of an ImageNet write; with
+    room for the train beton alone, val's was refused (or filled the disk) after the train beton's hours."""
     photo_folder(tmp_path / "imagenet", SIZES)
-    free = namedtuple("usage", "total used free")(10**9, 10**9 - 4 * 10**6, 4 * 10**6)  # 4 MB free
-    monkeypatch.setattr(beton_size.shutil, "disk_usage", lambda path: free)
+    photo_folder(tmp_path / "imagenet", SIZES[:10], "val")
+    room = {"free": 20 * 10**6}  # for one beton of two 8 MiB pages, not for two
+    monkeypatch.setattr(beton_size.shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(
+        10**9, 10**9 - room["free"], room["free"]))
     out = tmp_path / "out"
-    assert main(["--data-dir", str(tmp_path / "imagenet"), "--out-dir", str(out), "--split", "train",
-                 "--max-res", "64", "--workers", "2", "--write-mode", "raw"]) == 2
+    write = ["--data-dir", str(tmp_path / "imagenet"), "--out-dir", str(out), "--max-res", "64", "--workers", "2",
+             "--write-mode", "raw"]
+    assert main(write) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"write_imagenet.py: error: {out / 'train.beton'} needs ≈ 0.02 GB (40 images, 0 of them as JPEGs) and the "
-        f"disk of {out} has 0.00 GB free; free space or pass another --out-dir")  # as JPEGs: the same pages
+        f"write_imagenet.py: error: {out / 'train.beton'} needs ≈ 0.02 GB (40 images, 0 of them as JPEGs) and "
+        f"{out / 'val.beton'} needs ≈ 0.02 GB (10 images, 0 of them as JPEGs); the disk of {out} has 0.02 GB free: "
+        "free space or pass another --out-dir")  # as JPEGs: the same pages
     assert list(out.iterdir()) == []  # nothing written, no temporary file left
-    (out / "train.beton").write_bytes(bytes(10**6))  # an --overwrite: the old beton stays until the new is whole
-    assert main(["--data-dir", str(tmp_path / "imagenet"), "--out-dir", str(out), "--split", "train",
-                 "--max-res", "64", "--workers", "2", "--write-mode", "raw", "--overwrite"]) == 2
-    assert "has 0.00 GB free (the train.beton it replaces, 0.00 GB, stays until the new one is whole); free space" \
-        in capsys.readouterr().err
-    assert [path.name for path in out.iterdir()] == ["train.beton"]
+    assert main(write + ["--split", "train"]) == 0  # one of them fits
+    room["free"] = 10**6  # the new train.beton is written beside the old one, which stays until it is whole
+    assert main(write + ["--split", "train", "--overwrite"]) == 2
+    assert "has 0.00 GB free (train.beton, which the write replaces, is deleted only once the new one is whole): " \
+           "free space" in capsys.readouterr().err
     # where JPEGs take fewer pages, the refusal says how many
     raw, jpeg = BetonEstimate(337 * 10**9, 0, 1_281_167), BetonEstimate(80 * 10**9, 1_281_167, 1_281_167)
-    with pytest.raises(UsageError, match=r"needs ≈ 337.00 GB \(1,281,167 images, 0 of them as JPEGs\) and the disk "
-                                         r"of .* has 0.00 GB free; free space or pass another --out-dir, or store "
-                                         r"the images as JPEGs \(--write-mode jpg: ≈ 80.00 GB \(1,281,167 images, "
-                                         r"1,281,167 of them as JPEGs\)\)$"):
-        check_room(out / "other.beton", raw, lambda: jpeg)
+    with pytest.raises(UsageError, match=r"needs ≈ 337.00 GB \(1,281,167 images, 0 of them as JPEGs\); the disk of "
+                                         r".* has 0.00 GB free: free space or pass another --out-dir, or store the "
+                                         r"images as JPEGs \(--write-mode jpg: ≈ 80.00 GB\)$"):
+        check_room([PlannedBeton(out / "other.beton", raw, lambda: jpeg)])
