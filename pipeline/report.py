@@ -163,6 +163,31 @@ def paired_interval(differences: Sequence[float], confidence: float = 0.95) -> O
     return center - half, center + half
 
 
+def paired_p_value(differences: Sequence[float]) -> Optional[float]:
+    """Two-sided paired t-test of a zero mean difference (the interval above excludes 0 exactly when this is
+    under 0.05); None with fewer than 2 pairs. Equal differences have no spread: p is 0, or 1 for all zeros."""
+    if len(differences) < 2:
+        return None
+    spread = stdev(differences)
+    if spread == 0:
+        return 1.0 if mean(differences) == 0 else 0.0
+    t = mean(differences) / (spread / math.sqrt(len(differences)))
+    return float(2 * stats.t.sf(abs(t), len(differences) - 1))
+
+
+def holm_adjusted(arms: Dict[str, "ArmSummary"]) -> Dict[str, float]:
+    """Each arm's paired p-value to baseline, Holm-adjusted over the arms compared (baseline itself is not one).
+    With seven arms compared, each interval at 95 %, up to 30 % of ablations where no squeeze matters show one
+    that excludes 0 (1 - 0.95^7); the adjusted p keeps that to 5 % for the whole table."""
+    raw = {name: paired_p_value(arm.delta) for name, arm in arms.items() if name != "baseline"}
+    ordered = sorted((p, name) for name, p in raw.items() if p is not None)
+    adjusted, running = {}, 0.0
+    for rank, (p, name) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * p))  # step-down: never below a smaller p's
+        adjusted[name] = running
+    return adjusted
+
+
 def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
     expected = manifest.get("squeezes", [])
     arms = {name: ArmSummary(name) for name in arm_order(set(expected) | {run["squeeze"] for run in runs})}
@@ -189,13 +214,17 @@ def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
     return arms
 
 
-def delta_text(arm: ArmSummary, has_baseline: bool) -> str:
+SIGNIFICANT = 0.05  # Holm-adjusted p below which a difference is starred
+
+
+def delta_text(arm: ArmSummary, has_baseline: bool, holm_p: Optional[float] = None) -> str:
     if not has_baseline:
         return "no baseline"
     if not arm.delta:
         return "missing"
     interval = paired_interval(arm.delta)
     text = f"{mean(arm.delta):+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
+    text += "*" if holm_p is not None and holm_p < SIGNIFICANT else ""
     # over fewer seeds than the arm's own columns (baseline's missing ones have no pair): said, as the interval is
     pairs = len(arm.delta)
     return text + (f" ({pairs} {'pair' if pairs == 1 else 'pairs'})" if pairs < len(arm.seeds) else "")
@@ -207,12 +236,13 @@ HEADER = ["Squeeze operation", "Top-1 Acc (%)", "Top-5 Acc (%)", "Improved Top-1
 
 def table_rows(arms: Dict[str, ArmSummary]) -> List[List[str]]:
     has_baseline = bool(arms.get("baseline") and arms["baseline"].top1)
-    rows = []
+    rows, holm = [], holm_adjusted(arms)
     for arm in arms.values():
         unseen = [f"{len(listed)} {what}" for listed, what in ((arm.failed_seeds, "failed"),
                                                                (arm.unfinished_seeds, "not finished")) if listed]
         seeds = str(len(arm.seeds)) + (f" ({', '.join(unseen)})" if unseen else "")
-        rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5), delta_text(arm, has_baseline), seeds,
+        rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5), delta_text(arm, has_baseline,
+                                                                                   holm.get(arm.squeeze)), seeds,
                      f"{arm.parameters:,}" if arm.parameters else "–",
                      f"{mean(arm.images_per_s):,.0f}" if arm.images_per_s else "–"])
     return rows
@@ -224,6 +254,11 @@ def markdown(arms: Dict[str, ArmSummary], title: str) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(arms)]
     note = ("Top-1/Top-5: mean ± sd over seeds. Improved Top-1: mean of the per-seed differences to baseline "
             "(same seed = same shared init and training images), with a 95% Student-t confidence interval.")
+    compared = holm_adjusted(arms)
+    if compared:
+        note += (f" *: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the "
+                 f"{len(compared)} {'arm' if len(compared) == 1 else 'arms'} compared to baseline; an interval alone "
+                 "is at 95% for its arm).")
     if any(arm.delta and len(arm.delta) < len(arm.seeds) for arm in arms.values()):
         note += (" (N pairs): the difference is over the seeds that baseline finished too, fewer than the arm's "
                  "own.")
@@ -234,8 +269,8 @@ def markdown(arms: Dict[str, ArmSummary], title: str) -> str:
 
 
 CSV_HEADER = ["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean", "delta_ci_low",
-              "delta_ci_high", "delta_seeds", "parameters", "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch",
-              "experiment"]
+              "delta_ci_high", "delta_seeds", "delta_p", "delta_p_holm", "parameters", "train_images_per_s",
+              "failed_seeds", "unfinished_seeds", "arch", "experiment"]
 
 
 def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
@@ -244,12 +279,15 @@ def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(CSV_HEADER)
     for experiment, arms in tables:
+        holm = holm_adjusted(arms)
         for arm in arms.values():
             interval = paired_interval(arm.delta) or ("", "")
+            p_value = paired_p_value(arm.delta) if arm.squeeze != "baseline" else None
             writer.writerow([arm.squeeze, " ".join(map(str, arm.seeds)),
                              _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
                              _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval,
-                             " ".join(map(str, arm.delta_seeds)), arm.parameters or "",
+                             " ".join(map(str, arm.delta_seeds)), "" if p_value is None else p_value,
+                             holm.get(arm.squeeze, ""), arm.parameters or "",
                              _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds)),
                              " ".join(map(str, arm.unfinished_seeds)),
                              experiment.arch, experiment.label])

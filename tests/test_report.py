@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 from conftest import run_script
 from pipeline.report import curves_figure, main as report_main, paired_interval, read_runs, write_report
@@ -112,6 +113,37 @@ def test_report_pairs_only_common_seeds_and_marks_failures(tmp_path):
     assert "| std | 63.00 | 81.00 | +1.00 | 1 (1 failed) |" in text  # one pair: no interval
 
 
+def test_each_difference_has_a_paired_p_value_holm_adjusted_over_the_arms_compared(tmp_path):
+    """Seven arms each with a 95 % interval: one excludes 0 by chance in up to 30 % of ablations where no squeeze
+    matters, and the table said nothing of it."""
+    base = [70.0, 71.0, 72.0, 73.0]
+    arms = {"gap": [1.0, 1.2, 0.9, 1.1], "gmp": [0.5, -0.3, 0.2, 0.1], "std": [-0.2, -0.1, -0.45, -0.25]}
+    for seed, top1 in enumerate(base):
+        write_result(tmp_path, "baseline", seed, top1, 90.0)
+        for name, deltas in arms.items():
+            write_result(tmp_path, name, seed, top1 + deltas[seed], 90.0)
+    text = write_report(tmp_path).text
+    raw = {name: stats.ttest_rel([b + d for b, d in zip(base, deltas)], base).pvalue for name, deltas in arms.items()}
+    ordered = sorted(raw, key=raw.get)  # Holm by hand: m * p1, then max of that and (m - 1) * p2, ...
+    holm = {ordered[0]: 3 * raw[ordered[0]]}
+    holm[ordered[1]] = max(holm[ordered[0]], 2 * raw[ordered[1]])
+    holm[ordered[2]] = min(1.0, max(holm[ordered[1]], raw[ordered[2]]))
+    assert holm["gap"] < 0.05 < holm["std"] and raw["std"] < 0.05 < holm["gmp"]  # std: its interval alone excludes 0
+    rows = [row.split(",") for row in (tmp_path / "report.csv").read_text().splitlines()]
+    column = {name: index for index, name in enumerate(rows[0])}
+    for row in rows[1:]:
+        if row[0] == "baseline":
+            assert row[column["delta_p"]] == row[column["delta_p_holm"]] == ""  # compared to itself: not a test
+            continue
+        assert float(row[column["delta_p"]]) == pytest.approx(raw[row[0]], rel=1e-9), row[0]
+        assert float(row[column["delta_p_holm"]]) == pytest.approx(holm[row[0]], rel=1e-9), row[0]
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in text.splitlines()
+             if line.startswith("| ") and "Squeeze" not in line}
+    assert cells["gap"].endswith("]*") and not cells["gmp"].endswith("*")
+    assert cells["std"].endswith("]") and paired_interval(arms["std"])[1] < 0  # excludes 0, is not starred
+    assert "*: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the 3 arms" in text
+
+
 def test_a_difference_over_fewer_seeds_than_the_arms_says_how_many_pairs(tmp_path):
     """Baseline's seed 0 failed: gap's difference and its interval were over seeds 1 and 2 alone, beside a Seeds
     column of 3 and a top-1 over all three, with nothing to say so."""
@@ -175,7 +207,8 @@ def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_pa
            f"{tmp_path / 'resnet18-gap-copy-s0'}" in report.text
     rows = (tmp_path / "report.csv").read_text().splitlines()
     assert len(rows) == 6 and rows[0].endswith(",arch,experiment")
-    assert rows[3] == 'baseline,0,71.0,,90.0,,0.0,,,0,11000000,1000.0,,,resnet18,"global_batch=1024, training.epochs=88"'
+    assert rows[3] == ('baseline,0,71.0,,90.0,,0.0,,,0,,,11000000,1000.0,,,resnet18,'
+                       '"global_batch=1024, training.epochs=88"')
     assert [path.name for path in report.files[2:]] == [f"{kind}_{n}.png" for n in (1, 2, 3)
                                                         for kind in ("top1", "curves")]
 
