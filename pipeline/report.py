@@ -1,6 +1,6 @@
 """The seed-style results table from run directories, with seeds: mean ± sd, paired Δ to baseline with a 95% CI.
 
-    python pipeline/report.py RUNS_ROOT        # writes RUNS_ROOT/report.{md,csv}, top1.png, curves.png
+    python pipeline/report.py RUNS_ROOT        # writes RUNS_ROOT/report.{md,csv}, top1.png, curves.png, delta.png
 
 Reads `*/result.json` and `*/log.jsonl` under RUNS_ROOT (and `ablation.json`, written by ablate.py, for the arms
 and seeds that were asked for), so it needs no torch. The difference to baseline is paired by seed: with the
@@ -175,7 +175,7 @@ def paired_p_value(differences: Sequence[float]) -> Optional[float]:
     return float(2 * stats.t.sf(abs(t), len(differences) - 1))
 
 
-def holm_adjusted(arms: Dict[str, "ArmSummary"]) -> Dict[str, float]:
+def holm_adjusted(arms: Dict[str, ArmSummary]) -> Dict[str, float]:
     """Each arm's paired p-value to baseline, Holm-adjusted over the arms compared (baseline itself is not one).
     With seven arms compared, each interval at 95 %, up to 30 % of ablations where no squeeze matters show one
     that excludes 0 (1 - 0.95^7); the adjusted p keeps that to 5 % for the whole table."""
@@ -313,6 +313,28 @@ def top1_figure(arms: Dict[str, ArmSummary], title: str):
     return figure
 
 
+def delta_figure(arms: Dict[str, ArmSummary], title: str):
+    """Each arm's paired difference to baseline with its 95% interval and a dot per seed, against a line at 0:
+    the question the ablation asks, read at a glance. None where no arm has a baseline to pair with."""
+    compared = [arm for arm in arms.values() if arm.squeeze != "baseline" and arm.delta]
+    if not compared:
+        return None
+    holm = holm_adjusted(arms)
+    figure, axis = plt.subplots(figsize=(7, max(2.5, 0.45 * len(compared) + 1.6)))
+    for row, arm in enumerate(compared):
+        center, interval = mean(arm.delta), paired_interval(arm.delta)
+        errors = [[center - interval[0]], [interval[1] - center]] if interval else None
+        axis.errorbar(center, row, xerr=errors, fmt="o", color="#4c72b0", capsize=4)
+        axis.scatter(arm.delta, [row] * len(arm.delta), color="black", s=10, zorder=3)
+    axis.axvline(0, color="grey", linestyle="--", linewidth=1)
+    starred = [arm.squeeze + ("*" if holm.get(arm.squeeze, 1.0) < SIGNIFICANT else "") for arm in compared]
+    axis.set_yticks(range(len(compared)), starred)
+    axis.set_ylim(len(compared) - 0.5, -0.5)  # the table's order, top to bottom
+    axis.set_xlabel("top-1 difference to baseline (%p), paired by seed")
+    _set_title(figure, axis, f"{title}\nmean difference, 95% interval (dots: single seeds; *: Holm p < 0.05)")
+    return figure
+
+
 def curves_figure(runs: List[dict], title: str):
     """Validation top-1 per epoch, a line per run coloured by arm; a point per epoch is marked, so a run of one
     epoch (or one logged point) shows."""
@@ -360,7 +382,8 @@ class Report:
 
 
 def write_report(root: Path) -> Report:
-    """Write report.md, report.csv and, where runs finished, top1.png and curves.png under `root`."""
+    """Write report.md, report.csv and, where runs finished, top1.png, curves.png and (with a baseline to pair
+    with) delta.png under `root`."""
     if not root.is_dir():
         raise UserError(f"{root} {'is a file' if root.exists() else 'does not exist'}; give the folder that holds "
                         "the run directories (ablate.py's --runs-root, e.g. runs/ablate-demo)")
@@ -390,6 +413,10 @@ def write_report(root: Path) -> Report:
             files += [root / f"top1{suffix}.png", root / f"curves{suffix}.png"]
             _save_png(top1_figure(arms, title), files[-2])
             _save_png(curves_figure(experiment.runs, title), files[-1])
+            differences = delta_figure(arms, title)
+            if differences is not None:
+                files.append(root / f"delta{suffix}.png")
+                _save_png(differences, files[-1])
     text = "\n".join(sections + [f"Note: {note}" for note in unreadable + copies])
     write_text_atomic(root / "report.md", text)
     write_text_atomic(root / "report.csv", csv_text(tables))

@@ -9,7 +9,8 @@ from PIL import Image
 from scipy import stats
 
 from conftest import run_script
-from pipeline.report import curves_figure, main as report_main, paired_interval, read_runs, write_report
+from pipeline.report import (curves_figure, delta_figure, main as report_main, paired_interval, read_runs, summarize,
+                             write_report)
 
 
 def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", **resolved):
@@ -142,6 +143,13 @@ def test_each_difference_has_a_paired_p_value_holm_adjusted_over_the_arms_compar
     assert cells["gap"].endswith("]*") and not cells["gmp"].endswith("*")
     assert cells["std"].endswith("]") and paired_interval(arms["std"])[1] < 0  # excludes 0, is not starred
     assert "*: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the 3 arms" in text
+    figure = delta_figure(summarize(read_runs(tmp_path)[0], {}), "resnet18")  # what delta.png shows
+    axis = figure.axes[0]
+    assert [label.get_text() for label in axis.get_yticklabels()] == ["gap*", "gmp", "std"]  # the table's order
+    centers = [line.get_xdata()[0] for line in axis.lines if line.get_marker() == "o"]
+    assert centers == pytest.approx([np.mean(arms[name]) for name in ("gap", "gmp", "std")])
+    with Image.open(tmp_path / "delta.png") as image:
+        image.verify()
 
 
 def test_a_difference_over_fewer_seeds_than_the_arms_says_how_many_pairs(tmp_path):
@@ -209,8 +217,8 @@ def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_pa
     assert len(rows) == 6 and rows[0].endswith(",arch,experiment")
     assert rows[3] == ('baseline,0,71.0,,90.0,,0.0,,,0,,,11000000,1000.0,,,resnet18,'
                        '"global_batch=1024, training.epochs=88"')
-    assert [path.name for path in report.files[2:]] == [f"{kind}_{n}.png" for n in (1, 2, 3)
-                                                        for kind in ("top1", "curves")]
+    assert [path.name for path in report.files[2:]] == [f"{kind}_{n}.png" for n in (1, 2, 3) for kind in (
+        "top1", "curves", "delta") if not (n == 3 and kind == "delta")]  # the third has no baseline to pair with
 
 
 def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
