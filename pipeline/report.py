@@ -18,7 +18,8 @@ from statistics import mean, stdev
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
-from scipy import stats
+import numpy as np
+from scipy import optimize, stats
 
 from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.errors import UserError, report_user_error
@@ -215,6 +216,51 @@ def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
 
 
 SIGNIFICANT = 0.05  # Holm-adjusted p below which a difference is starred
+POWER = 0.8  # of the detectable difference the legend states
+
+
+def t_test_power(shift: float, freedom: int, critical: float, points: int = 4096) -> float:
+    """P(|T| > critical) for a t statistic whose mean is off by `shift` standard errors: the normal's two tails
+    averaged over the chi-square of the sd's estimate (at `points` of its quantiles: within 1e-4 of the exact).
+    scipy's noncentral t returned NaN for the shifts that 3 seeds need at a Bonferroni level (df 2, shift ~ 10)."""
+    variance = stats.chi2.ppf((np.arange(points) + 0.5) / points, freedom)
+    edge = critical * np.sqrt(variance / freedom)
+    return float(np.mean(stats.norm.cdf(-edge - shift) + stats.norm.sf(edge - shift)))
+
+
+def detectable_difference(spread: float, pairs: int, alpha: float = SIGNIFICANT) -> Optional[float]:
+    """The true mean difference a two-sided paired t-test at `alpha` finds with probability POWER, from `pairs`
+    seeds whose differences spread by `spread` (their sd). None without a spread to go by (fewer than 2 pairs)."""
+    if pairs < 2 or not spread > 0:
+        return None
+    freedom, critical = pairs - 1, stats.t.ppf(1 - alpha / 2, pairs - 1)
+
+    def shortfall(effect: float) -> float:
+        return t_test_power(effect * math.sqrt(pairs) / spread, freedom, critical) - POWER
+
+    high = spread
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-9 * spread))
+
+
+def detectable_text(arms: Dict[str, ArmSummary]) -> str:
+    """What difference these seeds could have found (a null result says nothing without it): from the compared
+    arms' differences, their sd pooled, at the fewest pairs an arm has."""
+    spreads = [(len(arm.delta) - 1, stdev(arm.delta)) for name, arm in arms.items()
+               if name != "baseline" and len(arm.delta) > 1]
+    if not spreads:
+        return ""
+    pooled = math.sqrt(sum(df * sd ** 2 for df, sd in spreads) / sum(df for df, _ in spreads))
+    pairs = min(df for df, _ in spreads) + 1
+    alone = detectable_difference(pooled, pairs)
+    if alone is None:
+        return ""
+    table = detectable_difference(pooled, pairs, SIGNIFICANT / len(spreads))  # Holm's first step is Bonferroni's
+    return (f" Detectable: with {pairs} seeds, differences spreading by {pooled:.2f} %p (sd pooled over the arms), "
+            f"a true difference of {alone:.2f} %p is found {POWER:.0%} of the time at the 5% level ({table:.2f} %p "
+            f"for a *, Bonferroni over {len(spreads)} {'arm' if len(spreads) == 1 else 'arms'}); more seeds shrink it "
+            "about as 1/√seeds.")
 
 
 def delta_text(arm: ArmSummary, has_baseline: bool, holm_p: Optional[float] = None) -> str:
@@ -259,6 +305,7 @@ def markdown(arms: Dict[str, ArmSummary], title: str) -> str:
         note += (f" *: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the "
                  f"{len(compared)} {'arm' if len(compared) == 1 else 'arms'} compared to baseline; an interval alone "
                  "is at 95% for its arm).")
+    note += detectable_text(arms)
     if any(arm.delta and len(arm.delta) < len(arm.seeds) for arm in arms.values()):
         note += (" (N pairs): the difference is over the seeds that baseline finished too, fewer than the arm's "
                  "own.")

@@ -9,8 +9,8 @@ from PIL import Image
 from scipy import stats
 
 from conftest import run_script
-from pipeline.report import (curves_figure, delta_figure, main as report_main, paired_interval, read_runs, summarize,
-                             write_report)
+from pipeline.report import (curves_figure, delta_figure, detectable_difference, main as report_main, paired_interval,
+                             read_runs, summarize, write_report)
 
 
 def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", **resolved):
@@ -150,6 +150,27 @@ def test_each_difference_has_a_paired_p_value_holm_adjusted_over_the_arms_compar
     assert centers == pytest.approx([np.mean(arms[name]) for name in ("gap", "gmp", "std")])
     with Image.open(tmp_path / "delta.png") as image:
         image.verify()
+
+
+def test_the_detectable_difference_is_found_at_the_stated_power_in_a_simulation(tmp_path):
+    """A null result says nothing without the difference its seeds could have found; the legend states it."""
+    rng = np.random.default_rng(0)
+    # 4 seeds at 5 %, and 3 seeds at a * 's level for 7 arms (where scipy's noncentral t gave NaN)
+    for seeds, alpha in ((4, 0.05), (3, 0.05 / 7)):
+        effect = detectable_difference(0.5, seeds, alpha)
+        differences = rng.normal(effect, 0.5, (40_000, seeds))  # 40,000 ablations with that true difference
+        t = differences.mean(1) / (differences.std(1, ddof=1) / np.sqrt(seeds))
+        found = np.mean(2 * stats.t.sf(np.abs(t), seeds - 1) < alpha)
+        assert found == pytest.approx(0.80, abs=0.01), (seeds, alpha)
+    assert detectable_difference(0.5, 4, 0.05 / 3) > detectable_difference(0.5, 4)  # a * needs more
+    assert detectable_difference(0.5, 1) is None and detectable_difference(0.0, 4) is None
+    for seed, (base, gap) in enumerate([(70.0, 71.0), (71.0, 71.5), (72.0, 73.5)]):
+        write_result(tmp_path, "baseline", seed, base, 90.0)
+        write_result(tmp_path, "gap", seed, gap, 91.0)
+    expected = detectable_difference(0.5, 3)  # differences 1.0, 0.5, 1.5: sd 0.5
+    assert (f"Detectable: with 3 seeds, differences spreading by 0.50 %p (sd pooled over the arms), a true difference "
+            f"of {expected:.2f} %p is found 80% of the time at the 5% level ({expected:.2f} %p for a *, Bonferroni "
+            "over 1 arm)") in write_report(tmp_path).text
 
 
 def test_a_difference_over_fewer_seeds_than_the_arms_says_how_many_pairs(tmp_path):
