@@ -17,17 +17,12 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import matplotlib
-import numpy as np
-from scipy import optimize, stats
-
-from pipeline.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.atomic import write_text_atomic
 from pipeline.errors import UserError, report_user_error
+from pipeline.paired_stats import (POWER, SIGNIFICANT, detectable_difference, holm_adjust, paired_interval,
+                                   paired_p_value)
+from pipeline.report_figures import curves_figure, delta_figure, save_png, top1_figure
 from pipeline.run_dir import DATA_KEYS, LOG_NAME, RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
 MANIFEST_NAME = "ablation.json"
@@ -155,38 +150,9 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
-def paired_interval(differences: Sequence[float], confidence: float = 0.95) -> Optional[tuple]:
-    """Student-t confidence interval of the mean paired difference; None with fewer than 2 pairs."""
-    if len(differences) < 2:
-        return None
-    center = mean(differences)
-    half = stats.t.ppf(0.5 + confidence / 2, len(differences) - 1) * stdev(differences) / math.sqrt(len(differences))
-    return center - half, center + half
-
-
-def paired_p_value(differences: Sequence[float]) -> Optional[float]:
-    """Two-sided paired t-test of a zero mean difference (the interval above excludes 0 exactly when this is
-    under 0.05); None with fewer than 2 pairs. Equal differences have no spread: p is 0, or 1 for all zeros."""
-    if len(differences) < 2:
-        return None
-    spread = stdev(differences)
-    if spread == 0:
-        return 1.0 if mean(differences) == 0 else 0.0
-    t = mean(differences) / (spread / math.sqrt(len(differences)))
-    return float(2 * stats.t.sf(abs(t), len(differences) - 1))
-
-
 def holm_adjusted(arms: Dict[str, ArmSummary]) -> Dict[str, float]:
-    """Each arm's paired p-value to baseline, Holm-adjusted over the arms compared (baseline itself is not one).
-    With seven arms compared, each interval at 95 %, up to 30 % of ablations where no squeeze matters show one
-    that excludes 0 (1 - 0.95^7); the adjusted p keeps that to 5 % for the whole table."""
-    raw = {name: paired_p_value(arm.delta) for name, arm in arms.items() if name != "baseline"}
-    ordered = sorted((p, name) for name, p in raw.items() if p is not None)
-    adjusted, running = {}, 0.0
-    for rank, (p, name) in enumerate(ordered):
-        running = max(running, min(1.0, (len(ordered) - rank) * p))  # step-down: never below a smaller p's
-        adjusted[name] = running
-    return adjusted
+    """Each arm's paired p-value to baseline, Holm-adjusted over the arms compared (baseline itself is not one)."""
+    return holm_adjust({name: paired_p_value(arm.delta) for name, arm in arms.items() if name != "baseline"})
 
 
 def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
@@ -213,35 +179,6 @@ def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
             arm.delta_seeds = [seed for seed in arm.seeds if seed in by_seed]
             arm.delta = [top1 - by_seed[seed] for seed, top1 in zip(arm.seeds, arm.top1) if seed in by_seed]
     return arms
-
-
-SIGNIFICANT = 0.05  # Holm-adjusted p below which a difference is starred
-POWER = 0.8  # of the detectable difference the legend states
-
-
-def t_test_power(shift: float, freedom: int, critical: float, points: int = 4096) -> float:
-    """P(|T| > critical) for a t statistic whose mean is off by `shift` standard errors: the normal's two tails
-    averaged over the chi-square of the sd's estimate (at `points` of its quantiles: within 1e-4 of the exact).
-    scipy's noncentral t returned NaN for the shifts that 3 seeds need at a Bonferroni level (df 2, shift ~ 10)."""
-    variance = stats.chi2.ppf((np.arange(points) + 0.5) / points, freedom)
-    edge = critical * np.sqrt(variance / freedom)
-    return float(np.mean(stats.norm.cdf(-edge - shift) + stats.norm.sf(edge - shift)))
-
-
-def detectable_difference(spread: float, pairs: int, alpha: float = SIGNIFICANT) -> Optional[float]:
-    """The true mean difference a two-sided paired t-test at `alpha` finds with probability POWER, from `pairs`
-    seeds whose differences spread by `spread` (their sd). None without a spread to go by (fewer than 2 pairs)."""
-    if pairs < 2 or not spread > 0:
-        return None
-    freedom, critical = pairs - 1, stats.t.ppf(1 - alpha / 2, pairs - 1)
-
-    def shortfall(effect: float) -> float:
-        return t_test_power(effect * math.sqrt(pairs) / spread, freedom, critical) - POWER
-
-    high = spread
-    while shortfall(high) < 0:
-        high *= 2
-    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-9 * spread))
 
 
 def detectable_text(arms: Dict[str, ArmSummary]) -> str:
@@ -345,83 +282,6 @@ def _number(function, values, minimum: int = 1):
     return function(values) if len(values) >= minimum else ""
 
 
-def top1_figure(arms: Dict[str, ArmSummary], title: str):
-    """Bars of each arm's mean top-1 with its sd, and a dot per seed."""
-    present = [arm for arm in arms.values() if arm.top1]
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.1 * len(arms) + 2), 4))
-    axis.bar([a.squeeze for a in present], [mean(a.top1) for a in present],
-             yerr=[stdev(a.top1) if len(a.top1) > 1 else 0 for a in present], capsize=4, color="#4c72b0")
-    for arm in present:
-        axis.scatter([arm.squeeze] * len(arm.top1), arm.top1, color="black", s=10, zorder=3)
-    low = min(min(a.top1) for a in present)
-    axis.set_ylim(max(0, low - 5), min(100, max(max(a.top1) for a in present) + 3))
-    axis.set_ylabel("val top-1 (%)")
-    _set_title(figure, axis, f"{title}\nmean ± sd over seeds (dots: single seeds)")
-    return figure
-
-
-def delta_figure(arms: Dict[str, ArmSummary], title: str):
-    """Each arm's paired difference to baseline with its 95% interval and a dot per seed, against a line at 0:
-    the question the ablation asks, read at a glance. None where no arm has a baseline to pair with."""
-    compared = [arm for arm in arms.values() if arm.squeeze != "baseline" and arm.delta]
-    if not compared:
-        return None
-    holm = holm_adjusted(arms)
-    figure, axis = plt.subplots(figsize=(7, max(2.5, 0.45 * len(compared) + 1.6)))
-    for row, arm in enumerate(compared):
-        center, interval = mean(arm.delta), paired_interval(arm.delta)
-        errors = [[center - interval[0]], [interval[1] - center]] if interval else None
-        axis.errorbar(center, row, xerr=errors, fmt="o", color="#4c72b0", capsize=4)
-        axis.scatter(arm.delta, [row] * len(arm.delta), color="black", s=10, zorder=3)
-    axis.axvline(0, color="grey", linestyle="--", linewidth=1)
-    starred = [arm.squeeze + ("*" if holm.get(arm.squeeze, 1.0) < SIGNIFICANT else "") for arm in compared]
-    axis.set_yticks(range(len(compared)), starred)
-    axis.set_ylim(len(compared) - 0.5, -0.5)  # the table's order, top to bottom
-    axis.set_xlabel("top-1 difference to baseline (%p), paired by seed")
-    _set_title(figure, axis, f"{title}\nmean difference, 95% interval (dots: single seeds; *: Holm p < 0.05)")
-    return figure
-
-
-def curves_figure(runs: List[dict], title: str):
-    """Validation top-1 per epoch, a line per run coloured by arm; a point per epoch is marked, so a run of one
-    epoch (or one logged point) shows."""
-    figure, axis = plt.subplots(figsize=(7, 4))
-    order = arm_order({r["squeeze"] for r in runs})
-    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(order)}
-    labelled, epochs = set(), set()
-    for run in sorted(runs, key=lambda r: (order.index(r["squeeze"]), r["seed"])):
-        points = [(line["epoch"], line["val_top1"]) for line in run["log"] if "val_top1" in line]
-        if points:
-            label = None if run["squeeze"] in labelled else run["squeeze"]
-            labelled.add(run["squeeze"])
-            epochs.update(epoch for epoch, _ in points)
-            axis.plot(*zip(*points), color=colours[run["squeeze"]], label=label, alpha=0.8, marker="o",
-                      markersize=3)
-    if epochs:  # epochs are whole: ticks at 0.96, 0.98, ... around a run of one
-        axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("val top-1 (%)")
-    if labelled:  # no run with a readable log: no legend (matplotlib warns of an empty one)
-        axis.legend(fontsize=8)
-    _set_title(figure, axis, f"{title}\nvalidation curves (one line per seed)")
-    return figure
-
-
-def _set_title(figure, axis, title: str) -> None:
-    """A title wrapped to the figure's width (a long one was cut at the image's edge), then a tight layout."""
-    axis.set_title(title, fontsize=10, wrap=True)
-    figure.tight_layout()
-
-
-def _save_png(figure, path: Path) -> None:
-    """Written whole or not at all, and the figure closed."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
 @dataclass(frozen=True)
 class Report:
     text: str  # the markdown tables
@@ -458,12 +318,13 @@ def write_report(root: Path) -> Report:
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"
             files += [root / f"top1{suffix}.png", root / f"curves{suffix}.png"]
-            _save_png(top1_figure(arms, title), files[-2])
-            _save_png(curves_figure(experiment.runs, title), files[-1])
-            differences = delta_figure(arms, title)
+            save_png(top1_figure(arms, title), files[-2])
+            save_png(curves_figure(experiment.runs, title, arm_order({run["squeeze"] for run in experiment.runs})),
+                     files[-1])
+            differences = delta_figure(arms, title, holm_adjusted(arms))
             if differences is not None:
                 files.append(root / f"delta{suffix}.png")
-                _save_png(differences, files[-1])
+                save_png(differences, files[-1])
     text = "\n".join(sections + [f"Note: {note}" for note in unreadable + copies])
     write_text_atomic(root / "report.md", text)
     write_text_atomic(root / "report.csv", csv_text(tables))

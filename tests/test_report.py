@@ -9,8 +9,9 @@ from PIL import Image
 from scipy import stats
 
 from conftest import run_script
-from pipeline.report import (curves_figure, delta_figure, detectable_difference, main as report_main, paired_interval,
-                             read_runs, summarize, write_report)
+from pipeline.paired_stats import detectable_difference, paired_interval
+from pipeline.report import arm_order, holm_adjusted, main as report_main, read_runs, summarize, write_report
+from pipeline.report_figures import curves_figure, delta_figure
 
 
 def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", **resolved):
@@ -58,7 +59,7 @@ def test_plots_show_their_whole_title_and_a_run_of_one_epoch(tmp_path):
     title_band = pixels[: pixels.shape[0] // 6]
     assert title_band.min() < 100  # the title is there ...
     assert title_band[:, :3].min() > 200 and title_band[:, -3:].min() > 200  # ... and ends inside the image
-    figure = curves_figure(read_runs(root)[0], "resnet18")
+    figure = curves_figure(read_runs(root)[0], "resnet18", arm_order(["gap", "baseline"]))
     figure.canvas.draw()
     axis = figure.axes[0]
     low, high = axis.get_xlim()
@@ -143,7 +144,8 @@ def test_each_difference_has_a_paired_p_value_holm_adjusted_over_the_arms_compar
     assert cells["gap"].endswith("]*") and not cells["gmp"].endswith("*")
     assert cells["std"].endswith("]") and paired_interval(arms["std"])[1] < 0  # excludes 0, is not starred
     assert "*: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the 3 arms" in text
-    figure = delta_figure(summarize(read_runs(tmp_path)[0], {}), "resnet18")  # what delta.png shows
+    summary = summarize(read_runs(tmp_path)[0], {})
+    figure = delta_figure(summary, "resnet18", holm_adjusted(summary))  # what delta.png shows
     axis = figure.axes[0]
     assert [label.get_text() for label in axis.get_yticklabels()] == ["gap*", "gmp", "std"]  # the table's order
     centers = [line.get_xdata()[0] for line in axis.lines if line.get_marker() == "o"]
