@@ -1,6 +1,7 @@
 """The seed-style results table from run directories, with seeds: mean ± sd, paired Δ to baseline with a 95% CI.
 
     python pipeline/report.py RUNS_ROOT        # writes RUNS_ROOT/report.{md,csv}, top1.png, curves.png, delta.png
+    python pipeline/report.py RUNS_ROOT --versus gap    # differences to gap (SENet's squeeze), not to baseline
 
 Reads `*/result.json` and `*/log.jsonl` under RUNS_ROOT (and `ablation.json`, written by ablate.py, for the arms
 and seeds that were asked for), so it needs no torch. The difference to baseline is paired by seed: with the
@@ -25,6 +26,7 @@ from pipeline.report_figures import curves_figure, delta_figure, save_png, top1_
 from pipeline.run_dir import DATA_KEYS, LOG_NAME, RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
 
 SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
+BASELINE = "baseline"  # squeeze.BASELINE, the arm without SE (not imported: pipeline.squeeze needs torch)
 MANIFEST_NAME = "ablation.json"
 ARM_KEYS = ("model.squeeze", "training.seed")  # the settings in which the runs of one table differ
 # result-changing, resolved at run time: 8 GPUs x 512 is not 4 x 512; the betons' identities stand for their paths
@@ -150,12 +152,14 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
-def holm_adjusted(arms: Dict[str, ArmSummary]) -> Dict[str, float]:
-    """Each arm's paired p-value to baseline, Holm-adjusted over the arms compared (baseline itself is not one)."""
-    return holm_adjust({name: paired_p_value(arm.delta) for name, arm in arms.items() if name != "baseline"})
+def holm_adjusted(arms: Dict[str, ArmSummary], reference: str = BASELINE) -> Dict[str, float]:
+    """Each arm's paired p-value to `reference`, Holm-adjusted over the arms compared (not the reference)."""
+    return holm_adjust({name: paired_p_value(arm.delta) for name, arm in arms.items() if name != reference})
 
 
-def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
+def summarize(runs: List[dict], manifest: dict, reference: str = BASELINE) -> Dict[str, ArmSummary]:
+    """Each arm's runs, what was asked for of it (`manifest`: ablation.json) and its paired differences to the
+    arm `reference` (baseline: does SE help; gap: does the squeeze matter, against SENet's)."""
     expected = manifest.get("squeezes", [])
     arms = {name: ArmSummary(name) for name in arm_order(set(expected) | {run["squeeze"] for run in runs})}
     for run in sorted(runs, key=lambda r: r["seed"]):
@@ -172,20 +176,20 @@ def summarize(runs: List[dict], manifest: dict) -> Dict[str, ArmSummary]:
         arm = arms[name]
         arm.unfinished_seeds = [seed for seed in manifest.get("seeds", [])
                                 if seed not in arm.seeds and seed not in arm.failed_seeds]
-    baseline = arms.get("baseline")
-    if baseline:
-        by_seed = dict(zip(baseline.seeds, baseline.top1))
+    compared_with = arms.get(reference)
+    if compared_with:
+        by_seed = dict(zip(compared_with.seeds, compared_with.top1))
         for arm in arms.values():
             arm.delta_seeds = [seed for seed in arm.seeds if seed in by_seed]
             arm.delta = [top1 - by_seed[seed] for seed, top1 in zip(arm.seeds, arm.top1) if seed in by_seed]
     return arms
 
 
-def detectable_text(arms: Dict[str, ArmSummary]) -> str:
+def detectable_text(arms: Dict[str, ArmSummary], reference: str) -> str:
     """What difference these seeds could have found (a null result says nothing without it): from the compared
     arms' differences, their sd pooled, at the fewest pairs an arm has."""
     spreads = [(len(arm.delta) - 1, stdev(arm.delta)) for name, arm in arms.items()
-               if name != "baseline" and len(arm.delta) > 1]
+               if name != reference and len(arm.delta) > 1]
     if not spreads:
         return ""
     pooled = math.sqrt(sum(df * sd ** 2 for df, sd in spreads) / sum(df for df, _ in spreads))
@@ -200,15 +204,16 @@ def detectable_text(arms: Dict[str, ArmSummary]) -> str:
             "about as 1/√seeds.")
 
 
-def delta_text(arm: ArmSummary, has_baseline: bool, holm_p: Optional[float] = None) -> str:
-    if not has_baseline:
-        return "no baseline"
+def delta_text(arm: ArmSummary, reference: str, finished: bool, holm_p: Optional[float] = None) -> str:
+    """The difference cell: to the arm `reference`, which has a finished run or not."""
+    if not finished:
+        return f"no {reference}"
     if not arm.delta:
         return "missing"
     interval = paired_interval(arm.delta)
     text = f"{mean(arm.delta):+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
     text += "*" if holm_p is not None and holm_p < SIGNIFICANT else ""
-    # over fewer seeds than the arm's own columns (baseline's missing ones have no pair): said, as the interval is
+    # over fewer seeds than the arm's own columns (the reference's missing ones have no pair): said, as the interval is
     pairs = len(arm.delta)
     return text + (f" ({pairs} {'pair' if pairs == 1 else 'pairs'})" if pairs < len(arm.seeds) else "")
 
@@ -217,34 +222,37 @@ HEADER = ["Squeeze operation", "Top-1 Acc (%)", "Top-5 Acc (%)", "Improved Top-1
           "Params", "Train img/s"]
 
 
-def table_rows(arms: Dict[str, ArmSummary]) -> List[List[str]]:
-    has_baseline = bool(arms.get("baseline") and arms["baseline"].top1)
-    rows, holm = [], holm_adjusted(arms)
+def table_rows(arms: Dict[str, ArmSummary], reference: str = BASELINE) -> List[List[str]]:
+    finished = bool(arms.get(reference) and arms[reference].top1)
+    rows, holm = [], holm_adjusted(arms, reference)
     for arm in arms.values():
         unseen = [f"{len(listed)} {what}" for listed, what in ((arm.failed_seeds, "failed"),
                                                                (arm.unfinished_seeds, "not finished")) if listed]
         seeds = str(len(arm.seeds)) + (f" ({', '.join(unseen)})" if unseen else "")
-        rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5), delta_text(arm, has_baseline,
-                                                                                   holm.get(arm.squeeze)), seeds,
+        rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5),
+                     delta_text(arm, reference, finished, holm.get(arm.squeeze)), seeds,
                      f"{arm.parameters:,}" if arm.parameters else "–",
                      f"{mean(arm.images_per_s):,.0f}" if arm.images_per_s else "–"])
     return rows
 
 
-def markdown(arms: Dict[str, ArmSummary], title: str) -> str:
+def markdown(arms: Dict[str, ArmSummary], title: str, reference: str = BASELINE) -> str:
     """The table of one experiment, and a legend that explains what its cells say."""
-    lines = [f"### {title}", "", "| " + " | ".join(HEADER) + " |", "|" + " ---------- |" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(arms)]
-    note = ("Top-1/Top-5: mean ± sd over seeds. Improved Top-1: mean of the per-seed differences to baseline "
-            "(same seed = same shared init and training images), with a 95% Student-t confidence interval.")
-    compared = holm_adjusted(arms)
+    versus = HEADER[3] if reference == BASELINE else f"Top-1 vs {reference} %p (95% CI)"  # the seed's name, or
+    header = HEADER[:3] + [versus] + HEADER[4:]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + " ---------- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(arms, reference)]
+    note = (f"Top-1/Top-5: mean ± sd over seeds. {header[3].split(' %p')[0]}: mean of the per-seed differences to "
+            f"{reference} (same seed = same shared init and training images), with a 95% Student-t confidence "
+            "interval.")
+    compared = holm_adjusted(arms, reference)
     if compared:
         note += (f" *: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the "
-                 f"{len(compared)} {'arm' if len(compared) == 1 else 'arms'} compared to baseline; an interval alone "
-                 "is at 95% for its arm).")
-    note += detectable_text(arms)
+                 f"{len(compared)} {'arm' if len(compared) == 1 else 'arms'} compared to {reference}; an interval "
+                 "alone is at 95% for its arm).")
+    note += detectable_text(arms, reference)
     if any(arm.delta and len(arm.delta) < len(arm.seeds) for arm in arms.values()):
-        note += (" (N pairs): the difference is over the seeds that baseline finished too, fewer than the arm's "
+        note += (f" (N pairs): the difference is over the seeds that {reference} finished too, fewer than the arm's "
                  "own.")
     if any(arm.unfinished_seeds for arm in arms.values()):
         note += (" Not finished: asked for (ablation.json) without a result yet: still running, or stopped (the "
@@ -253,25 +261,26 @@ def markdown(arms: Dict[str, ArmSummary], title: str) -> str:
 
 
 CSV_HEADER = ["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd", "delta_top1_mean", "delta_ci_low",
-              "delta_ci_high", "delta_seeds", "delta_p", "delta_p_holm", "parameters", "train_images_per_s",
-              "failed_seeds", "unfinished_seeds", "arch", "experiment"]
+              "delta_ci_high", "delta_seeds", "delta_p", "delta_p_holm", "reference", "parameters",
+              "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch", "experiment"]
 
 
-def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]]) -> str:
-    """One CSV for every table: a row per arm, its experiment in the last two columns."""
+def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]], reference: str = BASELINE) -> str:
+    """One CSV for every table: a row per arm, the arm its delta_* columns compare with, its experiment in the
+    last two columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_HEADER)
     for experiment, arms in tables:
-        holm = holm_adjusted(arms)
+        holm = holm_adjusted(arms, reference)
         for arm in arms.values():
             interval = paired_interval(arm.delta) or ("", "")
-            p_value = paired_p_value(arm.delta) if arm.squeeze != "baseline" else None
+            p_value = paired_p_value(arm.delta) if arm.squeeze != reference else None
             writer.writerow([arm.squeeze, " ".join(map(str, arm.seeds)),
                              _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
                              _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval,
                              " ".join(map(str, arm.delta_seeds)), "" if p_value is None else p_value,
-                             holm.get(arm.squeeze, ""), arm.parameters or "",
+                             holm.get(arm.squeeze, ""), reference, arm.parameters or "",
                              _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds)),
                              " ".join(map(str, arm.unfinished_seeds)),
                              experiment.arch, experiment.label])
@@ -288,9 +297,9 @@ class Report:
     files: List[Path]  # what was written
 
 
-def write_report(root: Path) -> Report:
-    """Write report.md, report.csv and, where runs finished, top1.png, curves.png and (with a baseline to pair
-    with) delta.png under `root`."""
+def write_report(root: Path, reference: str = BASELINE) -> Report:
+    """Write report.md, report.csv and, where runs finished, top1.png, curves.png and (with a run of `reference`
+    to pair with) delta.png under `root`."""
     if not root.is_dir():
         raise UserError(f"{root} {'is a file' if root.exists() else 'does not exist'}; give the folder that holds "
                         "the run directories (ablate.py's --runs-root, e.g. runs/ablate-demo)")
@@ -306,14 +315,18 @@ def write_report(root: Path) -> Report:
         if unreadable:
             raise UserError(f"{root} holds no readable finished run: {'; '.join(unreadable)}")
         raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
+    arms_here = set(manifest.get("squeezes", [])) | {run["squeeze"] for run in runs}
+    if reference != BASELINE and reference not in arms_here:  # (a table without baseline says so in its cells)
+        raise UserError(f"--versus {reference}: {root} holds no run of that arm; choose one of "
+                        f"{', '.join(arm_order(arms_here))}")
     experiments, copies = group_experiments(runs)
     if not experiments:  # asked for, nothing finished: the table of missing arms
         experiments = [Experiment(manifest.get("arch", "runs"), {})]
     sections, tables, files = [], [], [root / "report.md", root / "report.csv"]
     for number, experiment in enumerate(experiments, 1):
-        arms = summarize(experiment.runs, manifest)
+        arms = summarize(experiment.runs, manifest, reference)
         title = f"{experiment.arch} ({root.name})" + (f": {experiment.label}" if experiment.label else "")
-        sections.append(markdown(arms, title))
+        sections.append(markdown(arms, title, reference))
         tables.append((experiment, arms))
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"
@@ -321,22 +334,24 @@ def write_report(root: Path) -> Report:
             save_png(top1_figure(arms, title), files[-2])
             save_png(curves_figure(experiment.runs, title, arm_order({run["squeeze"] for run in experiment.runs})),
                      files[-1])
-            differences = delta_figure(arms, title, holm_adjusted(arms))
+            differences = delta_figure(arms, title, holm_adjusted(arms, reference), reference)
             if differences is not None:
                 files.append(root / f"delta{suffix}.png")
                 save_png(differences, files[-1])
     text = "\n".join(sections + [f"Note: {note}" for note in unreadable + copies])
     write_text_atomic(root / "report.md", text)
-    write_text_atomic(root / "report.csv", csv_text(tables))
+    write_text_atomic(root / "report.csv", csv_text(tables, reference))
     return Report(text, files)
 
 
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs_root", type=Path, help="folder whose subfolders are run directories")
+    parser.add_argument("--versus", default=BASELINE, help="the arm every difference is to (default baseline: "
+                        "does SE help; gap: does the squeeze matter, against SENet's own)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.runs_root)
+        report = write_report(args.runs_root, args.versus)
     except UserError as error:
         return report_user_error("report.py", error)
     print(report.text)

@@ -1,5 +1,5 @@
-"""The report's figures: top-1 per arm, each arm's paired difference to baseline, validation curves; PNG files
-written whole (matplotlib's Agg backend: files only, never a window)."""
+"""The report's figures: top-1 per arm, each arm's paired difference to the reference arm, validation curves; PNG
+files written whole (matplotlib's Agg backend: files only, never a window)."""
 import io
 from pathlib import Path
 from statistics import mean, stdev
@@ -32,11 +32,11 @@ def top1_figure(arms: Dict[str, Any], title: str):
     return figure
 
 
-def delta_figure(arms: Dict[str, Any], title: str, holm: Dict[str, float]):
-    """Each arm's paired difference to baseline with its 95% interval and a dot per seed, against a line at 0:
-    the question the ablation asks, read at a glance; `holm`: the arms' adjusted p-values, for the stars. None
-    where no arm has a baseline to pair with."""
-    compared = [arm for arm in arms.values() if arm.squeeze != "baseline" and arm.delta]
+def delta_figure(arms: Dict[str, Any], title: str, holm: Dict[str, float], reference: str):
+    """Each arm's paired difference to the arm `reference` with its 95% interval and a dot per seed, against a line
+    at 0: the question the ablation asks, read at a glance; `holm`: the arms' adjusted p-values, for the stars.
+    None where no arm has a run of the reference to pair with."""
+    compared = [arm for arm in arms.values() if arm.squeeze != reference and arm.delta]
     if not compared:
         return None
     figure, axis = plt.subplots(figsize=(7, max(2.5, 0.45 * len(compared) + 1.6)))
@@ -49,7 +49,7 @@ def delta_figure(arms: Dict[str, Any], title: str, holm: Dict[str, float]):
     starred = [arm.squeeze + ("*" if holm.get(arm.squeeze, 1.0) < SIGNIFICANT else "") for arm in compared]
     axis.set_yticks(range(len(compared)), starred)
     axis.set_ylim(len(compared) - 0.5, -0.5)  # the table's order, top to bottom
-    axis.set_xlabel("top-1 difference to baseline (%p), paired by seed")
+    axis.set_xlabel(f"top-1 difference to {reference} (%p), paired by seed")
     _set_title(figure, axis, f"{title}\nmean difference, 95% interval (dots: single seeds; *: Holm p < 0.05)")
     return figure
 

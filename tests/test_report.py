@@ -145,13 +145,36 @@ def test_each_difference_has_a_paired_p_value_holm_adjusted_over_the_arms_compar
     assert cells["std"].endswith("]") and paired_interval(arms["std"])[1] < 0  # excludes 0, is not starred
     assert "*: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the 3 arms" in text
     summary = summarize(read_runs(tmp_path)[0], {})
-    figure = delta_figure(summary, "resnet18", holm_adjusted(summary))  # what delta.png shows
+    figure = delta_figure(summary, "resnet18", holm_adjusted(summary), "baseline")  # what delta.png shows
     axis = figure.axes[0]
     assert [label.get_text() for label in axis.get_yticklabels()] == ["gap*", "gmp", "std"]  # the table's order
     centers = [line.get_xdata()[0] for line in axis.lines if line.get_marker() == "o"]
     assert centers == pytest.approx([np.mean(arms[name]) for name in ("gap", "gmp", "std")])
     with Image.open(tmp_path / "delta.png") as image:
         image.verify()
+
+
+def test_differences_to_another_arm_with_versus(tmp_path, capsys):
+    """"Does the squeeze matter?" is a difference to gap (SENet's squeeze), not to the network without SE; the
+    table could only compare with baseline."""
+    base, gap, gmp = [70.0, 71.0, 72.0], [71.0, 71.5, 73.5], [71.5, 72.5, 73.5]
+    for seed in range(3):
+        for name, top1 in (("baseline", base), ("gap", gap), ("gmp", gmp)):
+            write_result(tmp_path, name, seed, top1[seed], 90.0)
+    assert report_main([str(tmp_path), "--versus", "gap"]) == 0
+    text = capsys.readouterr().out
+    low, high = paired_interval([0.5, 1.0, 0.0])  # gmp - gap, seed by seed
+    assert "| Top-1 vs gap %p (95% CI) |" in text and "Improved Top-1" not in text
+    assert f"| gmp | 72.50 ± 1.00 | 90.00 ± 0.00 | +0.50 [{low:+.2f}, {high:+.2f}] | 3 |" in text
+    assert "| gap | 72.00 ± 1.32 | 90.00 ± 0.00 | +0.00 [+0.00, +0.00] | 3 |" in text
+    assert "| baseline | 71.00 ± 1.00 | 90.00 ± 0.00 | -1.00 [" in text
+    assert "Top-1 vs gap: mean of the per-seed differences to gap" in text and "2 arms compared to gap" in text
+    rows = [row.split(",") for row in (tmp_path / "report.csv").read_text().splitlines()]
+    assert {row[rows[0].index("reference")] for row in rows[1:]} == {"gap"}
+    assert [row[rows[0].index("delta_p")] == "" for row in rows[1:]] == [False, True, False]  # gap: not a test
+    assert report_main([str(tmp_path), "--versus", "fca"]) == 2
+    assert capsys.readouterr().err == (f"report.py: error: --versus fca: {tmp_path} holds no run of that arm; choose "
+                                       "one of baseline, gap, gmp\n")
 
 
 def test_the_detectable_difference_is_found_at_the_stated_power_in_a_simulation(tmp_path):
@@ -238,7 +261,7 @@ def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_pa
            f"{tmp_path / 'resnet18-gap-copy-s0'}" in report.text
     rows = (tmp_path / "report.csv").read_text().splitlines()
     assert len(rows) == 6 and rows[0].endswith(",arch,experiment")
-    assert rows[3] == ('baseline,0,71.0,,90.0,,0.0,,,0,,,11000000,1000.0,,,resnet18,'
+    assert rows[3] == ('baseline,0,71.0,,90.0,,0.0,,,0,,,baseline,11000000,1000.0,,,resnet18,'
                        '"global_batch=1024, training.epochs=88"')
     assert [path.name for path in report.files[2:]] == [f"{kind}_{n}.png" for n in (1, 2, 3) for kind in (
         "top1", "curves", "delta") if not (n == 3 and kind == "delta")]  # the third has no baseline to pair with
