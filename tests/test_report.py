@@ -177,18 +177,8 @@ def test_differences_to_another_arm_with_versus(tmp_path, capsys):
                                        "one of baseline, gap, gmp\n")
 
 
-def test_the_detectable_difference_is_found_at_the_stated_power_in_a_simulation(tmp_path):
-    """A null result says nothing without the difference its seeds could have found; the legend states it."""
-    rng = np.random.default_rng(0)
-    # 4 seeds at 5 %, and 3 seeds at a * 's level for 7 arms (where scipy's noncentral t gave NaN)
-    for seeds, alpha in ((4, 0.05), (3, 0.05 / 7)):
-        effect = detectable_difference(0.5, seeds, alpha)
-        differences = rng.normal(effect, 0.5, (40_000, seeds))  # 40,000 ablations with that true difference
-        t = differences.mean(1) / (differences.std(1, ddof=1) / np.sqrt(seeds))
-        found = np.mean(2 * stats.t.sf(np.abs(t), seeds - 1) < alpha)
-        assert found == pytest.approx(0.80, abs=0.01), (seeds, alpha)
-    assert detectable_difference(0.5, 4, 0.05 / 3) > detectable_difference(0.5, 4)  # a * needs more
-    assert detectable_difference(0.5, 1) is None and detectable_difference(0.0, 4) is None
+def test_the_legend_states_the_difference_the_seeds_could_have_found(tmp_path):
+    """A null result says nothing without the difference its seeds could have found."""
     for seed, (base, gap) in enumerate([(70.0, 71.0), (71.0, 71.5), (72.0, 73.5)]):
         write_result(tmp_path, "baseline", seed, base, 90.0)
         write_result(tmp_path, "gap", seed, gap, 91.0)
