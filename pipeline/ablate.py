@@ -27,6 +27,7 @@ from pipeline.gc_freeze import imports_frozen
 
 with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
     from pipeline.atomic import write_text_atomic
+    from pipeline.clock import clock_time
     from pipeline.config import ConfigError, parse_overrides, resolve
     from pipeline.cores import core_ranges, share_cores
     from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
@@ -224,12 +225,6 @@ def time_to_go(took: Sequence[float], running_since: Sequence[float], queued: in
     for _ in range(queued):
         heapq.heapreplace(free, free[0] + each)
     return max(free)
-
-
-def clock_time(seconds: float) -> str:
-    """h:mm:ss (runs take hours, an ablation days)."""
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def top1_text(run_dir: Path) -> str:

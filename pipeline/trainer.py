@@ -18,6 +18,7 @@ from pipeline import checkpoint as ckpt
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_compile, to_channels_last,
                                    tune_convolutions, wrap_ddp)
+from pipeline.clock import clock_time
 from pipeline.config import ConfigError, describe, parse_overrides, resolution_settings, resolve, settings_help
 from pipeline.cpu_convolution import use_gemm_weight_gradients
 from pipeline.cpu_memory import available_bytes, check_cpu_memory
@@ -96,14 +97,26 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
 
-def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], started: float, compiled: bool) -> str:
+def time_to_finish(history: List[Dict[str, Any]], epochs: int, resolution_args: List[int]) -> Optional[float]:
+    """Seconds the epochs left take at the pace of the last one, each scaled by its pixels (progressive resizing:
+    an epoch at 192 px takes about (192/160)^2 = 1.44 of one at 160 px). None when none is left."""
+    if len(history) >= epochs:
+        return None
+    last = history[-1]
+    took = last["wall_time"] - (history[-2]["wall_time"] if len(history) > 1 else 0.0)
+    return sum(took * (resolution_at(epoch, *resolution_args) / last["resolution"]) ** 2
+               for epoch in range(len(history), epochs))
+
+
+def epoch_line(epoch: int, resolution: int, metrics: Dict[str, float], elapsed: float, to_go: Optional[float],
+               compiled: bool) -> str:
     text = (f"epoch {epoch + 1}: res {resolution} lr {metrics['lr']:.4g} loss {metrics['train_loss']:.4f} "
             f"{metrics['train_images_per_s']:.0f} img/s")
     if compiled and metrics["first_step_seconds"] > 1:
         text += f" (first step incl. torch.compile: {metrics['first_step_seconds']:.1f} s)"
     if "val_top1" in metrics:
         text += f" | val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f}"
-    return text + f" | {time.time() - started:.0f} s"
+    return text + f" | {clock_time(elapsed)}" + (f", ≈ {clock_time(to_go)} to go" if to_go is not None else "")
 
 
 def lr_schedule(config: Dict[str, Any], peak_lr: float, iterations: int) -> Callable[[int, int], float]:
@@ -172,7 +185,8 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
             ckpt.save_checkpoint(run_dir / CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history,
                                  world.world_size, rng)
-            print(epoch_line(epoch, resolution, metrics, started, compile_mode != "none"), flush=True)
+            print(epoch_line(epoch, resolution, metrics, history[-1]["wall_time"],
+                             time_to_finish(history, epochs, resolution_args), compile_mode != "none"), flush=True)
         barrier()
     result = summarize(config, history, parameters, world, global_batch, precision.name) | {"data": data}
     if world.is_main:

@@ -5,7 +5,7 @@ from conftest import REPO
 from pipeline.data import ramp_shortfall, resolution_at, shard_indices
 from pipeline.config import parse_overrides, resolve
 from pipeline.schedule import WARMUP_START, lr_factor, lr_shortfall, scaled_lr
-from pipeline.trainer import recipe_shortfalls
+from pipeline.trainer import epoch_line, recipe_shortfalls, time_to_finish
 
 
 def test_lr_scales_with_global_batch():
@@ -95,3 +95,15 @@ def test_a_run_shorter_than_its_recipe_says_what_it_ends_before(recipe, epochs, 
     config = resolve(REPO / "recipes" / f"{recipe}.yaml", parse_overrides([f"--training.epochs={epochs}"]))
     said = recipe_shortfalls(config)
     assert len(said) == len(notes) and all(note.startswith(start) for note, start in zip(said, notes)), said
+
+
+def test_the_time_to_finish_scales_each_epoch_left_by_its_pixels():
+    """An 88-epoch run printed its elapsed seconds alone; a 192 px epoch takes about 1.44 of a 160 px one."""
+    history = [{"epoch": 1, "resolution": 160, "wall_time": 100.0}, {"epoch": 2, "resolution": 160, "wall_time": 190.0}]
+    ramp = [160, 192, 2, 3]  # epochs 3 at 160 px, 4 and 5 at 192
+    assert time_to_finish(history, 5, ramp) == pytest.approx(90 + 2 * 90 * (192 / 160) ** 2)
+    assert time_to_finish(history[:1], 2, ramp) == pytest.approx(100.0)  # the first epoch: its whole time
+    assert time_to_finish(history, 2, ramp) is None
+    metrics = {"lr": 0.1, "train_loss": 2.0, "train_images_per_s": 300.0, "first_step_seconds": 0.5}
+    assert epoch_line(1, 160, metrics, 190.0, 3725.0, False).endswith("300 img/s | 0:03:10, ≈ 1:02:05 to go")
+    assert epoch_line(4, 192, metrics, 500.0, None, False).endswith("| 0:08:20")
