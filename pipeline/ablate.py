@@ -157,13 +157,15 @@ def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> sub
 
 
 def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[Job, Slot], subprocess.Popen],
-                 report: Callable[[str], None] = print, poll_seconds: float = 1.0) -> Dict[str, List[Job]]:
-    """Keep every slot busy until all jobs ran; returns {'done': [...], 'failed': [...]}."""
+                 report: Callable[[str], None] = print, poll_seconds: float = 1.0,
+                 took: Sequence[float] = ()) -> Dict[str, List[Job]]:
+    """Keep every slot busy until all jobs ran; returns {'done': [...], 'failed': [...]}. `took`: the durations of
+    runs of this ablation that finished before (a pace to go by from the first run that ends)."""
     queue = collections.deque((job, 0) for job in jobs)
     running: Dict[int, Tuple[Job, int, subprocess.Popen, float]] = {}
     outcome: Dict[str, List[Job]] = {"done": [], "failed": []}
     try:
-        _schedule(queue, running, outcome, slots, launch, report, poll_seconds)
+        _schedule(queue, running, outcome, slots, launch, report, poll_seconds, list(took))
     finally:  # an exception or Ctrl-C in the runner stops its runs too (kill -9: the parent-death signal)
         for _, _, process, _ in running.values():
             process.terminate()
@@ -172,8 +174,8 @@ def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[J
     return outcome
 
 
-def _schedule(queue, running, outcome, slots, launch, report, poll_seconds) -> None:
-    total, took = len(queue), []  # took: the durations of the runs done
+def _schedule(queue, running, outcome, slots, launch, report, poll_seconds, took) -> None:
+    total = len(queue)  # took: the durations of the runs done (this ablation's, before too)
     while queue or running:
         for index, slot in enumerate(slots):
             if index not in running and queue:
@@ -345,11 +347,15 @@ def main(argv: List[str]) -> int:
 def run_ablation(jobs: Sequence[Job], todo: Sequence[Job], slots: Sequence[Slot], root: Path, manifest: dict,
                  launch: Callable[[Job, Slot], subprocess.Popen]) -> int:
     """Run what is left, record the failures in the manifest, print the report; the exit status."""
+    took = [result["wall_time"] for result in map(read_result, (job.run_dir for job in jobs if job not in todo))
+            if isinstance((result or {}).get("wall_time"), (int, float))]
+    to_go = time_to_go(took, [], len(todo), len(slots), 0.0)
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
-          f"{len(slots)} slot(s): {'; '.join(slot.describe() for slot in slots)}", flush=True)
+          f"{len(slots)} slot(s): {'; '.join(slot.describe() for slot in slots)}"
+          + (f"; ≈ {clock_time(to_go)} to go at the pace of those finished" if to_go is not None else ""), flush=True)
     started = time.time()
     try:
-        outcome = run_schedule(todo, slots, launch)
+        outcome = run_schedule(todo, slots, launch, took=took)
     except KeyboardInterrupt:  # Ctrl-C: the runs in progress were stopped (run_schedule), each keeps its epochs
         print(f"ablate.py: interrupted; the finished runs and epochs are kept in {root}: the same command "
               "continues the ablation", file=sys.stderr)
@@ -358,7 +364,7 @@ def run_ablation(jobs: Sequence[Job], todo: Sequence[Job], slots: Sequence[Slot]
                           for job in outcome["failed"]]
     write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     print(f"\n{len(outcome['done'])} ran, {len(jobs) - len(todo)} skipped, {len(outcome['failed'])} failed "
-          f"in {time.time() - started:.0f} s\n")
+          f"in {clock_time(time.time() - started)}\n")
     report = write_report(root)
     print(report.text)
     print(f"report: {', '.join(str(path) for path in report.files)}")

@@ -14,6 +14,7 @@ from pipeline import ablate
 from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process, make_slots, pin_cores, plan_jobs,
                              run_schedule, time_to_go, visible_gpus)
 from pipeline.ablate import main as ablate_main
+from pipeline.clock import clock_time
 from pipeline.config import ConfigError
 from pipeline.cores import core_ranges, share_cores
 from pipeline.processes import wait_for_an_exit
@@ -275,7 +276,7 @@ def test_a_second_ablation_on_a_runs_root_in_use_is_refused(tiny_betons, tmp_pat
 
 def test_ctrl_c_says_the_same_command_continues(tiny_betons, tmp_path, capsys, monkeypatch):
     """Ctrl-C printed a traceback from the runner's polling loop."""
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(ablate, "run_schedule", interrupted)
     root = tmp_path / "ablation"
@@ -314,6 +315,10 @@ def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_pat
     assert ablate_main(arguments) == 0
     second = capsys.readouterr().out
     assert "1 ran, 1 skipped, 0 failed" in second
+    finished = json.loads((root / "resnet18-baseline-sample-s0" / "result.json").read_text())["wall_time"]
+    # a pace from the start of a resumed ablation: the one run left at the finished one's time
+    assert f"2 runs (1 already finished) on 1 slot(s): cpu; ≈ {clock_time(finished)} to go at the pace of those " \
+           "finished" in second
     assert "resuming" in (interrupted / "train.log").read_text()
     assert "| random |" in second and "| baseline |" in second
     assert f"report: {root / 'report.md'}, {root / 'report.csv'}, {root / 'top1.png'}" in second
