@@ -46,6 +46,8 @@ class ArmSummary:
     unfinished_seeds: List[int] = field(default_factory=list)  # asked for, neither finished nor failed (yet)
     delta: List[float] = field(default_factory=list)  # paired top-1 differences to baseline, %p
     delta_seeds: List[int] = field(default_factory=list)  # the seeds of `delta`: those baseline finished too
+    delta_p: Optional[float] = None  # the paired t-test's p of `delta` (None: the reference itself, or < 2 pairs)
+    delta_p_holm: Optional[float] = None  # that p Holm-adjusted over the arms compared
 
 
 # what the report reads of a finished run's result.json: (key, its types, what to say when it is not one)
@@ -152,11 +154,6 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
-def holm_adjusted(arms: Dict[str, ArmSummary], reference: str = BASELINE) -> Dict[str, float]:
-    """Each arm's paired p-value to `reference`, Holm-adjusted over the arms compared (not the reference)."""
-    return holm_adjust({name: paired_p_value(arm.delta) for name, arm in arms.items() if name != reference})
-
-
 def summarize(runs: List[dict], manifest: dict, reference: str = BASELINE) -> Dict[str, ArmSummary]:
     """Each arm's runs, what was asked for of it (`manifest`: ablation.json) and its paired differences to the
     arm `reference` (baseline: does SE help; gap: does the squeeze matter, against SENet's)."""
@@ -182,6 +179,9 @@ def summarize(runs: List[dict], manifest: dict, reference: str = BASELINE) -> Di
         for arm in arms.values():
             arm.delta_seeds = [seed for seed in arm.seeds if seed in by_seed]
             arm.delta = [top1 - by_seed[seed] for seed, top1 in zip(arm.seeds, arm.top1) if seed in by_seed]
+    p_values = {name: paired_p_value(arm.delta) for name, arm in arms.items() if name != reference}
+    for name, adjusted in holm_adjust(p_values).items():  # over the arms compared (not the reference)
+        arms[name].delta_p, arms[name].delta_p_holm = p_values[name], adjusted
     return arms
 
 
@@ -204,7 +204,7 @@ def detectable_text(arms: Dict[str, ArmSummary], reference: str) -> str:
             "about as 1/√seeds.")
 
 
-def delta_text(arm: ArmSummary, reference: str, finished: bool, holm_p: Optional[float] = None) -> str:
+def delta_text(arm: ArmSummary, reference: str, finished: bool) -> str:
     """The difference cell: to the arm `reference`, which has a finished run or not."""
     if not finished:
         return f"no {reference}"
@@ -212,7 +212,7 @@ def delta_text(arm: ArmSummary, reference: str, finished: bool, holm_p: Optional
         return "missing"
     interval = paired_interval(arm.delta)
     text = f"{mean(arm.delta):+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
-    text += "*" if holm_p is not None and holm_p < SIGNIFICANT else ""
+    text += "*" if arm.delta_p_holm is not None and arm.delta_p_holm < SIGNIFICANT else ""
     # over fewer seeds than the arm's own columns (the reference's missing ones have no pair): said, as the interval is
     pairs = len(arm.delta)
     return text + (f" ({pairs} {'pair' if pairs == 1 else 'pairs'})" if pairs < len(arm.seeds) else "")
@@ -224,13 +224,13 @@ HEADER = ["Squeeze operation", "Top-1 Acc (%)", "Top-5 Acc (%)", "Improved Top-1
 
 def table_rows(arms: Dict[str, ArmSummary], reference: str = BASELINE) -> List[List[str]]:
     finished = bool(arms.get(reference) and arms[reference].top1)
-    rows, holm = [], holm_adjusted(arms, reference)
+    rows = []
     for arm in arms.values():
         unseen = [f"{len(listed)} {what}" for listed, what in ((arm.failed_seeds, "failed"),
                                                                (arm.unfinished_seeds, "not finished")) if listed]
         seeds = str(len(arm.seeds)) + (f" ({', '.join(unseen)})" if unseen else "")
         rows.append([arm.squeeze, mean_sd(arm.top1), mean_sd(arm.top5),
-                     delta_text(arm, reference, finished, holm.get(arm.squeeze)), seeds,
+                     delta_text(arm, reference, finished), seeds,
                      f"{arm.parameters:,}" if arm.parameters else "–",
                      f"{mean(arm.images_per_s):,.0f}" if arm.images_per_s else "–"])
     return rows
@@ -245,7 +245,7 @@ def markdown(arms: Dict[str, ArmSummary], title: str, reference: str = BASELINE)
     note = (f"Top-1/Top-5: mean ± sd over seeds. {header[3].split(' %p')[0]}: mean of the per-seed differences to "
             f"{reference} (same seed = same shared init and training images), with a 95% Student-t confidence "
             "interval.")
-    compared = holm_adjusted(arms, reference)
+    compared = [arm for arm in arms.values() if arm.delta_p_holm is not None]
     if compared:
         note += (f" *: not chance at the 5% level over the whole table (paired t-test, p Holm-adjusted over the "
                  f"{len(compared)} {'arm' if len(compared) == 1 else 'arms'} compared to {reference}; an interval "
@@ -272,15 +272,13 @@ def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]], reference: 
     writer = csv.writer(buffer)
     writer.writerow(CSV_HEADER)
     for experiment, arms in tables:
-        holm = holm_adjusted(arms, reference)
         for arm in arms.values():
             interval = paired_interval(arm.delta) or ("", "")
-            p_value = paired_p_value(arm.delta) if arm.squeeze != reference else None
             writer.writerow([arm.squeeze, " ".join(map(str, arm.seeds)),
                              _number(mean, arm.top1), _number(stdev, arm.top1, 2), _number(mean, arm.top5),
                              _number(stdev, arm.top5, 2), _number(mean, arm.delta), *interval,
-                             " ".join(map(str, arm.delta_seeds)), "" if p_value is None else p_value,
-                             holm.get(arm.squeeze, ""), reference, arm.parameters or "",
+                             " ".join(map(str, arm.delta_seeds)), _blank(arm.delta_p), _blank(arm.delta_p_holm),
+                             reference, arm.parameters or "",
                              _number(mean, arm.images_per_s), " ".join(map(str, arm.failed_seeds)),
                              " ".join(map(str, arm.unfinished_seeds)),
                              experiment.arch, experiment.label])
@@ -289,6 +287,10 @@ def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]], reference: 
 
 def _number(function, values, minimum: int = 1):
     return function(values) if len(values) >= minimum else ""
+
+
+def _blank(value: Optional[float]):
+    return "" if value is None else value
 
 
 @dataclass(frozen=True)
@@ -334,7 +336,7 @@ def write_report(root: Path, reference: str = BASELINE) -> Report:
             save_png(top1_figure(arms, title), files[-2])
             save_png(curves_figure(experiment.runs, title, arm_order({run["squeeze"] for run in experiment.runs})),
                      files[-1])
-            differences = delta_figure(arms, title, holm_adjusted(arms, reference), reference)
+            differences = delta_figure(arms, title, reference)
             if differences is not None:
                 files.append(root / f"delta{suffix}.png")
                 save_png(differences, files[-1])

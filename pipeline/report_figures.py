@@ -32,10 +32,10 @@ def top1_figure(arms: Dict[str, Any], title: str):
     return figure
 
 
-def delta_figure(arms: Dict[str, Any], title: str, holm: Dict[str, float], reference: str):
+def delta_figure(arms: Dict[str, Any], title: str, reference: str):
     """Each arm's paired difference to the arm `reference` with its 95% interval and a dot per seed, against a line
-    at 0: the question the ablation asks, read at a glance; `holm`: the arms' adjusted p-values, for the stars.
-    None where no arm has a run of the reference to pair with."""
+    at 0: the question the ablation asks, read at a glance; a star where its Holm-adjusted p is under 5%. None
+    where no arm has a run of the reference to pair with."""
     compared = [arm for arm in arms.values() if arm.squeeze != reference and arm.delta]
     if not compared:
         return None
@@ -46,7 +46,8 @@ def delta_figure(arms: Dict[str, Any], title: str, holm: Dict[str, float], refer
         axis.errorbar(center, row, xerr=errors, fmt="o", color="#4c72b0", capsize=4)
         axis.scatter(arm.delta, [row] * len(arm.delta), color="black", s=10, zorder=3)
     axis.axvline(0, color="grey", linestyle="--", linewidth=1)
-    starred = [arm.squeeze + ("*" if holm.get(arm.squeeze, 1.0) < SIGNIFICANT else "") for arm in compared]
+    starred = [arm.squeeze + ("*" if arm.delta_p_holm is not None and arm.delta_p_holm < SIGNIFICANT else "")
+               for arm in compared]
     axis.set_yticks(range(len(compared)), starred)
     axis.set_ylim(len(compared) - 0.5, -0.5)  # the table's order, top to bottom
     axis.set_xlabel(f"top-1 difference to {reference} (%p), paired by seed")
