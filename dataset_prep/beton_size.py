@@ -112,13 +112,13 @@ def check_room(planned: Sequence[PlannedBeton]) -> None:
     refused after the hours of the train beton's write would have been found late. The refusal says what the
     same images take as JPEGs, which is worked out only then."""
     folder = planned[0].out.parent
-    free = shutil.disk_usage(folder).free
-    if sum(plan.estimate.total_bytes for plan in planned) <= free:
+    free, need = shutil.disk_usage(folder).free, sum(plan.estimate.total_bytes for plan in planned)
+    if need <= free:
         return
     needs = " and ".join(f"{plan.out} needs {plan.estimate.describe()}" for plan in planned)
     smallest = sum(plan.all_jpegs().total_bytes for plan in planned)
     fewer = (f", or store the images as JPEGs (--write-mode jpg: ≈ {smallest / 1e9:.2f} GB)"
-             if smallest < sum(plan.estimate.total_bytes for plan in planned) else "")
+             if smallest < need else "")
     replaced = [plan.out.name for plan in planned if plan.out.exists()]
     kept = (f" ({', '.join(replaced)}, which the write replaces, {'is' if len(replaced) == 1 else 'are'} deleted "
             f"only once the new {'one is' if len(replaced) == 1 else 'ones are'} whole)" if replaced else "")
