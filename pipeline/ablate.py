@@ -36,6 +36,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.resume import make_run_dir
     from pipeline.run_data import check_data, data_identities
     from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
+    from pipeline.run_room import check_ablation_room
     from pipeline.squeeze import check_squeeze_name, squeeze_names
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -127,15 +128,20 @@ def check_shared_settings(overrides: Dict[str, Tuple[object, str]]) -> None:
             raise ConfigError(f"{source}: ablate.py sets {key} for each run; use {PER_RUN_KEYS[key]}")
 
 
+def job_config(job: Job, cfg: Path, overrides: List[str]) -> Dict[str, object]:
+    """The settings train.py resolves for one run."""
+    return resolve(cfg, parse_overrides(overrides) | {"model.squeeze": (job.squeeze, "--squeeze"),
+                                                       "training.seed": (job.seed, "--seeds")})
+
+
 def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str], data: Dict[str, str]) -> List[Job]:
     """The jobs not finished yet (on the betons `data` identifies). A folder that holds a run with other
     settings, or is in use, is refused before anything starts: skipping it would report the old run's numbers
     under the new settings."""
     remedy = "pass another --runs-root for these settings, or delete that directory"
-    shared, todo = parse_overrides(overrides), []
+    todo = []
     for job in jobs:
-        config = resolve(cfg, shared | {"model.squeeze": (job.squeeze, "--squeeze"),
-                                        "training.seed": (job.seed, "--seeds")})
+        config = job_config(job, cfg, overrides)
         lock = RunLock(job.run_dir)
         if job.run_dir.is_dir() and lock.is_held():
             raise RunDirError(f"{job.run_dir} is in use by {lock.holder()}; wait for it to end "
@@ -325,7 +331,8 @@ def main(argv: List[str]) -> int:
         shared = parse_overrides(rest, instead=PER_RUN_KEYS)
         check_shared_settings(shared)
         config = resolve(args.cfg, shared)  # fail now, not in every run
-        data = data_identities(check_data(config))
+        metadata = check_data(config)
+        data = data_identities(metadata)
         gpus = choose_gpus(args.gpus, visible_gpus())
         slots = pin_cores(make_slots(gpus, None if args.gpus_per_run == "all" else int(args.gpus_per_run)))
         root = args.runs_root or Path("runs") / f"ablate-{args.cfg.stem}"
@@ -335,6 +342,8 @@ def main(argv: List[str]) -> int:
         # one runner per root: a second one failed the runs the first was training and wrote them down as failed
         with RunLock(root, "--runs-root"):
             todo = runs_to_do(jobs, args.cfg, rest, data)
+            check_ablation_room([(job_config(job, args.cfg, rest), job.run_dir) for job in todo],
+                                len(metadata[0]["classes"]), len(slots), root)
             manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes,
                         "seeds": seeds, "overrides": rest, "failed": []}
             write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")

@@ -20,11 +20,20 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def free_space(folder: Path) -> str:
-    """'0.00 GB free on the disk of <folder>': for a refusal of a write that may have filled it (asked of the
-    nearest folder above that exists, when the write failed before making it)."""
+def free_bytes(folder: Path) -> Optional[int]:
+    """Free bytes on the disk of `folder`, asked of the nearest folder above it that exists (a write may fail, or
+    be planned, before the folder is made); None where the filesystem reports no size at all (sysfs, procfs, and
+    FUSE mounts that report 0 of 0 bytes while they take writes)."""
     existing = next(path for path in (Path(folder), *Path(folder).parents) if path.exists())
-    return f"{shutil.disk_usage(existing).free / 1e9:.2f} GB free on the disk of {folder}"
+    usage = shutil.disk_usage(existing)
+    return usage.free if usage.total else None
+
+
+def free_space(folder: Path) -> str:
+    """'0.00 GB free on the disk of <folder>': for a refusal of a write that may have filled it."""
+    free = free_bytes(folder)
+    return f"{free / 1e9:.2f} GB free on the disk of {folder}" if free is not None else \
+        f"the disk of {folder} reports no size"
 
 
 @contextlib.contextmanager
@@ -64,8 +73,9 @@ def atomic_open(path: Path, mode: str = "w", previous: Optional[Path] = None):
                 os.replace(path, previous)
             os.replace(temporary, path)
         except OSError as error:
-            raise StorageError(f"could not write {path}: {error.strerror or error}; free space on its filesystem "
-                               "or choose a writable folder (the previous file, if any, is intact)") from None
+            raise StorageError(f"could not write {path}: {error.strerror or error} ({free_space(path.parent)}); "
+                               "free space on its filesystem or choose a writable folder (the previous file, if any, "
+                               "is intact)") from None
         finally:
             temporary.unlink(missing_ok=True)
 

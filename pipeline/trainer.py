@@ -36,6 +36,7 @@ from pipeline.run_data import (build_data, build_val_data, check_batch_fits, che
                                 data_identities, loader_workers, upscaling_notes)
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
                               RESULT_NAME, RunLock, run_name)
+from pipeline.run_room import check_run_room
 from pipeline.schedule import lr_factor, lr_shortfall, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
 
@@ -306,6 +307,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
         return
     check_memory_fits(config, len(metadata[0]["classes"]), world)  # a finished run needs no probe model
+    from_main(world, lambda: check_run_room(config, len(metadata[0]["classes"]), run_dir))  # rank 0 writes
     if world.is_main:
         make_run_dir(run_dir)
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
