@@ -89,19 +89,22 @@ class Text(Checker):
 
 
 class NumberList(Checker):
-    """A list of numbers: YAML list or comma-separated text."""
+    """A list of numbers, none below `low`: YAML list or comma-separated text."""
+
+    def __init__(self, low: float = 0):
+        self.low = low
 
     def check(self, value):
         items = value.split(",") if isinstance(value, str) else value
         if isinstance(items, (int, float)):
             items = [items]
         numbers = [float(item) for item in items if str(item).strip() != ""]
-        if not all(map(math.isfinite, numbers)):
+        if not all(math.isfinite(number) and number >= self.low for number in numbers):
             raise ValueError(value)
         return numbers
 
     def help(self):
-        return "a list of numbers, e.g. 30,60"
+        return f"a list of numbers >= {self.low:g}, e.g. 30,60"
 
 
 SCHEDULES = ("step", "triangular", "cosine")

@@ -57,7 +57,8 @@ def test_typo_in_recipe_is_an_error_with_a_suggestion(tmp_path):
     # were taken: a nan lr trained a whole epoch to a non-finite loss, an inf warmup kept the lr at 0
     ("lr.lr", "nan", "expected a number >= 0"),
     ("lr.warmup_epochs", float("inf"), "expected a number >= 0"),
-    ("lr.milestones", "30,nan", "expected a list of numbers, e.g. 30,60"),
+    ("lr.milestones", "30,nan", "expected a list of numbers >= 0, e.g. 30,60"),
+    ("lr.milestones", "-30,60", "expected a list of numbers >= 0, e.g. 30,60"),  # was taken: gamma from the start
 ])
 def test_bad_values_name_key_source_and_what_is_valid(key, value, expected):
     with pytest.raises(ConfigError) as error:
