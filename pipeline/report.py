@@ -265,6 +265,24 @@ CSV_HEADER = ["squeeze", "seeds", "top1_mean", "top1_sd", "top5_mean", "top5_sd"
               "train_images_per_s", "failed_seeds", "unfinished_seeds", "arch", "experiment"]
 
 
+def code_note(runs: List[dict]) -> str:
+    """A paragraph under a table whose runs were trained by several versions of the code (provenance.py), each
+    with its runs; '' when one version trained them all (runs that recorded none are not counted)."""
+    versions: Dict[str, List[str]] = {}
+    for run in runs:
+        code = run.get("code")
+        if isinstance(code, list) and code and all(isinstance(version, str) for version in code):
+            versions.setdefault(" then ".join(code), []).append(f"{run['squeeze']} s{run['seed']}")
+    if len(versions) < 2:
+        return ""
+    listed = "; ".join(f"{version}: {', '.join(names[:4])}{', …' if len(names) > 4 else ''} ({len(names)} run"
+                       f"{'' if len(names) == 1 else 's'})"
+                       for version, names in sorted(versions.items(), key=lambda item: -len(item[1])))
+    return (f"Code: these runs were trained by {len(versions)} versions of the code ({listed}; +digest: uncommitted "
+            "changes, 'then': a run resumed by other code). A change between them that moves results reads as a "
+            "difference between arms: to compare them, train every arm with one version (another --runs-root).\n")
+
+
 def csv_text(tables: List[Tuple[Experiment, Dict[str, ArmSummary]]], reference: str = BASELINE) -> str:
     """One CSV for every table: a row per arm, the arm its delta_* columns compare with, its experiment in the
     last two columns."""
@@ -328,7 +346,7 @@ def write_report(root: Path, reference: str = BASELINE) -> Report:
     for number, experiment in enumerate(experiments, 1):
         arms = summarize(experiment.runs, manifest, reference)
         title = f"{experiment.arch} ({root.name})" + (f": {experiment.label}" if experiment.label else "")
-        sections.append(markdown(arms, title, reference))
+        sections.append(markdown(arms, title, reference) + code_note(experiment.runs))
         tables.append((experiment, arms))
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"

@@ -31,6 +31,7 @@ from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import build_model
 from pipeline.optim import build_sgd_for
+from pipeline.provenance import code_version, other_code_note
 from pipeline.resume import finished_already, make_run_dir, restore, resume_state
 from pipeline.run_data import (build_data, build_val_data, check_batch_fits, check_data, check_val_data,
                                 data_identities, loader_workers, upscaling_notes)
@@ -154,6 +155,9 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         history, first_epoch = restore(state, model, optimizer, scaler, world.rank)
         if world.is_main:
             print(f"resuming {run_dir} after epoch {first_epoch} of {epochs}")
+            note = other_code_note(history[-1].get("code"), code_version())
+            if note:
+                print(f"note: {note}")
     tune_convolutions(world.device)
     use_gemm_weight_gradients(model, world.device)
     compile_mode = compile_used(config, world)
@@ -180,7 +184,8 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
             broadcast_buffers(model)
             metrics.update(evaluate(ckpt.unwrap(network), val_data, val_augment, precision,
                                     config["validation.flip_tta"], world.device))
-        history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started})
+        history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started,
+                        "code": code_version()})
         rng = gather_to_main(world, ckpt.rng_states())
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
@@ -225,6 +230,7 @@ def summarize(config, history, parameters, world, global_batch, precision) -> Di
         "compile_used": compile_used(config, world),
         "wall_time": history[-1]["wall_time"], "world_size": world.world_size, "global_batch": global_batch,
         "precision": precision, "device": str(world.device.type), "config": config,
+        "code": list(dict.fromkeys(line.get("code") for line in history)),  # more than one: resumed by other code
     }
 
 

@@ -257,6 +257,22 @@ def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_pa
         "top1", "curves", "delta") if not (n == 3 and kind == "delta")]  # the third has no baseline to pair with
 
 
+def test_a_table_whose_runs_other_code_trained_says_which(tmp_path):
+    """An ablation continued after a `git pull` (or an edit) paired arms trained by other code without a word."""
+    old, new = "aaaaaaaaaaaa", "bbbbbbbbbbbb+0123abcd"
+    for seed, codes in enumerate([([old], [old]), ([old, new], [new])]):
+        write_result(tmp_path, "baseline", seed, 70.0, 90.0, code=codes[0])
+        write_result(tmp_path, "gap", seed, 71.0, 90.0, code=codes[1])
+    text = write_report(tmp_path).text
+    assert (f"Code: these runs were trained by 3 versions of the code ({old}: baseline s0, gap s0 (2 runs); {old} "
+            f"then {new}: baseline s1 (1 run); {new}: gap s1 (1 run); +digest: uncommitted changes") in text
+    assert "| gap | 71.00 ± 0.00 |" in text  # one table still: the code is not a setting
+    for seed in (2, 3):  # one version, and runs that recorded none (trained before it was recorded): no note
+        write_result(tmp_path / "one", "baseline", seed, 70.0, 90.0, code=[old])
+        write_result(tmp_path / "one", "gap", seed, 71.0, 90.0, **({"code": [old]} if seed == 2 else {}))
+    assert "Code:" not in write_report(tmp_path / "one").text
+
+
 def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
     result = run_script(["pipeline/report.py", str(tmp_path)], timeout=60)
     assert result.returncode == 2 and "holds no finished run" in result.stderr

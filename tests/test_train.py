@@ -20,6 +20,7 @@ from pipeline.data import DeviceAugment, LoaderSettings, set_train_resolution, s
 from pipeline.distributed import World
 from pipeline.engine import evaluate
 from pipeline.models import build_model
+from pipeline.provenance import code_version
 from pipeline.run_dir import RunLock
 from pipeline.trainer import main as train_main, se_kernel_used
 
@@ -52,6 +53,8 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
                            "resolution", "wall_time"}
     summary = json.loads((run_dir / "result.json").read_text())
     assert summary["squeeze"] == "gmp" and summary["finished_epochs"] == 4 and summary["top1"] == log[-1]["val_top1"]
+    assert [line["code"] for line in log] == [code_version()] * 4 and summary["code"] == [code_version()]
+    assert code_version() is not None or not (REPO / ".git").exists()  # a checkout (CI: a fresh clone) has one
     weights, recorded = load_weights(run_dir / "final.pt")
     assert recorded == {"arch": "resnet18", "squeeze": "gmp", "reduction": 16, "num_classes": 10, "blurpool": False}
     assert not any(key.startswith("module.") for key in weights)
@@ -95,12 +98,21 @@ def test_sigkill_mid_run_then_resume_ends_at_the_right_epoch(tiny_betons, tmp_pa
         process.wait(timeout=30)
     finally:
         process.kill()
-    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] in (0, 1)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["epoch"] in (0, 1)
+    for line in state["history"]:
+        line["code"] = "0123456789ab"  # as if an older checkout had trained the epochs so far
+    torch.save(state, run_dir / "checkpoint.pt")
     copied = shutil.copytree(tiny_betons, tmp_path / "local", ignore=shutil.ignore_patterns("images"))
     # resumed in this process (a process start less), with the data moved: the same data
     assert train_main(arguments[2:] + [f"--data.train_dataset={copied / 'train.beton'}",
                                        f"--data.val_dataset={copied / 'val.beton'}"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming" in out
+    if code_version() is not None:  # a checkout: the resume says that other code trained the epochs before
+        assert (f"note: the epochs so far were trained by code 0123456789ab, and this is {code_version()}: the run "
+                "goes on with it") in out
+        assert json.loads((run_dir / "result.json").read_text())["code"] == ["0123456789ab", code_version()]
     assert [line["epoch"] for line in read_log(run_dir)] == [1, 2, 3]
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2
     recorded = json.loads((run_dir / "data.json").read_text())

@@ -1,0 +1,43 @@
+"""Which code trained a run: a commit, and a digest of uncommitted changes, from a git checkout of one's own."""
+import subprocess
+
+from pipeline.provenance import code_version, other_code_note
+
+
+def git(repo, *arguments):
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *arguments],
+                          capture_output=True, check=True, text=True).stdout.strip()
+
+
+def test_a_commit_and_a_digest_of_its_uncommitted_changes(tmp_path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "squeeze.py").write_text("EPS = 1e-5\n")
+    git(repo, "add", "squeeze.py")
+    git(repo, "commit", "-qm", "first")
+    commit = git(repo, "rev-parse", "HEAD")
+    assert code_version(repo) == commit[:12]
+    (repo / "squeeze.py").write_text("EPS = 1e-3\n")  # an edit that changes results, not committed
+    edited = code_version.__wrapped__(repo)
+    assert edited.startswith(commit[:12] + "+") and len(edited) == 12 + 1 + 8
+    (repo / "squeeze.py").write_text("EPS = 1e-4\n")
+    assert code_version.__wrapped__(repo) not in (edited, commit[:12])  # another edit, another version
+    (repo / "squeeze.py").write_text("EPS = 1e-3\n")
+    assert code_version.__wrapped__(repo) == edited  # the same edit, the same version
+    (repo / "notes.txt").write_text("untracked\n")
+    assert code_version.__wrapped__(repo) == edited
+
+
+def test_no_version_outside_the_top_of_a_git_checkout(tmp_path):
+    """An installed copy inside another repository (site-packages in a venv in a checkout) is not that repository."""
+    assert code_version(tmp_path) is None
+    git(tmp_path, "init", "-q")
+    (tmp_path / "pipeline").mkdir()
+    assert code_version(tmp_path / "pipeline") is None
+
+
+def test_a_resume_by_other_code_is_said_and_an_unknown_version_is_not():
+    assert other_code_note("aaaaaaaaaaaa", "bbbbbbbbbbbb+0123abcd").startswith(
+        "the epochs so far were trained by code aaaaaaaaaaaa, and this is bbbbbbbbbbbb+0123abcd: the run goes on")
+    assert [other_code_note(*pair) for pair in (("a", "a"), (None, "a"), ("a", None))] == [None] * 3
