@@ -236,11 +236,33 @@ def table_rows(arms: Dict[str, ArmSummary], reference: str = BASELINE) -> List[L
     return rows
 
 
-def markdown(arms: Dict[str, ArmSummary], title: str, reference: str = BASELINE) -> str:
-    """The table of one experiment, and a legend that explains what its cells say."""
+def settings_text(settings: Dict[str, Any], recipe: Optional[str] = None) -> str:
+    """The settings every run of a table trained with, in a line, so that report.md read alone says what it
+    measured ('' for runs that recorded no config)."""
+    get = settings.get
+    if get("resolution.max_res") is None or get("lr.lr") is None:
+        return ""
+    low, high, start, end = (get(f"resolution.{key}") for key in ("min_res", "max_res", "start_ramp", "end_ramp"))
+    pixels = f"{high} px" if low == high or end <= start else f"{low}-{high} px (epochs {start}-{end})"
+    steps = f", x{get('lr.gamma'):g} at {', '.join(f'{m:g}' for m in get('lr.milestones'))}" \
+        if get("lr.schedule") == "step" else ""
+    parts = [f"{get('training.epochs')} epochs at {pixels}, val {get('resolution.val_res')} px"
+             + (" (flip test-time augmentation)" if get("validation.flip_tta") else ""),
+             f"global batch {get('global_batch')}" if get("global_batch") else None,
+             get("precision"),
+             f"lr {get('lr.lr'):g} per 256 images ({get('lr.schedule')}, {get('lr.warmup_epochs'):g} warmup epochs{steps})",
+             f"label smoothing {get('training.label_smoothing'):g}", f"weight decay {get('training.weight_decay'):g}",
+             f"SE reduction {get('model.reduction')}", "blurpool" if get("model.blurpool") else None,
+             f"recipe {recipe}" if recipe else None]
+    return "Settings: " + "; ".join(part for part in parts if part) + "."
+
+
+def markdown(arms: Dict[str, ArmSummary], title: str, reference: str = BASELINE, settings: str = "") -> str:
+    """The table of one experiment (under the settings its runs share), and a legend that explains its cells."""
     versus = HEADER[3] if reference == BASELINE else f"Top-1 vs {reference} %p (95% CI)"  # the seed's name, or
     header = HEADER[:3] + [versus] + HEADER[4:]
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + " ---------- |" * len(header)]
+    lines = [f"### {title}", "", *([settings, ""] if settings else []), "| " + " | ".join(header) + " |",
+             "|" + " ---------- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(arms, reference)]
     note = (f"Top-1/Top-5: mean ± sd over seeds. {header[3].split(' %p')[0]}: mean of the per-seed differences to "
             f"{reference} (same seed = same shared init and training images), with a 95% Student-t confidence "
@@ -346,7 +368,8 @@ def write_report(root: Path, reference: str = BASELINE) -> Report:
     for number, experiment in enumerate(experiments, 1):
         arms = summarize(experiment.runs, manifest, reference)
         title = f"{experiment.arch} ({root.name})" + (f": {experiment.label}" if experiment.label else "")
-        sections.append(markdown(arms, title, reference) + code_note(experiment.runs))
+        sections.append(markdown(arms, title, reference, settings_text(experiment.settings, manifest.get("recipe")))
+                        + code_note(experiment.runs))
         tables.append((experiment, arms))
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"

@@ -8,17 +8,20 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from conftest import run_script
+from conftest import REPO, run_script
+from pipeline.config import resolve
 from pipeline.paired_stats import detectable_difference, paired_interval
 from pipeline.report import arm_order, main as report_main, read_runs, summarize, write_report
 from pipeline.report_figures import curves_figure, delta_figure
 
 
-def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", **resolved):
+def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", recipe=None, **resolved):
     run_dir = root / f"resnet18-{squeeze}-{name}-s{seed}"
     run_dir.mkdir(parents=True)
     config = {"model.arch": "resnet18", "model.squeeze": squeeze, "training.seed": seed, "training.epochs": epochs,
               "logging.run_dir": str(run_dir), "model.se_kernel": "auto"}
+    if recipe:  # every setting, as train.py records them
+        config = resolve(REPO / "recipes" / recipe, {}) | config
     (run_dir / "result.json").write_text(json.dumps({
         "arch": "resnet18", "squeeze": squeeze, "seed": seed, "epochs": epochs, "finished_epochs": epochs,
         "top1": top1, "top5": top5, "parameters": 11_000_000, "train_images_per_s": 1000.0 + seed,
@@ -271,6 +274,19 @@ def test_a_table_whose_runs_other_code_trained_says_which(tmp_path):
         write_result(tmp_path / "one", "baseline", seed, 70.0, 90.0, code=[old])
         write_result(tmp_path / "one", "gap", seed, 71.0, 90.0, **({"code": [old]} if seed == 2 else {}))
     assert "Code:" not in write_report(tmp_path / "one").text
+
+
+def test_a_table_states_the_settings_its_runs_trained_with(tmp_path):
+    """report.md read alone did not say what the runs were: epochs, resolution, batch, precision, lr, recipe."""
+    for squeeze in ("baseline", "gap"):
+        write_result(tmp_path, squeeze, 0, 70.0, 90.0, epochs=16, recipe="rn18_16ep.yaml", global_batch=1024,
+                     precision="bf16")
+    (tmp_path / "ablation.json").write_text(json.dumps({"recipe": "recipes/rn18_16ep.yaml",
+                                                        "squeezes": ["baseline", "gap"], "failed": []}))
+    assert ("### resnet18 (" + tmp_path.name + ")\n\nSettings: 16 epochs at 160-192 px (epochs 11-13), val 256 px "
+            "(flip test-time augmentation); global batch 1024; bf16; lr 0.125 per 256 images (triangular, 2 warmup "
+            "epochs); label smoothing 0.1; weight decay 5e-05; SE reduction 16; blurpool; recipe "
+            "recipes/rn18_16ep.yaml.\n\n| Squeeze operation |") in write_report(tmp_path).text
 
 
 def test_report_cli_on_an_empty_folder_is_a_clear_error(tmp_path):
