@@ -32,6 +32,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.cores import core_ranges, share_cores
     from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
+    from pipeline.provenance import code_version, finished_by_other_code_note
     from pipeline.report import MANIFEST_NAME, write_report
     from pipeline.resume import make_run_dir
     from pipeline.run_data import check_data, data_identities
@@ -356,12 +357,15 @@ def main(argv: List[str]) -> int:
 def run_ablation(jobs: Sequence[Job], todo: Sequence[Job], slots: Sequence[Slot], root: Path, manifest: dict,
                  launch: Callable[[Job, Slot], subprocess.Popen]) -> int:
     """Run what is left, record the failures in the manifest, print the report; the exit status."""
-    took = [result["wall_time"] for result in map(read_result, (job.run_dir for job in jobs if job not in todo))
-            if isinstance((result or {}).get("wall_time"), (int, float))]
+    finished = [read_result(job.run_dir) or {} for job in jobs if job not in todo]
+    took = [result["wall_time"] for result in finished if isinstance(result.get("wall_time"), (int, float))]
     to_go = time_to_go(took, [], len(todo), len(slots), 0.0)
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} already finished) on "
           f"{len(slots)} slot(s): {'; '.join(slot.describe() for slot in slots)}"
           + (f"; ≈ {clock_time(to_go)} to go at the pace of those finished" if to_go is not None else ""), flush=True)
+    note = finished_by_other_code_note(finished, code_version()) if todo else None
+    if note:
+        print(f"note: {note}", flush=True)
     started = time.time()
     try:
         outcome = run_schedule(todo, slots, launch, took=took)

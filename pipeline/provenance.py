@@ -8,7 +8,7 @@ import functools
 import hashlib
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMMIT_CHARACTERS, DIGEST_CHARACTERS = 12, 8
@@ -39,3 +39,24 @@ def other_code_note(recorded: Optional[str], current: Optional[str]) -> Optional
         return None
     return (f"the epochs so far were trained by code {recorded}, and this is {current}: the run goes on with it "
             "(result.json lists both, and report.py says so under the run's table)")
+
+
+def run_version(result: Dict[str, Any]) -> Optional[str]:
+    """The code that trained a finished run, from its result.json: 'A', or 'A then B' for a run resumed by other
+    code; None where it recorded none (trained before versions were recorded, or from a copy without .git)."""
+    code = result.get("code")
+    if isinstance(code, list) and code and all(isinstance(version, str) for version in code):
+        return " then ".join(code)
+    return None
+
+
+def finished_by_other_code_note(results: List[Dict[str, Any]], current: Optional[str]) -> Optional[str]:
+    """The line an ablation continued by other code says at its start, naming the versions its finished runs
+    were trained by (None: the same code, or unknown)."""
+    others = [version for version in map(run_version, results) if version not in (None, current)]
+    if current is None or not others:
+        return None
+    were = "was" if len(others) == 1 else "were"
+    return (f"{len(others)} of the {len(results)} finished runs {were} trained by other code "
+            f"({', '.join(sorted(set(others)))}; this is {current}): the report says so under its table, since a "
+            "change that moves results reads as a difference between arms")

@@ -22,6 +22,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.errors import UserError, report_user_error
 from pipeline.paired_stats import (POWER, SIGNIFICANT, detectable_difference, holm_adjust, paired_interval,
                                    paired_p_value)
+from pipeline.provenance import run_version
 from pipeline.report_figures import curves_figure, delta_figure, save_png, top1_figure
 from pipeline.run_dir import DATA_KEYS, LOG_NAME, RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
 
@@ -293,15 +294,15 @@ def code_note(runs: List[dict]) -> str:
     with its runs; '' when one version trained them all (runs that recorded none are not counted)."""
     versions: Dict[str, List[str]] = {}
     for run in runs:
-        code = run.get("code")
-        if isinstance(code, list) and code and all(isinstance(version, str) for version in code):
-            versions.setdefault(" then ".join(code), []).append(f"{run['squeeze']} s{run['seed']}")
+        version = run_version(run)
+        if version is not None:
+            versions.setdefault(version, []).append(f"{run['squeeze']} s{run['seed']}")
     if len(versions) < 2:
         return ""
     listed = "; ".join(f"{version}: {', '.join(names[:4])}{', …' if len(names) > 4 else ''} ({len(names)} run"
                        f"{'' if len(names) == 1 else 's'})"
                        for version, names in sorted(versions.items(), key=lambda item: -len(item[1])))
-    return (f"Code: these runs were trained by {len(versions)} versions of the code ({listed}; +digest: uncommitted "
+    return (f"\nCode: these runs were trained by {len(versions)} versions of the code ({listed}; +digest: uncommitted "
             "changes, 'then': a run resumed by other code). A change between them that moves results reads as a "
             "difference between arms: to compare them, train every arm with one version (another --runs-root).\n")
 

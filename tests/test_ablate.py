@@ -18,6 +18,7 @@ from pipeline.clock import clock_time
 from pipeline.config import ConfigError
 from pipeline.cores import core_ranges, share_cores
 from pipeline.processes import wait_for_an_exit
+from pipeline.provenance import code_version
 from pipeline.run_dir import RunLock
 
 
@@ -312,9 +313,16 @@ def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_pat
     assert "2 ran, 0 skipped, 0 failed" in capsys.readouterr().out
     interrupted = root / "resnet18-random-sample-s0"
     (interrupted / "result.json").unlink()  # as if killed after its last checkpoint
+    result_path = root / "resnet18-baseline-sample-s0" / "result.json"
+    result_path.write_text(json.dumps(json.loads(result_path.read_text()) | {"code": ["0123456789ab"]}))  # older code
     assert ablate_main(arguments) == 0
     second = capsys.readouterr().out
     assert "1 ran, 1 skipped, 0 failed" in second
+    if code_version() is not None:  # a checkout: the start and the report say that other code trained a run
+        assert (f"note: 1 of the 1 finished runs was trained by other code (0123456789ab; this is {code_version()}): "
+                "the report says so") in second
+        assert (f"Code: these runs were trained by 2 versions of the code (0123456789ab: baseline s0 (1 run); "
+                f"{code_version()}: random s0 (1 run);") in second
     finished = json.loads((root / "resnet18-baseline-sample-s0" / "result.json").read_text())["wall_time"]
     # a pace from the start of a resumed ablation: the one run left at the finished one's time
     assert f"2 runs (1 already finished) on 1 slot(s): cpu; ≈ {clock_time(finished)} to go at the pace of those " \

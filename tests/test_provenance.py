@@ -1,7 +1,7 @@
 """Which code trained a run: a commit, and a digest of uncommitted changes, from a git checkout of one's own."""
 import subprocess
 
-from pipeline.provenance import code_version, other_code_note
+from pipeline.provenance import code_version, finished_by_other_code_note, other_code_note, run_version
 
 
 def git(repo, *arguments):
@@ -41,3 +41,16 @@ def test_a_resume_by_other_code_is_said_and_an_unknown_version_is_not():
     assert other_code_note("aaaaaaaaaaaa", "bbbbbbbbbbbb+0123abcd").startswith(
         "the epochs so far were trained by code aaaaaaaaaaaa, and this is bbbbbbbbbbbb+0123abcd: the run goes on")
     assert [other_code_note(*pair) for pair in (("a", "a"), (None, "a"), ("a", None))] == [None] * 3
+
+
+def test_finished_runs_of_other_code_are_named_at_an_ablations_start():
+    results = [{"code": ["aaaaaaaaaaaa"]}, {"code": ["bbbbbbbbbbbb"]}, {"code": ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]},
+               {"code": [None]}, {}]  # the last two recorded none: not counted
+    assert [run_version(result) for result in results] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb",
+                                                           "aaaaaaaaaaaa then bbbbbbbbbbbb", None, None]
+    assert finished_by_other_code_note(results, "bbbbbbbbbbbb") == (
+        "2 of the 5 finished runs were trained by other code (aaaaaaaaaaaa, aaaaaaaaaaaa then bbbbbbbbbbbb; this is "
+        "bbbbbbbbbbbb): the report says so under its table, since a change that moves results reads as a difference "
+        "between arms")
+    assert finished_by_other_code_note(results[1:2], "bbbbbbbbbbbb") is None
+    assert finished_by_other_code_note(results, None) is None
