@@ -2,6 +2,7 @@
 
     python pipeline/report.py RUNS_ROOT        # writes RUNS_ROOT/report.{md,csv}, top1.png, curves.png, delta.png
     python pipeline/report.py RUNS_ROOT --versus gap    # differences to gap (SENet's squeeze), not to baseline
+    python pipeline/report.py ROOT_A ROOT_B --out DIR   # several runs roots pooled (an ablation split over nodes)
 
 Reads `*/result.json` and `*/log.jsonl` under RUNS_ROOT (and `ablation.json`, written by ablate.py, for the arms
 and seeds that were asked for), so it needs no torch. The difference to baseline is paired by seed: with the
@@ -341,62 +342,101 @@ class Report:
     files: List[Path]  # what was written
 
 
-def write_report(root: Path, reference: str = BASELINE) -> Report:
+def check_root(root: Path, runs: List[dict], manifest: dict, unreadable: List[str]) -> None:
+    """Refuse a folder that is no runs root, naming what to give instead."""
+    if runs or manifest:
+        return
+    if (root / RESULT_NAME).is_file():  # a run directory itself: it was told to train first
+        raise UserError(f"{root} is a run directory; give the folder that holds run directories: {root.parent}")
+    roots = sorted({path.parent.parent for path in root.glob(f"*/*/{RESULT_NAME}")})
+    if roots:  # `runs`, above make demo's runs/demo and ablate.py's runs/ablate-<recipe>
+        raise UserError(f"{root} holds no run directory itself but folders of runs: "
+                        f"{', '.join(map(str, roots))}; give one of them, or several to pool them (with --out)")
+    if unreadable:
+        raise UserError(f"{root} holds no readable finished run: {'; '.join(unreadable)}")
+    raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
+
+
+def merge_manifests(manifests: Sequence[dict]) -> dict:
+    """What several runs roots asked for together (an ablation split over nodes by --first-seed or --squeeze):
+    every arm and seed asked of any, every failure; the recipe where they share one."""
+    present = [manifest for manifest in manifests if manifest]
+    if len(present) < 2:
+        return present[0] if present else {}
+    recipes = {manifest.get("recipe") for manifest in present}
+    return {"arch": present[0].get("arch"), "recipe": recipes.pop() if len(recipes) == 1 else None,
+            "squeezes": list(dict.fromkeys(name for manifest in present for name in manifest.get("squeezes", []))),
+            "seeds": sorted({seed for manifest in present for seed in manifest.get("seeds", [])}),
+            "failed": [failure for manifest in present for failure in manifest.get("failed", [])]}
+
+
+def write_report(roots, reference: str = BASELINE, out: Optional[Path] = None) -> Report:
     """Write report.md, report.csv and, where runs finished, top1.png, curves.png and (with a run of `reference`
-    to pair with) delta.png under `root`."""
-    if not root.is_dir():
-        raise UserError(f"{root} {'is a file' if root.exists() else 'does not exist'}; give the folder that holds "
-                        "the run directories (ablate.py's --runs-root, e.g. runs/ablate-demo)")
-    runs, unreadable = read_runs(root)
-    manifest = read_manifest(root)
-    if not runs and not manifest:
-        if (root / RESULT_NAME).is_file():  # a run directory itself: it was told to train first
-            raise UserError(f"{root} is a run directory; give the folder that holds run directories: {root.parent}")
-        roots = sorted({path.parent.parent for path in root.glob(f"*/*/{RESULT_NAME}")})
-        if roots:  # `runs`, above make demo's runs/demo and ablate.py's runs/ablate-<recipe>
-            raise UserError(f"{root} holds no run directory itself but folders of runs: "
-                            f"{', '.join(map(str, roots))}; give one of them")
-        if unreadable:
-            raise UserError(f"{root} holds no readable finished run: {'; '.join(unreadable)}")
-        raise UserError(f"{root} holds no finished run (no */{RESULT_NAME}); train first, e.g. with ablate.py")
+    to pair with) delta.png under `out` (default: the runs root). `roots` is a runs root or several, whose runs
+    are pooled (runs of other settings get tables of their own, as in one root)."""
+    roots = [roots] if isinstance(roots, Path) else list(roots)
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"{root} {'is a file' if root.exists() else 'does not exist'}; give the folder that "
+                            "holds the run directories (ablate.py's --runs-root, e.g. runs/ablate-demo)")
+    given_twice = next((root for index, root in enumerate(roots) if root.resolve() in
+                        [other.resolve() for other in roots[:index]]), None)
+    if given_twice is not None:
+        raise UserError(f"{given_twice} is given twice; give each runs root once")
+    if len(roots) > 1 and out is None:
+        raise UserError(f"{len(roots)} runs roots are pooled into one report: say where it goes with --out DIR")
+    runs, unreadable, manifests = [], [], []
+    for root in roots:
+        found, notes = read_runs(root)
+        manifests.append(read_manifest(root))
+        check_root(root, found, manifests[-1], notes)
+        runs, unreadable = runs + found, unreadable + notes
+    manifest = merge_manifests(manifests)
+    out = out or roots[0]
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the report")
+    out.mkdir(parents=True, exist_ok=True)
     arms_here = set(manifest.get("squeezes", [])) | {run["squeeze"] for run in runs}
     if reference != BASELINE and reference not in arms_here:  # (a table without baseline says so in its cells)
-        raise UserError(f"--versus {reference}: {root} holds no run of that arm; choose one of "
-                        f"{', '.join(arm_order(arms_here))}")
+        raise UserError(f"--versus {reference}: {' and '.join(map(str, roots))} holds no run of that arm; choose one "
+                        f"of {', '.join(arm_order(arms_here))}")
     experiments, copies = group_experiments(runs)
     if not experiments:  # asked for, nothing finished: the table of missing arms
         experiments = [Experiment(manifest.get("arch", "runs"), {})]
-    sections, tables, files = [], [], [root / "report.md", root / "report.csv"]
+    sections, tables, files = [], [], [out / "report.md", out / "report.csv"]
+    source = " + ".join(root.name for root in roots)
     for number, experiment in enumerate(experiments, 1):
         arms = summarize(experiment.runs, manifest, reference)
-        title = f"{experiment.arch} ({root.name})" + (f": {experiment.label}" if experiment.label else "")
+        title = f"{experiment.arch} ({source})" + (f": {experiment.label}" if experiment.label else "")
         sections.append(markdown(arms, title, reference, settings_text(experiment.settings, manifest.get("recipe")))
                         + code_note(experiment.runs))
         tables.append((experiment, arms))
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"
-            files += [root / f"top1{suffix}.png", root / f"curves{suffix}.png"]
+            files += [out / f"top1{suffix}.png", out / f"curves{suffix}.png"]
             save_png(top1_figure(arms, title), files[-2])
             save_png(curves_figure(experiment.runs, title, arm_order({run["squeeze"] for run in experiment.runs})),
                      files[-1])
             differences = delta_figure(arms, title, reference)
             if differences is not None:
-                files.append(root / f"delta{suffix}.png")
+                files.append(out / f"delta{suffix}.png")
                 save_png(differences, files[-1])
     text = "\n".join(sections + [f"Note: {note}" for note in unreadable + copies])
-    write_text_atomic(root / "report.md", text)
-    write_text_atomic(root / "report.csv", csv_text(tables, reference))
+    write_text_atomic(out / "report.md", text)
+    write_text_atomic(out / "report.csv", csv_text(tables, reference))
     return Report(text, files)
 
 
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs_root", type=Path, help="folder whose subfolders are run directories")
+    parser.add_argument("runs_roots", type=Path, nargs="+", metavar="runs_root",
+                        help="folder whose subfolders are run directories; several are pooled (with --out)")
+    parser.add_argument("--out", type=Path, help="where the report goes (default: the runs root)")
     parser.add_argument("--versus", default=BASELINE, help="the arm every difference is to (default baseline: "
                         "does SE help; gap: does the squeeze matter, against SENet's own)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.runs_root, args.versus)
+        report = write_report(args.runs_roots, args.versus, args.out)
     except UserError as error:
         return report_user_error("report.py", error)
     print(report.text)

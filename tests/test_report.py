@@ -314,7 +314,38 @@ def test_report_on_the_folder_above_runs_roots_names_them(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"report.py: error: {tmp_path} holds no run directory itself but folders of "
                                        f"runs: {tmp_path / 'ablate-rn18_16ep'}, {tmp_path / 'demo'}; give one of "
-                                       "them\n")
+                                       "them, or several to pool them (with --out)\n")
+
+
+def test_an_ablation_split_over_nodes_is_pooled_into_one_table(tmp_path, capsys):
+    """Seeds 0-1 on one node and seed 2 on another, each into a runs root of its own (a runs root takes one
+    runner): there was no way to one table of the three seeds."""
+    for name, seeds, failed in (("node0", (0, 1), []), ("node1", (2,), [{"squeeze": "gap", "seed": 3}])):
+        root = tmp_path / name
+        for seed in seeds:
+            write_result(root, "baseline", seed, 70.0 + seed, 90.0)
+            write_result(root, "gap", seed, 71.0 + 2 * seed, 90.0)
+        (root / "ablation.json").write_text(json.dumps({"recipe": "recipes/rn18_16ep.yaml", "arch": "resnet18",
+                                                        "squeezes": ["baseline", "gap"],
+                                                        "seeds": list(seeds) + ([3] if failed else []),
+                                                        "failed": failed}))
+    pooled = tmp_path / "pooled"
+    assert report_main([str(tmp_path / "node0"), str(tmp_path / "node1"), "--out", str(pooled)]) == 0
+    text = (pooled / "report.md").read_text()
+    assert text.startswith("### resnet18 (node0 + node1)")
+    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # differences 1, 2, 3: mean 2, sd 1
+    assert f"| gap | 73.00 ± 2.00 | 90.00 ± 0.00 | +2.00 [{2 - half:+.2f}, {2 + half:+.2f}] | 3 (1 failed) |" in text
+    assert sorted(path.name for path in pooled.iterdir()) == ["curves.png", "delta.png", "report.csv", "report.md",
+                                                              "top1.png"]
+    assert not (tmp_path / "node0" / "report.md").exists()  # the roots are only read
+    assert report_main([str(tmp_path / "node0"), str(tmp_path / "node1")]) == 2
+    assert capsys.readouterr().err == ("report.py: error: 2 runs roots are pooled into one report: say where it goes "
+                                       "with --out DIR\n")
+    assert report_main([str(tmp_path / "node0"), str(tmp_path / "node0" / "."), "--out", str(pooled)]) == 2
+    assert "is given twice; give each runs root once" in capsys.readouterr().err
+    assert report_main([str(tmp_path / "node0"), "--out", str(pooled / "report.md")]) == 2
+    assert capsys.readouterr().err == f"report.py: error: --out {pooled / 'report.md'} is a file; give a folder for " \
+                                      "the report\n"
 
 
 def test_report_on_runs_whose_results_are_all_unreadable_names_them(tmp_path, capsys):
