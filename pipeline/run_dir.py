@@ -23,8 +23,10 @@ DATA_NAME = "data.json"  # what the betons held ({setting: identity}), written a
 RUN_FILE_NAMES = (CONFIG_NAME, DATA_NAME, LOG_NAME, CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, FINAL_WEIGHTS_NAME,
                   RESULT_NAME)
 # settings that change speed or output, not results: a run may resume (and count as finished) with other values
+# (the val batch changes no training step, and the final top-1 only by float rounding: a run whose validation ran
+# out of GPU memory resumes with a smaller one)
 RESUME_FREE_KEYS = ("data.num_workers", "data.batches_ahead", "data.os_cache", "logging.", "dist.",
-                    "model.se_kernel", "training.compile")
+                    "model.se_kernel", "training.compile", "validation.batch_size", "validation.every")
 # compared by what the betons hold where the run directory records it (DATA_NAME), not by where they lie: a
 # copy on a node's local disk is the same data (README, "Several nodes")
 DATA_KEYS = ("data.train_dataset", "data.val_dataset")

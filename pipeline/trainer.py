@@ -182,8 +182,11 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         average_over_ranks(metrics, world)
         if (epoch + 1) % config["validation.every"] == 0 or epoch + 1 == epochs:
             broadcast_buffers(model)
-            metrics.update(evaluate(ckpt.unwrap(network), val_data, val_augment, precision,
-                                    config["validation.flip_tta"], world.device))
+            try:
+                metrics.update(evaluate(ckpt.unwrap(network), val_data, val_augment, precision,
+                                        config["validation.flip_tta"], world.device))
+            except torch.cuda.OutOfMemoryError:
+                raise ValidationOutOfMemoryError(epoch) from None
         history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started,
                         "code": code_version()})
         rng = gather_to_main(world, ckpt.rng_states())
@@ -333,12 +336,28 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
         print(json.dumps(result))
 
 
-def out_of_memory(config: Dict[str, Any], world: World, evaluating: bool) -> UserError:
+class ValidationOutOfMemoryError(Exception):
+    """The val pass of a training run (0-based `epoch`) ran out of GPU memory: the val batch is to blame."""
+
+    def __init__(self, epoch: int):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
+def out_of_memory(config: Dict[str, Any], world: World, evaluating: bool,
+                  in_training: Optional[ValidationOutOfMemoryError] = None) -> UserError:
     """A batch too large for this GPU (a recipe from a bigger one), in one line that says what to change: it was
-    CUDA's traceback. Whatever finished stays: the checkpoint of the last finished epoch."""
+    CUDA's traceback. Whatever finished stays: the checkpoint of the last finished epoch. A training run's val
+    pass (`in_training`) was said to be the training batch's fault: it is the val batch's, which a run may resume
+    with another value of."""
     device, where = world.device, str(world.device)
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)}, {torch.cuda.mem_get_info(device)[1] / 2**30:.0f} GiB"
+    if in_training is not None:
+        return UserError(f"out of GPU memory ({where}) validating epoch {in_training.epoch + 1} at "
+                         f"validation.batch_size {config['validation.batch_size']}: run the same command with a "
+                         f"lower --validation.batch_size (epoch {in_training.epoch + 1} is trained again; the epochs "
+                         "before it are kept)")
     if evaluating:
         return UserError(f"out of GPU memory ({where}) at validation.batch_size {config['validation.batch_size']}: "
                          "lower --validation.batch_size")
@@ -380,6 +399,8 @@ def main(argv: List[str]) -> int:
         return report_user_error("train.py", error)
     except torch.cuda.OutOfMemoryError:
         return report_user_error("train.py", out_of_memory(config, world, args.eval_only))
+    except ValidationOutOfMemoryError as error:
+        return report_user_error("train.py", out_of_memory(config, world, False, error))
     except NonFiniteLossError as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 1
