@@ -45,13 +45,18 @@ def saved_bytes_per_image(model: nn.Module, resolution: int, precision) -> float
     return (saved_bytes(model, 2, precision) - saved_bytes(model, 1, precision)) * (resolution / PROBE_PX) ** 2
 
 
-def available_bytes() -> Optional[int]:
-    """Linux's estimate of the memory new work can take without swapping (MemAvailable), or None elsewhere."""
+def meminfo_bytes(field: str) -> Optional[int]:
+    """A /proc/meminfo field in bytes (MemTotal, MemAvailable, ...), or None elsewhere."""
     try:
         fields = dict(line.split(":", 1) for line in MEMINFO.read_text().splitlines() if ":" in line)
-        return int(fields["MemAvailable"].split()[0]) * 1024
+        return int(fields[field].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return None
+
+
+def available_bytes() -> Optional[int]:
+    """Linux's estimate of the memory new work can take without swapping (MemAvailable), or None elsewhere."""
+    return meminfo_bytes("MemAvailable")
 
 
 def check_cpu_memory(model: nn.Module, batch_size: int, resolution: int, precision, processes: int,

@@ -248,12 +248,15 @@ def settings_text(settings: Dict[str, Any], recipe: Optional[str] = None) -> str
     pixels = f"{high} px" if low == high or end <= start else f"{low}-{high} px (epochs {start}-{end})"
     steps = f", x{get('lr.gamma'):g} at {', '.join(f'{m:g}' for m in get('lr.milestones'))}" \
         if get("lr.schedule") == "step" else ""
-    parts = [f"{get('training.epochs')} epoch{'' if get('training.epochs') == 1 else 's'} at {pixels}, val {get('resolution.val_res')} px"
+
+    def epochs(count) -> str:
+        return f"{count:g} epoch{'' if count == 1 else 's'}"
+    parts = [f"{epochs(get('training.epochs'))} at {pixels}, val {get('resolution.val_res')} px"
              + (" (flip test-time augmentation)" if get("validation.flip_tta") else ""),
              f"global batch {get('global_batch')}" if get("global_batch") else None,
              get("precision"),
-             f"lr {get('lr.lr'):g} per 256 images ({get('lr.schedule')}, {get('lr.warmup_epochs'):g} warmup "
-             f"epoch{'' if get('lr.warmup_epochs') == 1 else 's'}{steps})",
+             f"lr {get('lr.lr'):g} per 256 images ({get('lr.schedule')}, {epochs(get('lr.warmup_epochs'))} of "
+             f"warmup{steps})",
              f"label smoothing {get('training.label_smoothing'):g}", f"weight decay {get('training.weight_decay'):g}",
              f"SE reduction {get('model.reduction')}", "blurpool" if get("model.blurpool") else None,
              f"recipe {recipe}" if recipe else None]

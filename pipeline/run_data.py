@@ -4,7 +4,7 @@ The train beton is read only by training: evaluating weights (`train.py --eval-o
 beton alone, so a machine holding val.beton and final.pt can evaluate without the training set.
 """
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from dataset_prep.beton import class_difference, data_identity
 from pipeline.config import ConfigError
@@ -95,6 +95,20 @@ def upscaling_notes(config: Dict[str, Any], metadata: Dict[str, dict]) -> List[s
                          f"{stored}) and {wanted} is {config[wanted]}: every crop is upscaled; write the betons "
                          f"with --max-res {config[wanted]} or more for this recipe")
     return notes
+
+
+def page_cache_note(config: Dict[str, Any], memory: Optional[int]) -> Optional[str]:
+    """A line when the train beton is larger than the machine's `memory` (bytes): it cannot stay in the page
+    cache, so every epoch reads it from the disk again, at random under DDP (ffcv's RANDOM order; QUASI_RANDOM,
+    one process, reads it by pages): a loader far below its speed on a node of 8 GPUs, with no word of why."""
+    size = Path(config["data.train_dataset"]).stat().st_size
+    if memory is None or size <= memory:
+        return None
+    return (f"data.train_dataset {config['data.train_dataset']} is {size / 1e9:.1f} GB and this machine has "
+            f"{memory / 1e9:.1f} GB of memory: the beton cannot stay in the page cache, so every epoch reads it "
+            "from the disk again (the loader is then as fast as the disk's reads); betons written smaller "
+            "(write_imagenet.py --max-res, --write-mode jpg: it prints their size) or a machine with more memory "
+            "keep it there")
 
 
 def data_identities(metadata: Tuple[dict, dict]) -> Dict[str, str]:

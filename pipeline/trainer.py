@@ -21,7 +21,7 @@ from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_co
 from pipeline.clock import clock_time
 from pipeline.config import ConfigError, describe, parse_overrides, resolution_settings, resolve, settings_help
 from pipeline.cpu_convolution import use_gemm_weight_gradients
-from pipeline.cpu_memory import available_bytes, check_cpu_memory
+from pipeline.cpu_memory import available_bytes, check_cpu_memory, meminfo_bytes
 from pipeline.data import DeviceAugment, ramp_shortfall, resolution_at, set_epoch, set_train_resolution
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
                                   gather_to_main, init_world)
@@ -34,7 +34,7 @@ from pipeline.optim import build_sgd_for
 from pipeline.provenance import code_version, other_code_note
 from pipeline.resume import finished_already, make_run_dir, restore, resume_state
 from pipeline.run_data import (build_data, build_val_data, check_batch_fits, check_data, check_val_data,
-                                data_identities, loader_workers, upscaling_notes)
+                                data_identities, loader_workers, page_cache_note, upscaling_notes)
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME, FINAL_WEIGHTS_NAME, LOG_NAME,
                               RESULT_NAME, RunLock, run_name)
 from pipeline.run_room import check_run_room
@@ -328,7 +328,9 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
             write_text_atomic(run_dir / DATA_NAME, json.dumps(data, indent=1) + "\n")
             print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
-            for note in recipe_shortfalls(config) + upscaling_notes(config, dict(zip(DATA_KEYS, metadata))):
+            notes = (recipe_shortfalls(config) + upscaling_notes(config, dict(zip(DATA_KEYS, metadata)))
+                     + [page_cache_note(config, meminfo_bytes("MemTotal"))])
+            for note in filter(None, notes):
                 print(f"note: {note}", flush=True)
         barrier()
         result = train(config, run_dir, world, metadata, data)

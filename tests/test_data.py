@@ -10,7 +10,7 @@ import torch
 from pipeline import cores
 from pipeline.data import (DataError, DeviceAugment, LoaderSettings, check_beton, loader_threads, set_epoch,
                            train_loader)
-from pipeline.run_data import check_data, upscaling_notes
+from pipeline.run_data import check_data, page_cache_note, upscaling_notes
 
 
 def test_a_val_beton_with_other_classes_names_the_train_beton(tiny_betons):
@@ -78,6 +78,19 @@ def test_betons_stored_smaller_than_the_run_crops_them_to_are_noted(tiny_betons)
                      "for this recipe"]
     older = {key: {k: v for k, v in meta.items() if k != "settings"} for key, meta in metadata.items()}
     assert upscaling_notes(config | {"resolution.max_res": 192}, older) == []  # what it was written at: unknown
+
+
+def test_a_train_beton_larger_than_the_machines_memory_is_noted(tmp_path):
+    """It cannot stay in the page cache: every epoch reads it from the disk again, without a word of why."""
+    beton = tmp_path / "train.beton"
+    beton.write_bytes(b"x" * 2_500_000)
+    config = {"data.train_dataset": str(beton)}
+    assert page_cache_note(config, 2_500_000) is None and page_cache_note(config, None) is None
+    assert page_cache_note(config, 2_499_999) == (
+        f"data.train_dataset {beton} is 0.0 GB and this machine has 0.0 GB of memory: the beton cannot stay in the "
+        "page cache, so every epoch reads it from the disk again (the loader is then as fast as the disk's reads); "
+        "betons written smaller (write_imagenet.py --max-res, --write-mode jpg: it prints their size) or a machine "
+        "with more memory keep it there")
 
 
 def test_a_missing_beton_names_the_folder_a_relative_path_was_looked_for_in(tmp_path, monkeypatch):

@@ -282,13 +282,13 @@ def test_a_table_states_the_settings_its_runs_trained_with(tmp_path):
         write_result(tmp_path, squeeze, 0, 70.0, 90.0, epochs=16, recipe="rn18_16ep.yaml", global_batch=1024,
                      precision="bf16")
     write_result(tmp_path / "one", "gap", 0, 70.0, 90.0, epochs=1, recipe="demo.yaml", precision="fp32")
-    assert "Settings: 1 epoch at 32 px, val 32 px; fp32; lr 0.4 per 256 images (triangular, 1 warmup epoch);" in \
+    assert "Settings: 1 epoch at 32 px, val 32 px; fp32; lr 0.4 per 256 images (triangular, 1 epoch of warmup);" in \
         write_report(tmp_path / "one").text
     (tmp_path / "ablation.json").write_text(json.dumps({"recipe": "recipes/rn18_16ep.yaml",
                                                         "squeezes": ["baseline", "gap"], "failed": []}))
     assert ("### resnet18 (" + tmp_path.name + ")\n\nSettings: 16 epochs at 160-192 px (epochs 11-13), val 256 px "
-            "(flip test-time augmentation); global batch 1024; bf16; lr 0.125 per 256 images (triangular, 2 warmup "
-            "epochs); label smoothing 0.1; weight decay 5e-05; SE reduction 16; blurpool; recipe "
+            "(flip test-time augmentation); global batch 1024; bf16; lr 0.125 per 256 images (triangular, 2 epochs of "
+            "warmup); label smoothing 0.1; weight decay 5e-05; SE reduction 16; blurpool; recipe "
             "recipes/rn18_16ep.yaml.\n\n| Squeeze operation |") in write_report(tmp_path).text
 
 

@@ -29,7 +29,7 @@ def read_log(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
-def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_path, capsys):
+def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     stale = run_dir / f".checkpoint.pt.tmp-{dead_pid()}"  # a checkpoint write killed midway, earlier
@@ -38,13 +38,17 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     # tests run train.py as a program)
     # validated at 96 px from betons stored at 64 px (a small --max-res): said at the start
     upscaled = "--resolution.val_res=96"
+    monkeypatch.setattr("pipeline.trainer.meminfo_bytes", lambda field: 1_000_000)  # a train beton larger than RAM
     assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=4", "--squeeze", "gmp",
                                     "--training.compile=auto", upscaled)) == 0
     out = capsys.readouterr().out
     note = (f"note: data.val_dataset {tiny_betons / 'val.beton'} stores images of at most 64 px (write_imagenet.py "
             "--max-res 64) and resolution.val_res is 96: every crop is upscaled; write the betons with --max-res 96 "
             "or more for this recipe")
-    assert note in out.splitlines() and "note: data.train_dataset" not in out  # trained at 32 px
+    assert note in out.splitlines()
+    assert not [line for line in out.splitlines() if line.startswith("note: data.train_dataset") and "upscaled" in line]
+    assert (f"note: data.train_dataset {tiny_betons / 'train.beton'} is 0.0 GB and this machine has 0.0 GB of "
+            "memory: the beton cannot stay in the page cache, so every epoch reads it from the disk again") in out
     log = read_log(run_dir)
     assert [line["epoch"] for line in log] == [1, 2, 3, 4]
     assert log[-1]["train_loss"] < log[0]["train_loss"]
