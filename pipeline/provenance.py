@@ -8,9 +8,12 @@ import functools
 import hashlib
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+from pipeline.errors import UserError
 
 PROJECT = Path(__file__).resolve().parent.parent
+CODE_FOLDERS = ("pipeline", "dataset_prep")  # what a run executes: an edit to README or tests changes no result
 COMMIT_CHARACTERS, DIGEST_CHARACTERS = 12, 8
 
 
@@ -20,14 +23,15 @@ def _git(repo: Path, *arguments: str) -> bytes:
 
 @functools.lru_cache(maxsize=None)
 def code_version(repo: Path = PROJECT) -> Optional[str]:
-    """'<commit>', or '<commit>+<digest of `git diff HEAD`>' when tracked files were changed (the same edits give
-    the same digest; new files git does not track are not seen); None where `repo` is not the top of a git
-    checkout (an installed copy inside another repository is not taken for it) or git is missing."""
+    """'<commit>', or '<commit>+<digest of `git diff HEAD`>' when the code's tracked files (CODE_FOLDERS) were
+    changed (the same edits give the same digest; new files git does not track are not seen); None where `repo`
+    is not the top of a git checkout (an installed copy inside another repository is not taken for it) or git is
+    missing."""
     try:
         if Path(_git(repo, "rev-parse", "--show-toplevel").decode().strip()).resolve() != Path(repo).resolve():
             return None
         commit = _git(repo, "rev-parse", "HEAD").decode().strip()[:COMMIT_CHARACTERS]
-        changes = _git(repo, "diff", "HEAD", "--no-ext-diff", "--binary")
+        changes = _git(repo, "diff", "HEAD", "--no-ext-diff", "--binary", "--", *CODE_FOLDERS)
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + (f"+{hashlib.sha256(changes).hexdigest()[:DIGEST_CHARACTERS]}" if changes else "")
@@ -60,3 +64,16 @@ def finished_by_other_code_note(results: List[Dict[str, Any]], current: Optional
     return (f"{len(others)} of the {len(results)} finished runs {were} trained by other code "
             f"({', '.join(sorted(set(others)))}; this is {current}): the report says so under its table, since a "
             "change that moves results reads as a difference between arms")
+
+
+def check_same_code(versions: List[Tuple[str, Optional[str]]]) -> None:
+    """Refuse a distributed run whose processes ((host, code version) by rank) run other code: a node with
+    another checkout trained in lockstep with the rest without a word (processes that know no version are not
+    compared)."""
+    known = [(rank, host, version) for rank, (host, version) in enumerate(versions) if version is not None]
+    other = next(((rank, host, version) for rank, host, version in known if version != known[0][2]), None)
+    if other is not None:
+        rank, host, version = other
+        raise UserError(f"the processes run other code: rank {known[0][0]} on {known[0][1]} runs {known[0][2]}, "
+                        f"rank {rank} on {host} runs {version}; check out the same commit (and changes) on every "
+                        "node")

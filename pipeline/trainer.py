@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import functools
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import build_model
 from pipeline.optim import build_sgd_for
-from pipeline.provenance import code_version, other_code_note
+from pipeline.provenance import check_same_code, code_version, other_code_note
 from pipeline.resume import finished_already, make_run_dir, restore, resume_state
 from pipeline.run_data import (build_data, build_val_data, check_batch_fits, check_data, check_val_data,
                                 data_identities, loader_workers, page_cache_note, upscaling_notes)
@@ -316,6 +317,8 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             print(f"{run_dir} already finished: {(run_dir / RESULT_NAME).read_text()}")
         return
     check_memory_fits(config, len(metadata[0]["classes"]), world)  # a finished run needs no probe model
+    versions = gather_to_main(world, (socket.gethostname(), code_version()))
+    from_main(world, lambda: check_same_code(versions))
     from_main(world, lambda: check_run_room(config, len(metadata[0]["classes"]), run_dir))  # rank 0 writes
     if world.is_main:
         make_run_dir(run_dir)

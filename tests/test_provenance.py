@@ -1,7 +1,11 @@
 """Which code trained a run: a commit, and a digest of uncommitted changes, from a git checkout of one's own."""
 import subprocess
 
-from pipeline.provenance import code_version, finished_by_other_code_note, other_code_note, run_version
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.provenance import (check_same_code, code_version, finished_by_other_code_note, other_code_note,
+                                 run_version)
 
 
 def git(repo, *arguments):
@@ -11,21 +15,25 @@ def git(repo, *arguments):
 
 def test_a_commit_and_a_digest_of_its_uncommitted_changes(tmp_path):
     repo = tmp_path / "project"
-    repo.mkdir()
+    (repo / "pipeline").mkdir(parents=True)
     git(repo, "init", "-q")
-    (repo / "squeeze.py").write_text("EPS = 1e-5\n")
-    git(repo, "add", "squeeze.py")
+    squeeze, readme = repo / "pipeline" / "squeeze.py", repo / "README.md"
+    squeeze.write_text("EPS = 1e-5\n")
+    readme.write_text("# project\n")
+    git(repo, "add", "pipeline/squeeze.py", "README.md")
     git(repo, "commit", "-qm", "first")
     commit = git(repo, "rev-parse", "HEAD")
     assert code_version(repo) == commit[:12]
-    (repo / "squeeze.py").write_text("EPS = 1e-3\n")  # an edit that changes results, not committed
+    readme.write_text("# project, edited\n")  # no code: the same version
+    assert code_version.__wrapped__(repo) == commit[:12]
+    squeeze.write_text("EPS = 1e-3\n")  # an edit that changes results, not committed
     edited = code_version.__wrapped__(repo)
     assert edited.startswith(commit[:12] + "+") and len(edited) == 12 + 1 + 8
-    (repo / "squeeze.py").write_text("EPS = 1e-4\n")
+    squeeze.write_text("EPS = 1e-4\n")
     assert code_version.__wrapped__(repo) not in (edited, commit[:12])  # another edit, another version
-    (repo / "squeeze.py").write_text("EPS = 1e-3\n")
+    squeeze.write_text("EPS = 1e-3\n")
     assert code_version.__wrapped__(repo) == edited  # the same edit, the same version
-    (repo / "notes.txt").write_text("untracked\n")
+    (repo / "pipeline" / "notes.txt").write_text("untracked\n")
     assert code_version.__wrapped__(repo) == edited
 
 
@@ -54,3 +62,12 @@ def test_finished_runs_of_other_code_are_named_at_an_ablations_start():
         "between arms")
     assert finished_by_other_code_note(results[1:2], "bbbbbbbbbbbb") is None
     assert finished_by_other_code_note(results, None) is None
+
+
+def test_processes_that_run_other_code_are_refused():
+    """A node with another checkout trained in lockstep with the rest without a word."""
+    check_same_code([("node0", "aaaaaaaaaaaa"), ("node0", "aaaaaaaaaaaa"), ("node1", None)])  # None: unknown
+    with pytest.raises(UserError) as error:
+        check_same_code([("node0", None), ("node0", "aaaaaaaaaaaa"), ("node1", "aaaaaaaaaaaa+0123abcd")])
+    assert str(error.value) == ("the processes run other code: rank 1 on node0 runs aaaaaaaaaaaa, rank 2 on node1 "
+                                "runs aaaaaaaaaaaa+0123abcd; check out the same commit (and changes) on every node")
