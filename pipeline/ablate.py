@@ -33,7 +33,8 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
     from pipeline.provenance import code_version, finished_by_other_code_note
-    from pipeline.report import MANIFEST_NAME, write_report
+    from pipeline.report import write_report
+    from pipeline.report_runs import MANIFEST_NAME
     from pipeline.resume import make_run_dir
     from pipeline.run_data import check_data, data_identities
     from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name

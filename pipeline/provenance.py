@@ -1,8 +1,9 @@
-"""Which code trained a run: the project's git commit, and a digest of its uncommitted changes to tracked files.
+"""Which code trained a run: the project's git commit, and a digest of the uncommitted changes to its code.
 
 train.py writes it into every epoch's log line and result.json, and report.py notes a table whose runs were
 trained by several versions: an ablation continued after a `git pull` (or an edit) pairs arms trained by other
-code, and a change between them that moves results would read as a difference between squeezes. Torch-free.
+code, and a change between them that moves results would read as a difference between squeezes. The processes of
+a distributed run must run one version (check_same_code). Torch-free.
 """
 import functools
 import hashlib

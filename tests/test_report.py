@@ -11,8 +11,9 @@ from scipy import stats
 from conftest import REPO, run_script
 from pipeline.config import resolve
 from pipeline.paired_stats import detectable_difference, paired_interval
-from pipeline.report import arm_order, main as report_main, read_runs, summarize, write_report
+from pipeline.report import arm_order, main as report_main, summarize, write_report
 from pipeline.report_figures import curves_figure, delta_figure
+from pipeline.report_runs import read_runs
 
 
 def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", recipe=None, **resolved):
