@@ -24,7 +24,8 @@ from pipeline.paired_stats import (POWER, SIGNIFICANT, detectable_difference, ho
                                    paired_p_value)
 from pipeline.provenance import run_version
 from pipeline.report_figures import curves_figure, delta_figure, save_png, top1_figure
-from pipeline.report_runs import Experiment, check_root, group_experiments, merge_manifests, read_manifest, read_runs
+from pipeline.report_runs import (Experiment, InProgress, check_root, group_experiments, in_progress_of, merge_manifests,
+                                 read_in_progress, read_manifest, read_runs)
 
 SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
 BASELINE = "baseline"  # squeeze.BASELINE, the arm without SE (not imported: pipeline.squeeze needs torch)
@@ -164,8 +165,10 @@ def settings_text(settings: Dict[str, Any], recipe: Optional[str] = None) -> str
     return "Settings: " + "; ".join(part for part in parts if part) + "."
 
 
-def markdown(arms: Dict[str, ArmSummary], title: str, reference: str = BASELINE, settings: str = "") -> str:
-    """The table of one experiment (under the settings its runs share), and a legend that explains its cells."""
+def markdown(arms: Dict[str, ArmSummary], title: str, reference: str = BASELINE, settings: str = "",
+             in_progress: Sequence[InProgress] = ()) -> str:
+    """The table of one experiment (under the settings its runs share), and a legend that explains its cells
+    (with how far its unfinished runs got: `in_progress`)."""
     versus = HEADER[3] if reference == BASELINE else f"Top-1 vs {reference} %p (95% CI)"  # the seed's name, or
     header = HEADER[:3] + [versus] + HEADER[4:]
     lines = [f"### {title}", "", *([settings, ""] if settings else []), "| " + " | ".join(header) + " |",
@@ -186,6 +189,8 @@ def markdown(arms: Dict[str, ArmSummary], title: str, reference: str = BASELINE,
     if any(arm.unfinished_seeds for arm in arms.values()):
         note += (" Not finished: asked for (ablation.json) without a result yet: still running, or stopped (the "
                  "same ablate.py command continues it).")
+        if in_progress:
+            note += f" Started: {', '.join(run.describe() for run in in_progress)}."
     return "\n".join(lines + ["", note, ""])
 
 
@@ -262,11 +267,12 @@ def write_report(roots, reference: str = BASELINE, out: Optional[Path] = None) -
     if len(roots) > 1 and out is None:
         raise UserError(f"{len(roots)} runs roots are pooled into one report: say where it goes with --out DIR")
     runs, unreadable, manifests = [], [], []
+    started: List[InProgress] = []
     for root in roots:
         found, notes = read_runs(root)
         manifests.append(read_manifest(root))
         check_root(root, found, manifests[-1], notes)
-        runs, unreadable = runs + found, unreadable + notes
+        runs, unreadable, started = runs + found, unreadable + notes, started + read_in_progress(root)
     manifest = merge_manifests(manifests)
     out = out or roots[0]
     if out.exists() and not out.is_dir():
@@ -284,8 +290,9 @@ def write_report(roots, reference: str = BASELINE, out: Optional[Path] = None) -
     for number, experiment in enumerate(experiments, 1):
         arms = summarize(experiment.runs, manifest, reference)
         title = f"{experiment.arch} ({source})" + (f": {experiment.label}" if experiment.label else "")
-        sections.append(markdown(arms, title, reference, settings_text(experiment.settings, manifest.get("recipe")))
-                        + code_note(experiment.runs))
+        unfinished = [(name, seed) for name, arm in arms.items() for seed in arm.unfinished_seeds]
+        sections.append(markdown(arms, title, reference, settings_text(experiment.settings, manifest.get("recipe")),
+                                 in_progress_of(experiment, started, unfinished)) + code_note(experiment.runs))
         tables.append((experiment, arms))
         if experiment.runs:
             suffix = "" if len(experiments) == 1 else f"_{number}"

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.errors import UserError
-from pipeline.run_dir import DATA_KEYS, LOG_NAME, RESULT_NAME, RESUME_FREE_KEYS, read_json, read_log, read_result
+from pipeline.run_dir import (CONFIG_NAME, DATA_KEYS, LOG_NAME, RESULT_NAME, RESUME_FREE_KEYS, RunLock, read_json,
+                              read_log, read_result, recorded_config)
 
 MANIFEST_NAME = "ablation.json"
 ARM_KEYS = ("model.squeeze", "training.seed")  # the settings in which the runs of one table differ
@@ -59,6 +60,53 @@ def read_runs(root: Path) -> Tuple[List[dict], List[str]]:
         result["run_dir"] = str(result_path.parent)
         runs.append(result)
     return runs, notes
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """A run under a runs root that started and has not finished: how far it got, and whether a process trains
+    in it now (its lock is held) or it stopped (killed, failed, or its ablation interrupted)."""
+    squeeze: str
+    seed: int
+    epochs_done: int
+    epochs: int
+    training_now: bool
+    config: Dict[str, Any]
+
+    def describe(self) -> str:
+        return (f"{self.squeeze} s{self.seed} ({self.epochs_done} of {self.epochs} epochs, "
+                f"{'training now' if self.training_now else 'stopped'})")
+
+
+def read_in_progress(root: Path) -> List[InProgress]:
+    """The runs under `root` that started (a config.yaml) and have no finished result."""
+    found = []
+    for config_path in sorted(root.glob(f"*/{CONFIG_NAME}")):
+        run_dir = config_path.parent
+        result = read_result(run_dir)
+        if result and result.get("finished_epochs") == result.get("epochs"):
+            continue
+        config = recorded_config(run_dir, result) or {}
+        squeeze, seed, epochs = (config.get(key) for key in ("model.squeeze", "training.seed", "training.epochs"))
+        if not (isinstance(squeeze, str) and isinstance(seed, int) and isinstance(epochs, int)):
+            continue
+        try:
+            done = len(read_log(run_dir))
+            training_now = RunLock(run_dir).is_held()
+        except (OSError, ValueError):  # a log cut mid-line, a lock file it may not open (a read-only copy)
+            continue
+        found.append(InProgress(squeeze, seed, done, epochs, training_now, config))
+    return found
+
+
+def in_progress_of(experiment: "Experiment", in_progress: Sequence[InProgress],
+                   unfinished: Sequence[Tuple[str, int]]) -> List[InProgress]:
+    """The runs in progress that are `experiment`'s unfinished (squeeze, seed) pairs: the same settings where
+    both record them (a run in progress records no resolved ones: global batch, precision, data)."""
+    return [run for run in in_progress if (run.squeeze, run.seed) in unfinished and all(
+        experiment.settings[key] == value for key, value in experiment_settings(
+            {"config": run.config, "arch": run.config.get("model.arch"), "epochs": run.epochs}).items()
+        if key in experiment.settings)]
 
 
 @dataclass

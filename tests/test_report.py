@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from scipy import stats
 
@@ -14,6 +15,7 @@ from pipeline.paired_stats import detectable_difference, paired_interval
 from pipeline.report import arm_order, main as report_main, summarize, write_report
 from pipeline.report_figures import curves_figure, delta_figure
 from pipeline.report_runs import read_runs
+from pipeline.run_dir import RunLock
 
 
 def write_result(root, squeeze, seed, top1, top5, epochs=2, name="x", recipe=None, **resolved):
@@ -222,7 +224,15 @@ def test_report_names_the_seeds_asked_for_that_have_not_finished(tmp_path):
     (tmp_path / "ablation.json").write_text(json.dumps({"squeezes": ["baseline", "gap", "gmp"], "seeds": [0, 1, 2],
                                                         "failed": [{"squeeze": "gap", "seed": 1},
                                                                    {"squeeze": "gap", "seed": 0}]}))
-    text = write_report(tmp_path).text
+    for squeeze, seed, epochs in (("gap", 2, 2), ("gmp", 0, 2), ("gmp", 1, 5)):  # started; gmp s1: other settings
+        run_dir = tmp_path / f"resnet18-{squeeze}-x-s{seed}"
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "resnet18", "squeeze": squeeze},
+                                                             "training": {"seed": seed, "epochs": epochs}}))
+        (run_dir / "log.jsonl").write_text(json.dumps({"epoch": 1, "val_top1": 50.0}) + "\n")
+    with RunLock(tmp_path / "resnet18-gap-x-s2"):  # a process trains in it now
+        text = write_report(tmp_path).text
+    assert ("Started: gap s2 (1 of 2 epochs, training now), gmp s0 (1 of 2 epochs, stopped).") in text
     assert "| baseline | 61.00 ± 1.00 | 80.00 ± 0.00 | +0.00 [+0.00, +0.00] | 3 |" in text
     assert "| gap | 61.00 | 81.00 | +1.00 | 1 (1 failed, 1 not finished) |" in text
     assert "| gmp | missing | missing | missing | 0 (3 not finished) |" in text
