@@ -148,7 +148,7 @@ def settings_text(settings: Dict[str, Any], recipe: Optional[str] = None) -> str
         return ""
     low, high, start, end = (get(f"resolution.{key}") for key in ("min_res", "max_res", "start_ramp", "end_ramp"))
     pixels = f"{high} px" if low == high or end <= start else f"{low}-{high} px (epochs {start}-{end})"
-    steps = f", x{get('lr.gamma'):g} at {', '.join(f'{m:g}' for m in get('lr.milestones'))}" \
+    steps = f", x{get('lr.gamma'):g} at {', '.join(f'{m:g}' for m in get('lr.milestones') or [])}" \
         if get("lr.schedule") == "step" else ""
 
     def epochs(count) -> str:

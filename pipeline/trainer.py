@@ -377,6 +377,7 @@ def out_of_memory(config: Dict[str, Any], world: World, evaluating: bool,
 def main(argv: List[str]) -> int:
     try:
         args, config, explicit = parse_command_line(argv)
+        code_version()  # taken now, the code this process imported: an edit made while it trains is not it
         world = init_world(config["dist.backend"], config["dist.timeout_min"])
         compile_used(config, world)  # settings that cannot run here fail before the run directory exists
         se_kernel_used(config, world)
