@@ -330,7 +330,8 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
                       f"{', '.join(path.name for path in removed)}")
             write_text_atomic(run_dir / CONFIG_NAME, describe(config))
             write_text_atomic(run_dir / DATA_NAME, json.dumps(data, indent=1) + "\n")
-            print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}", flush=True)
+            code = f"\ncode {code_version()} (pipeline/provenance.py)" if code_version() else ""
+            print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}{code}", flush=True)
             notes = (recipe_shortfalls(config) + upscaling_notes(config, dict(zip(DATA_KEYS, metadata)))
                      + [page_cache_note(config, meminfo_bytes("MemTotal"))])
             for note in filter(None, notes):

@@ -59,6 +59,7 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     assert summary["squeeze"] == "gmp" and summary["finished_epochs"] == 4 and summary["top1"] == log[-1]["val_top1"]
     assert [line["code"] for line in log] == [code_version()] * 4 and summary["code"] == [code_version()]
     assert code_version() is not None or not (REPO / ".git").exists()  # a checkout (CI: a fresh clone) has one
+    assert f"code {code_version()} (pipeline/provenance.py)" in out.splitlines() or code_version() is None
     weights, recorded = load_weights(run_dir / "final.pt")
     assert recorded == {"arch": "resnet18", "squeeze": "gmp", "reduction": 16, "num_classes": 10, "blurpool": False}
     assert not any(key.startswith("module.") for key in weights)
