@@ -87,7 +87,9 @@ def check_ablation_room(runs: Sequence[Tuple[Dict[str, Any], Path]], num_classes
     epochs = runs[0][0]["training.epochs"]  # one recipe and the same settings for every run
     need, above = 0, []
     for config, run_dir in runs:
-        size = sizes.setdefault(config["model.squeeze"], run_bytes(config, num_classes))
+        if config["model.squeeze"] not in sizes:
+            sizes[config["model.squeeze"]] = run_bytes(config, num_classes)
+        size = sizes[config["model.squeeze"]]
         need += max(size.kept(epochs) - present_bytes(run_dir), 0)
         above.append(size.peak(epochs) - size.kept(epochs))
     largest = max(size.kept(epochs) for size in sizes.values())
