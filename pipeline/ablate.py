@@ -130,26 +130,22 @@ def check_shared_settings(overrides: Dict[str, Tuple[object, str]]) -> None:
             raise ConfigError(f"{source}: ablate.py sets {key} for each run; use {PER_RUN_KEYS[key]}")
 
 
-def job_config(job: Job, cfg: Path, overrides: List[str]) -> Dict[str, object]:
-    """The settings train.py resolves for one run."""
-    return resolve(cfg, parse_overrides(overrides) | {"model.squeeze": (job.squeeze, "--squeeze"),
-                                                       "training.seed": (job.seed, "--seeds")})
-
-
-def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str], data: Dict[str, str]) -> List[Job]:
-    """The jobs not finished yet (on the betons `data` identifies). A folder that holds a run with other
-    settings, or is in use, is refused before anything starts: skipping it would report the old run's numbers
-    under the new settings."""
+def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str],
+               data: Dict[str, str]) -> List[Tuple[Job, Dict[str, object]]]:
+    """The jobs not finished yet (on the betons `data` identifies), each with the settings train.py resolves for
+    it. A folder that holds a run with other settings, or is in use, is refused before anything starts: skipping
+    it would report the old run's numbers under the new settings."""
     remedy = "pass another --runs-root for these settings, or delete that directory"
-    todo = []
+    shared, todo = parse_overrides(overrides), []
     for job in jobs:
-        config = job_config(job, cfg, overrides)
+        config = resolve(cfg, shared | {"model.squeeze": (job.squeeze, "--squeeze"),
+                                        "training.seed": (job.seed, "--seeds")})
         lock = RunLock(job.run_dir)
         if job.run_dir.is_dir() and lock.is_held():
             raise RunDirError(f"{job.run_dir} is in use by {lock.holder()}; wait for it to end "
                               "(or stop it) before running this ablation")
         if not is_finished(job.run_dir, config, remedy, data):
-            todo.append(job)
+            todo.append((job, config))
     return todo
 
 
@@ -343,9 +339,10 @@ def main(argv: List[str]) -> int:
         make_run_dir(root, "--runs-root")
         # one runner per root: a second one failed the runs the first was training and wrote them down as failed
         with RunLock(root, "--runs-root"):
-            todo = runs_to_do(jobs, args.cfg, rest, data)
-            check_ablation_room([(job_config(job, args.cfg, rest), job.run_dir) for job in todo],
-                                len(metadata[0]["classes"]), len(slots), root)
+            left = runs_to_do(jobs, args.cfg, rest, data)
+            check_ablation_room([(config, job.run_dir) for job, config in left], len(metadata[0]["classes"]),
+                                len(slots), root)
+            todo = [job for job, _ in left]
             manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes,
                         "seeds": seeds, "overrides": rest, "failed": []}
             write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
