@@ -272,7 +272,8 @@ def write_report(roots, reference: str = BASELINE, out: Optional[Path] = None) -
         found, notes = read_runs(root)
         manifests.append(read_manifest(root))
         check_root(root, found, manifests[-1], notes)
-        runs, unreadable, started = runs + found, unreadable + notes, started + read_in_progress(root)
+        started += read_in_progress(root, {run["run_dir"] for run in found})
+        runs, unreadable = runs + found, unreadable + notes
     manifest = merge_manifests(manifests)
     out = out or roots[0]
     if out.exists() and not out.is_dir():

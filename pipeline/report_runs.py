@@ -4,7 +4,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.errors import UserError
 from pipeline.run_dir import (CONFIG_NAME, DATA_KEYS, LOG_NAME, RESULT_NAME, RESUME_FREE_KEYS, RunLock, read_json,
@@ -78,11 +78,14 @@ class InProgress:
                 f"{'training now' if self.training_now else 'stopped'})")
 
 
-def read_in_progress(root: Path) -> List[InProgress]:
-    """The runs under `root` that started (a config.yaml) and have no finished result."""
+def read_in_progress(root: Path, finished: Collection[str] = ()) -> List[InProgress]:
+    """The runs under `root` that started (a config.yaml) and have no finished result (`finished`: the run
+    directories read_runs took, not read again)."""
     found = []
     for config_path in sorted(root.glob(f"*/{CONFIG_NAME}")):
         run_dir = config_path.parent
+        if str(run_dir) in finished:
+            continue
         result = read_result(run_dir)
         if result and result.get("finished_epochs") == result.get("epochs"):
             continue
