@@ -10,9 +10,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
-from tqdm import tqdm
-
 from pipeline.errors import UserError
+from pipeline.progress import Progress
 
 
 class ArchiveError(UserError):
@@ -147,7 +146,7 @@ def index_tar_of_tars(path: str) -> Dict[str, List[ArchiveMember]]:
     size = os.path.getsize(path)
     classes: Dict[str, List[ArchiveMember]] = {}
     with open(path, "rb", buffering=BLOCK) as file, \
-            tqdm(total=size, desc=f"index {os.path.basename(path)}", unit="B", unit_scale=True,
+            Progress(total=size, desc=f"index {os.path.basename(path)}", unit="B", unit_scale=True,
                  mininterval=1) as progress:
         for inner_name, inner_start, inner_size in regular_files(file, 0, size, path):
             name = inner_name.rsplit("/", 1)[-1]

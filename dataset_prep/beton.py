@@ -5,6 +5,7 @@ leaves a file that looks valid. The metadata (classes, counts, settings, source,
 check that it reads what it expects.
 """
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -18,12 +19,14 @@ import numpy as np
 import pipeline.ffcv_startup  # noqa: F401  (before ffcv: see its docstring)
 from ffcv.fields import IntField, RGBImageField
 from ffcv.reader import Reader
+import ffcv.writer
 from ffcv.writer import DatasetWriter
 
 from dataset_prep.archive import ImageSource
 from dataset_prep.image_folder import RGBFileDataset
 from pipeline.atomic import free_space, temporary_path, write_text_atomic
 from pipeline.cores import usable_cores
+from pipeline.progress import Progress
 from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
 
 METADATA_FORMAT = 1
@@ -105,6 +108,8 @@ def write_beton(files: Sequence[Tuple[ImageSource, int]], classes: Sequence[str]
                                smart_threshold=settings.smart_threshold),
         "label": IntField(),
     }
+    # ffcv's writer draws its own tqdm bar, which a log file keeps as one line of redraws (pipeline/progress.py)
+    ffcv.writer.tqdm = functools.partial(Progress, desc=f"write {out.name}", unit="img")
     try:
         writer = DatasetWriter(str(temporary), fields, num_workers=settings.workers)
         try:

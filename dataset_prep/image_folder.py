@@ -12,10 +12,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
-from tqdm import tqdm
 
 from dataset_prep.archive import ImageSource, open_source, source_size
 from pipeline.errors import UserError
+from pipeline.progress import Progress
 from pipeline.worker_watch import stop_if_a_worker_dies
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode to grey
@@ -169,7 +169,7 @@ def scan(files: Sequence[Tuple[ImageSource, int]], workers: int, desc: str = "sc
     chunk = max(1, min(64, len(files) // (4 * max(workers, 1)) or 1))
     with Pool(workers) as pool, stop_if_a_worker_dies(desc, "one killed for memory: pass fewer --workers"):
         results = pool.imap(_check_entry, [(path, label, exif_transpose) for path, label in files], chunksize=chunk)
-        for path, label, reason, shape in tqdm(results, total=len(files), desc=desc, unit="img", mininterval=1):
+        for path, label, reason, shape in Progress(results, total=len(files), desc=desc, unit="img", mininterval=1):
             if reason is None:
                 scanned.good.append((path, label))
                 scanned.shapes.append(tuple(shape))

@@ -16,12 +16,12 @@ from typing import Callable, Dict
 
 import numpy as np
 from PIL import Image, ImageEnhance
-from tqdm import tqdm
 
 from dataset_prep.image_folder import UsageError, find_split
 from pipeline.atomic import free_space
 from pipeline.cores import usable_cores
 from pipeline.errors import StorageError
+from pipeline.progress import Progress
 from pipeline.worker_watch import stop_if_a_worker_dies
 
 # class name -> loader of a photo bundled inside the scikit-image wheel (no network needed)
@@ -118,7 +118,7 @@ def _write_all_views(out_root: Path, final_root: Path, train_per_class: int, val
                        quality) for start in range(0, count, chunk)]
     workers = min(workers or usable_cores(), len(tasks)) or 1
     written = []
-    with tqdm(total=len(_photos()) * (train_per_class + val_per_class), desc="sample set", unit="img",
+    with Progress(total=len(_photos()) * (train_per_class + val_per_class), desc="sample set", unit="img",
               mininterval=1) as progress, multiprocessing.Pool(workers, initializer=_load_photos) as pool:
         # Pool.imap waits forever for the task of a worker the OOM killer took
         with stop_if_a_worker_dies(f"building the sample set in {final_root}"):

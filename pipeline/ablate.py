@@ -109,7 +109,7 @@ def enter_slot(cores: Tuple[int, ...]) -> None:
 def job_settings(job: Job, cfg: Path, overrides: List[str]) -> List[str]:
     """train.py's settings for one run: the recipe, the shared overrides, and the job's arm, seed and folder."""
     return ["--cfg", str(cfg), "--squeeze", job.squeeze, f"--training.seed={job.seed}",
-            f"--logging.run_dir={job.run_dir}", "--logging.progress=false", *overrides]
+            f"--logging.run_dir={job.run_dir}", *overrides]
 
 
 def command_for(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> Tuple[List[str], Dict[str, str]]:

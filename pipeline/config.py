@@ -177,7 +177,8 @@ def declare(config: Config) -> Config:
     Section("logging", "run directory", config_descriptor=config).params(
         run_dir=Param(Text(), "run directory; '' = runs/<arch>-<squeeze>-<recipe>-s<seed>", default=""),
         runs_root=Param(Text(), "parent of the default run directory", default="runs"),
-        progress=Param(TrueFalse(), "tqdm bar on rank 0", default=True),
+        progress=Param(TrueFalse(), "rank 0 shows each epoch's progress: a bar on a terminal, a line a "
+                                      "minute in a file", default=True),
     )
     return config
 

@@ -4,11 +4,11 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from pipeline.acceleration import Precision, Stopwatch
 from pipeline.distributed import all_reduce_sum
 from pipeline.optim import set_lr
+from pipeline.progress import Progress
 
 NONFINITE_CHECK_EVERY = 25  # steps between host syncs that look for a non-finite loss
 
@@ -31,7 +31,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, augment: nn.Module, opti
     model.train()
     loss_sum = torch.zeros((), device=device)
     images_seen, step = 0, -1
-    batches = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not show_progress,
+    batches = Progress(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not show_progress,
                    mininterval=1)
     watch = Stopwatch(device)
     for step, (images, labels) in enumerate(batches):
