@@ -42,6 +42,39 @@ def test_dockerfile_installs_what_make_setup_installs():
     assert {".venv", "data", "runs", ".git"} <= set(ignored)
 
 
+def system_deps(tmp_path, stubs: dict, root: bool = False) -> subprocess.CompletedProcess:
+    """scripts/install_system_deps.sh on a PATH of `stubs` (command -> its bash body) and the few real commands it
+    runs: a machine that has those commands and no others."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("grep", "cat"):
+        (bin_dir / name).symlink_to(shutil.which(name))
+    for name, body in {"id": f"echo {0 if root else 1000}", **stubs}.items():
+        (bin_dir / name).write_text(f"#!{shutil.which('bash')}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return subprocess.run([shutil.which("bash"), str(REPO / "scripts" / "install_system_deps.sh")],
+                          env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=30)
+
+
+def test_system_deps_found_by_pkg_config_install_nothing(tmp_path):
+    """conda's or dnf's libjpeg-turbo and OpenCV: what ffcv's build looks for is there, apt is not asked."""
+    result = system_deps(tmp_path, {"pkg-config": "exit 0", "apt-get": "echo apt-get ran; exit 1"})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("stubs, root, remedy", [
+    ({}, True, "this machine has no apt-get to install them: install them with its package manager"),
+    ({"apt-get": "exit 0", "dpkg-query": "exit 1"}, False, "needs root, which this user is not, and there is no sudo"),
+])
+def test_system_deps_that_cannot_be_installed_are_one_line_and_exit_2(tmp_path, stubs, root, remedy):
+    """A machine without apt (Fedora, Arch, a conda-only cluster) tried `sudo apt-get` and failed on a missing
+    command; a user without root or sudo likewise."""
+    result = system_deps(tmp_path, {"pkg-config": "exit 1", **stubs}, root=root)
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.count("\n") == 1 and remedy in result.stderr, result.stderr
+    assert result.stderr.startswith("install_system_deps.sh: ffcv 1.0.2 compiles against libjpeg-turbo and OpenCV")
+
+
 def test_slurm_script_is_valid_bash_with_c10d_rendezvous():
     script = REPO / "scripts" / "slurm_rn50.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
