@@ -22,6 +22,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from dataset_prep.archive import ImageSource
     from dataset_prep.beton import WRITE_MODES, WriteSettings, class_difference, verify_beton, write_beton
     from dataset_prep.beton_size import PlannedBeton, check_room, estimate_beton, jpeg_bytes_per_pixel
+    from dataset_prep.class_subset import choose_classes, keep_classes
     from dataset_prep.image_folder import Split, UsageError, printable, scan, skip_kind
     from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
     from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
@@ -57,6 +58,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--smart-threshold", type=int, help=f"bytes, with --write-mode smart (default "
                         f"{defaults.smart_threshold:,}: a 256 x 256 image's raw pixels)")
     parser.add_argument("--subset", type=int, help="keep the first N images of every class")
+    parser.add_argument("--classes", metavar="N|FILE", help="keep N classes spread evenly over the sorted class "
+                        "list (100: an ImageNet-100-sized set, a tenth of the time per run), or the classes "
+                        "(WNIDs) FILE lists, one per line; labelled 0..N-1")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="processes that scan and write (the writer's lay images out in the order they "
                              "finish: 1 gives the same file at every build; the sample set's betons always are)")
@@ -133,16 +137,24 @@ def skipped_summary(skipped) -> str:
     return f"{len(skipped)} skipped ({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())})"
 
 
-def list_splits(layout: Layout, names: List[str], subset: Optional[int]) -> Dict[str, Split]:
+def list_splits(layout: Layout, names: List[str], subset: Optional[int],
+                classes: Optional[str] = None) -> Dict[str, Split]:
     """Every split to write, listed and checked before any is written: a val split that cannot be labelled or
     has other classes is refused before the hours a train write takes, not after. Val is listed first: listing
-    the official train tar reads 1.28 M headers, which a missing val tar or devkit need not wait for."""
+    the official train tar reads 1.28 M headers, which a missing val tar or devkit need not wait for. `classes`:
+    --classes (class_subset.py), applied after the check."""
     listed = {name: list_split(layout, name, subset) for name in sorted(names, key=lambda name: name != "val")}
     splits = {name: listed[name] for name in names}  # written in the order asked
     if len(splits) == 2 and splits["val"].classes != splits["train"].classes:
         val, train = splits["val"], splits["train"]
         raise UsageError(f"{val.root} and {train.root} have different classes "
                          f"({class_difference(val.classes, train.classes)}); both splits need the same classes")
+    if classes is not None:
+        every = next(iter(splits.values())).classes
+        kept = choose_classes(every, classes)
+        print(f"--classes {classes}: {len(kept)} of the {len(every)} classes kept ({', '.join(kept[:3])}"
+              f"{', …' if len(kept) > 3 else ''}), labelled 0..{len(kept) - 1}")
+        splits = {name: keep_classes(split, kept) for name, split in splits.items()}
     return splits
 
 
@@ -242,7 +254,7 @@ def main(argv: List[str]) -> int:
             prepare_sample_folder(data_dir, args.sample_train, args.sample_val, args.workers)
         writer_workers = SAMPLE_WRITER_WORKERS if args.data_dir is None else args.workers
         plans = [plan_split(name, split, out_dir, args, writer_workers)
-                 for name, split in list_splits(layout, splits, args.subset).items()]
+                 for name, split in list_splits(layout, splits, args.subset, args.classes).items()]
         check_room([plan.beton for plan in plans])
         for plan in plans:
             write_split(plan, layout.kind, args.verify)
