@@ -100,13 +100,16 @@ def build_network(config: Dict[str, Any], num_classes: int, world: World) -> tor
     return to_channels_last(model.to(world.device), config["training.channels_last"])
 
 
-def time_to_finish(history: List[Dict[str, Any]], epochs: int, resolution_args: List[int]) -> Optional[float]:
+def time_to_finish(history: List[Dict[str, Any]], epochs: int, resolution_args: List[int],
+                   one_off_seconds: float = 0.0) -> Optional[float]:
     """Seconds the epochs left take at the pace of the last one, each scaled by its pixels (progressive resizing:
-    an epoch at 192 px takes about (192/160)^2 = 1.44 of one at 160 px). None when none is left."""
+    an epoch at 192 px takes about (192/160)^2 = 1.44 of one at 160 px), less what the last one spent once
+    (`one_off_seconds`: torch.compile's compilation in its first step, which a GPU recipe's first epoch spends
+    a minute of: the first estimate a run printed was up to twice the time it took). None when none is left."""
     if len(history) >= epochs:
         return None
     last = history[-1]
-    took = last["wall_time"] - (history[-2]["wall_time"] if len(history) > 1 else 0.0)
+    took = last["wall_time"] - (history[-2]["wall_time"] if len(history) > 1 else 0.0) - one_off_seconds
     return sum(took * (resolution_at(epoch, *resolution_args) / last["resolution"]) ** 2
                for epoch in range(len(history), epochs))
 
@@ -172,6 +175,7 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
     val_augment = DeviceAugment(False, channels_last=channels_last).to(world.device)
     lr_at = lr_schedule(config, peak_lr, len(train_data))
     started = time.time() - (history[-1]["wall_time"] if history else 0)
+    compiled_at = set()  # the resolutions this process compiled the training step for
     for epoch in range(first_epoch, epochs):
         resolution = resolution_at(epoch, *resolution_args)
         set_train_resolution(train_data, resolution)
@@ -191,12 +195,15 @@ def train(config: Dict[str, Any], run_dir: Path, world: World, metadata: Tuple[d
         history.append({"epoch": epoch + 1, "resolution": resolution, **metrics, "wall_time": time.time() - started,
                         "code": code_version()})
         rng = gather_to_main(world, ckpt.rng_states())
+        compiling = compile_mode != "none" and resolution not in compiled_at
+        compiled_at.add(resolution)
         if world.is_main:
             write_text_atomic(run_dir / LOG_NAME, "".join(json.dumps(line) + "\n" for line in history))
             ckpt.save_checkpoint(run_dir / CHECKPOINT_NAME, network, optimizer, scaler, epoch, config, history,
                                  world.world_size, rng)
-            print(epoch_line(epoch, resolution, metrics, history[-1]["wall_time"],
-                             time_to_finish(history, epochs, resolution_args), compile_mode != "none"), flush=True)
+            to_go = time_to_finish(history, epochs, resolution_args, metrics["first_step_seconds"] if compiling else 0)
+            print(epoch_line(epoch, resolution, metrics, history[-1]["wall_time"], to_go, compile_mode != "none"),
+                  flush=True)
         barrier()
     result = summarize(config, history, parameters, world, global_batch, precision.name) | {"data": data}
     if world.is_main:

@@ -104,6 +104,8 @@ def test_the_time_to_finish_scales_each_epoch_left_by_its_pixels():
     assert time_to_finish(history, 5, ramp) == pytest.approx(90 + 2 * 90 * (192 / 160) ** 2)
     assert time_to_finish(history[:1], 2, ramp) == pytest.approx(100.0)  # the first epoch: its whole time
     assert time_to_finish(history, 2, ramp) is None
+    # a compiled run's first epoch: the minute its first step spent compiling is not spent again
+    assert time_to_finish(history[:1], 4, ramp, one_off_seconds=60.0) == pytest.approx(40 + 40 + 40 * (192 / 160) ** 2)
     metrics = {"lr": 0.1, "train_loss": 2.0, "train_images_per_s": 300.0, "first_step_seconds": 0.5}
     assert epoch_line(1, 160, metrics, 190.0, 3725.0, False).endswith("300 img/s | 0:03:10, ≈ 1:02:05 to go")
     assert epoch_line(4, 192, metrics, 500.0, None, False).endswith("| 0:08:20")

@@ -365,6 +365,18 @@ def test_closed_form_tails_train_and_are_recorded(tiny_betons, tmp_path):
     assert "se_kernel: closed-form" in (run_dir / "config.yaml").read_text()
 
 
+def test_a_compiled_runs_estimate_leaves_out_the_compilation_of_its_first_step(tiny_betons, tmp_path, monkeypatch):
+    """The first step of each resolution compiles (a minute for a GPU recipe): once, not in every epoch left."""
+    import pipeline.trainer as trainer
+    monkeypatch.setattr(trainer, "maybe_compile", lambda network, mode: network)  # compiling is not the point here
+    estimates = []
+    monkeypatch.setattr(trainer, "time_to_finish", lambda *args: estimates.append(args) or None)
+    assert train_main(tiny_settings(tiny_betons, tmp_path / "r", "--training.epochs=2",
+                                    "--training.compile=default")) == 0
+    first_steps = [line["first_step_seconds"] for line in read_log(tmp_path / "r")]
+    assert [one_off for *_, one_off in estimates] == [first_steps[0], 0]
+
+
 @pytest.mark.parametrize("compile_mode,expected", [("none", "torch"), ("default", "torch")])
 def test_a_squeeze_with_no_fused_form_is_recorded_as_the_torch_ops_it_runs(compile_mode, expected):
     """`auto` on a GPU runs the torch ops for a registered squeeze that has no fused form (SqueezeExcite.tail);
