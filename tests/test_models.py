@@ -14,15 +14,18 @@ ALL_ARMS = squeeze_names()
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("squeeze", ALL_ARMS)
 def test_forward_backward_every_arm(arch, squeeze):
+    # seeded: a block's 4 hidden units (ResNet-18's first stage) can all be dead at init, zeroing its excitation's
+    # gradient; unseeded, the check failed for 1 in ~300 random states, whenever the tests before left one
+    torch.manual_seed(0)
     model = build_model(arch, squeeze, num_classes=10, zero_init_last=False)
     logits = model(torch.randn(2, 3, 64, 64))
     assert logits.shape == (2, 10)
     logits.logsumexp(1).sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    if squeeze != "baseline":  # the excitation learns
-        se_grad = next(m for m in model.modules() if isinstance(m, SqueezeExcite)).excite[2].weight.grad
-        assert se_grad.abs().sum() > 0
+    if squeeze != "baseline":  # the excitation of every block learns
+        assert all(block.excite[2].weight.grad.abs().sum() > 0
+                   for block in model.modules() if isinstance(block, SqueezeExcite))
 
 
 def test_se_resnet50_parameter_count():

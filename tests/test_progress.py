@@ -16,9 +16,10 @@ class Terminal(io.StringIO):
 
 def one_epoch(batches: int) -> dict:
     """train_one_epoch of a linear classifier on `batches` random batches, its progress shown."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    loader = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4, 1))) for _ in range(batches)]
+    with torch.random.fork_rng():  # the process's random state as the tests after this one would find it
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+        loader = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4, 1))) for _ in range(batches)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return engine.train_one_epoch(model, loader, nn.Identity(), optimizer, None, Precision("fp32", "cpu"),
                                   0.0, lambda step: 0.1, epoch=2, device=torch.device("cpu"), show_progress=True)
