@@ -1,11 +1,14 @@
 """Progress of an epoch and of the writer's loops: a bar on a terminal, plain lines in a file."""
 import io
+import subprocess
+import sys
 
 import torch
 from torch import nn
 
 import pipeline.engine as engine
 import pipeline.progress as progress
+from conftest import REPO
 from pipeline.acceleration import Precision
 
 
@@ -62,3 +65,15 @@ def test_the_beton_writers_own_bar_writes_plain_lines_to_a_file(tiny_betons, tmp
     write_beton(split.files[:6], split.classes, tmp_path / "six.beton", WriteSettings(max_res=32, workers=1), "t", 0)
     err = capsys.readouterr().err
     assert "\r" not in err and "write six.beton: 6/6 img (100%), " in err.splitlines()[-1], err
+
+
+def test_a_line_in_a_log_comes_after_what_the_program_printed_before_it(tmp_path):
+    """stdout to a file waits in a buffer and the progress lines (stderr) do not: the program's header must be out
+    before them (tqdm flushes stdout as a bar starts)."""
+    program = ("import pipeline.progress as p, time; p.PLAIN_LINE_SECONDS = 0\n"
+               "print('header')\n"
+               "for _ in p.Progress(range(2), desc='epoch 1', unit='batch'): time.sleep(0.01)\n")
+    with open(tmp_path / "log", "w") as log:
+        subprocess.run([sys.executable, "-c", program], cwd=REPO, stdout=log, stderr=log, check=True, timeout=60)
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert lines[0] == "header" and lines[-1].startswith("epoch 1: 2/2 batch (100%)"), lines
