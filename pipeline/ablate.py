@@ -28,7 +28,7 @@ from pipeline.gc_freeze import imports_frozen
 with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
     from pipeline.atomic import write_text_atomic
     from pipeline.clock import clock_time
-    from pipeline.config import ConfigError, parse_overrides, resolve
+    from pipeline.config import MAX_SEED, ConfigError, parse_overrides, resolve
     from pipeline.cores import core_ranges, share_cores
     from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
@@ -315,8 +315,8 @@ def parse_command_line(argv: List[str]):
                               f"{value}{rest[0]}")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
-    if args.first_seed < 0:
-        raise ConfigError(f"--first-seed {args.first_seed}: must be at least 0")
+    if not 0 <= args.first_seed <= args.first_seed + args.seeds - 1 <= MAX_SEED:
+        raise ConfigError(f"--first-seed {args.first_seed} --seeds {args.seeds}: the seeds must lie in 0..{MAX_SEED}")
     if args.gpus_per_run != "all" and not (args.gpus_per_run.isdigit() and int(args.gpus_per_run) >= 1):
         raise ConfigError(f"--gpus-per-run {args.gpus_per_run!r}: give a number of at least 1, or 'all'")
     return args, rest

@@ -51,7 +51,8 @@ class Number(Checker):
         if isinstance(value, bool):
             raise ValueError(value)
         number = self.kind(value)
-        if not math.isfinite(number) or (self.kind is int and float(value) != number):  # nan, inf: no setting's value
+        # nan, inf: no setting's value; 2.5 is no integer (compared as given: a float of 2**64 - 1 is not that int)
+        if not math.isfinite(number) or (self.kind is int and not isinstance(value, (int, str)) and value != number):
             raise ValueError(value)
         if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
             raise ValueError(value)
@@ -108,6 +109,9 @@ class NumberList(Checker):
 
 
 SCHEDULES = ("step", "triangular", "cosine")
+# seeds as numpy's and most tools' seeding takes them; each rank's seed is derived from it (seed * 1009 + rank + 1)
+# and must stay within torch.manual_seed's 64 bits, which a seed of 2**62 did not (a traceback after the start)
+MAX_SEED = 2**32 - 1
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 COMPILE_MODES = ("none", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -163,7 +167,7 @@ def declare(config: Config) -> Config:
         channels_last=Param(TrueFalse(), "NHWC memory format", default=True),
         compile=Param(Choice(COMPILE_MODES), "torch.compile mode; auto = reduce-overhead on one GPU, default "
                       "under DDP, none on CPU", default="none"),
-        seed=Param(Number(int, 0), "seed of init, data order, crops, flips and SE init stream", default=0),
+        seed=Param(Number(int, 0, MAX_SEED), "seed of init, data order, crops, flips and SE init stream", default=0),
     )
     Section("validation", "evaluation", config_descriptor=config).params(
         batch_size=Param(Number(int, 1), "images per process", default=256),

@@ -228,7 +228,8 @@ def test_gpus_that_are_not_visible_are_refused(text, visible, message):
     (["--squeeze", " , "], "--squeeze ' , ': name at least one arm"),
     (["--squeeze", "gap,", "gmp"], "--squeeze gap, gmp: a comma list takes no spaces; write --squeeze gap,gmp"),
     (["--gpus", "0,", "1"], "--gpus 0, 1: a comma list takes no spaces; write --gpus 0,1"),
-    (["--first-seed", "-3"], "--first-seed -3: must be at least 0"),
+    (["--first-seed", "-3"], "--first-seed -3 --seeds 1: the seeds must lie in 0..4294967295"),
+    (["--first-seed", "4294967295", "--seeds", "2"], "--first-seed 4294967295 --seeds 2: the seeds must lie in 0.."),
     (["--gpus-per-run", "0"], "--gpus-per-run '0': give a number of at least 1, or 'all'"),
     (["--training.seed=5"], "--training.seed: ablate.py sets training.seed for each run; use --seeds and --first-seed"),
     (["--logging.run_dir", "/tmp/x"], "--logging.run_dir: ablate.py sets logging.run_dir for each run; use "

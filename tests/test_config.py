@@ -59,11 +59,20 @@ def test_typo_in_recipe_is_an_error_with_a_suggestion(tmp_path):
     ("lr.warmup_epochs", float("inf"), "expected a number >= 0"),
     ("lr.milestones", "30,nan", "expected a list of numbers >= 0, e.g. 30,60"),
     ("lr.milestones", "-30,60", "expected a list of numbers >= 0, e.g. 30,60"),  # was taken: gamma from the start
+    ("training.epochs", 2.5, "expected an integer >= 1"),
+    # a traceback after the start: each rank's seed (seed * 1009 + rank + 1) overflowed torch.manual_seed's 64 bits
+    ("training.seed", 2**62, "expected an integer from 0 to 4294967295"),
 ])
 def test_bad_values_name_key_source_and_what_is_valid(key, value, expected):
     with pytest.raises(ConfigError) as error:
         resolve(None, {key: (value, f"--{key}")})
     assert str(error.value) == f"bad value {value!r} for {key} (from --{key}); {expected}"
+
+
+def test_an_integer_beyond_a_floats_precision_is_taken_as_given():
+    """2**53 + 1 was refused as 'expected an integer >= 0': it was compared with its nearest float."""
+    assert resolve(None, {"training.epochs": (2**53 + 1, "--training.epochs")})["training.epochs"] == 2**53 + 1
+    assert resolve(None, {"training.epochs": (str(2**53 + 1), "--training.epochs")})["training.epochs"] == 2**53 + 1
 
 
 def test_base_chain_and_missing_recipe(tmp_path):
