@@ -26,7 +26,9 @@ class Progress(tqdm):
         file = sys.stderr if file is None else file
         self.plain = not is_terminal(file)
         if self.plain:
-            total = kwargs.get("total", len(args[0]) if args and hasattr(args[0], "__len__") else None)
+            total = kwargs.get("total")
+            if total is None and args and hasattr(args[0], "__len__"):  # as tqdm takes it
+                total = len(args[0])
             kwargs.update(mininterval=PLAIN_LINE_SECONDS, delay=PLAIN_LINE_SECONDS, leave=False, ascii=True,
                           bar_format=PLAIN_FORMAT if total else PLAIN_FORMAT_OPEN_ENDED)
         super().__init__(*args, file=file, **kwargs)
