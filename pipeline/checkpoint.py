@@ -3,6 +3,8 @@ written atomically from rank 0, saved unwrapped from DDP and torch.compile so an
 import errno
 import pickle
 import random
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -65,13 +67,41 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     }, path, Path(path).with_name(PREVIOUS_CHECKPOINT_NAME))
 
 
+# What a checkpoint holds besides tensors and plain data: numpy's RNG state, a uint32 array (under numpy 2's
+# module names, and numpy 1's for a file written there). Nothing else is unpickled: torch.load(weights_only=False)
+# runs whatever code a file names, and `--eval-only --weights` reads files from elsewhere (a collaborator's
+# final.pt, a download)
+_RECONSTRUCT = np._core.multiarray._reconstruct
+SAFE_GLOBALS = [_RECONSTRUCT, (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                type(np.dtype(np.uint32))]
+
+
 def _torch_load(path: Path, what: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise StorageError(f"{path} is not a readable {what} (truncated or not written by train.py: "
-                           f"{reason})") from None
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # a file that is no checkpoint can look like a pickle of another protocol: the error says it in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = re.search(r"GLOBAL (\S+)", str(error))  # not allowed, or its module blocked
+        if unsafe:
+            raise StorageError(f"{path} asks to run {unsafe.group(1)!r} as it loads; a {what} is read as "
+                               "tensors and plain data only, which is all train.py writes (if you trust the file, "
+                               "save its state_dict alone with torch.save)") from None
+        raise _unreadable(path, what, error) from None
+    # torch's restricted unpickler meets a file that is no pickle with any of these (a text file: KeyError)
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, what, error) from None
+
+
+def _unreadable(path: Path, what: str, error: Exception) -> StorageError:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError) and len(lines) > 2:  # torch's preamble, the reason, a doc link
+        lines = lines[-2:]
+    reason = lines[0] if lines else type(error).__name__
+    if isinstance(error, (KeyError, IndexError)):  # the unpickler's own bookkeeping, e.g. KeyError 101: no pickle
+        reason = "not a file torch.save wrote"
+    return StorageError(f"{path} is not a readable {what} (truncated or not written by train.py: {reason})")
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:

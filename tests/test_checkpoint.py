@@ -75,6 +75,32 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path):
         load_weights(junk)
 
 
+class RunsCodeWhenUnpickled:
+    """What a weights file from elsewhere may hold: unpickled, it makes the folder `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return os.makedirs, (self.marker,)
+
+
+def test_a_weights_file_that_would_run_code_is_refused_and_runs_none(tmp_path):
+    """--eval-only --weights reads files from elsewhere (a collaborator's final.pt, a download); torch.load with
+    weights_only=False ran whatever a file named. A whole pickled model (torch.save(model)) is named the same way."""
+    marker = tmp_path / "code_ran"
+    state = build_model("resnet18", "gap", num_classes=10).state_dict()
+    torch.save({**state, "extra": RunsCodeWhenUnpickled(marker)}, tmp_path / "final.pt")
+    with pytest.raises(StorageError, match=r"final.pt asks to run 'os.makedirs' as it loads; a weights file is "
+                                           r"read as tensors and plain data only"):
+        load_weights(tmp_path / "final.pt")
+    assert not marker.exists()
+    torch.save(torchvision.models.resnet18(), tmp_path / "model.pt")
+    with pytest.raises(StorageError, match=r"asks to run 'torchvision.models.resnet.ResNet' as it loads"):
+        load_weights(tmp_path / "model.pt")
+
+
 def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
     """A 2-process run resumed in one process trained on at half the global batch and lr, without a word."""
     config = {"training.epochs": 2, "training.batch_size": 64}
