@@ -18,8 +18,8 @@ from PIL import Image
 from conftest import tar_bytes
 from dataset_prep.archive import ArchiveMember, index_tar_of_tars, read_member
 from dataset_prep.beton import metadata_path
-from dataset_prep.imagenet_layouts import DEVKIT, KAGGLE_IMAGES, TRAIN_TAR, VAL_TAR
-from dataset_prep.write_imagenet import main
+from dataset_prep.imagenet_layouts import DEVKIT, KAGGLE_IMAGES, TRAIN_TAR, VAL_TAR, detect_layout
+from dataset_prep.write_imagenet import list_splits, main
 
 # sample class -> (WNID, ILSVRC2012_ID): IDs not in WNID order, as in the real devkit
 CLASSES = {"astronaut": ("n04000001", 1), "cameraman": ("n01000002", 2), "cat": ("n03000003", 3),
@@ -206,6 +206,23 @@ def test_a_missing_val_source_is_refused_before_the_train_tar_is_indexed(layouts
     monkeypatch.setattr("dataset_prep.imagenet_layouts.index_tar_of_tars", indexed.append)
     assert write(copy, tmp_path / "out") == 2
     assert message in capsys.readouterr().err and indexed == []
+
+
+def test_a_class_subset_keeps_the_same_images_and_names_in_every_layout(layouts):
+    """--classes 2 of the 4 classes: each layout lists the same images of the same two, labelled 0 and 1, with
+    their names where the layout has them (the devkit's meta.mat, Kaggle's mapping file)."""
+    kept = [sorted(NAMES)[0], sorted(NAMES)[2]]
+    listed = {kind: list_splits(detect_layout(layouts[kind]), ["train", "val"], None, "2")
+              for kind in ("imagefolder", "tars", "kaggle")}
+    for kind, splits in listed.items():
+        for split in splits.values():
+            assert list(split.classes) == kept and {label for _, label in split.files} == {0, 1}, kind
+        if kind != "imagefolder":
+            assert [list(split.class_names) for split in splits.values()] == [[NAMES[w] for w in kept]] * 2
+    for split in ("train", "val"):
+        counts = {kind: [sum(label == wanted for _, label in splits[split].files) for wanted in (0, 1)]
+                  for kind, splits in listed.items()}
+        assert counts["imagefolder"] == counts["tars"] == counts["kaggle"], (split, counts)
 
 
 def test_subset_and_verify_on_the_tars(layouts, tmp_path, capsys):
