@@ -71,9 +71,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 # module names, and numpy 1's for a file written there). Nothing else is unpickled: torch.load(weights_only=False)
 # runs whatever code a file names, and `--eval-only --weights` reads files from elsewhere (a collaborator's
 # final.pt, a download)
-_RECONSTRUCT = np._core.multiarray._reconstruct
-SAFE_GLOBALS = [_RECONSTRUCT, (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
-                type(np.dtype(np.uint32))]
+_RECONSTRUCT = np.array(0).__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
+SAFE_GLOBALS = [(_RECONSTRUCT, f"{module}.multiarray._reconstruct") for module in ("numpy.core", "numpy._core")] + [
+    np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def _torch_load(path: Path, what: str) -> Any:

@@ -1,4 +1,7 @@
 """Checkpoints and final.pt: what survives a truncated file or a full disk; final.pt loads into torchvision."""
+import zipfile
+
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -99,6 +102,24 @@ def test_a_weights_file_that_would_run_code_is_refused_and_runs_none(tmp_path):
     torch.save(torchvision.models.resnet18(), tmp_path / "model.pt")
     with pytest.raises(StorageError, match=r"asks to run 'torchvision.models.resnet.ResNet' as it loads"):
         load_weights(tmp_path / "model.pt")
+
+
+def test_a_checkpoint_written_under_the_other_numpy_loads(tmp_path):
+    """Its RNG state names numpy's array rebuilder by the other major version's module (numpy 1: numpy.core,
+    numpy 2: numpy._core): a run trained on a machine with the other numpy resumes."""
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "here.pt", model, torch.optim.SGD(model.parameters(), lr=0.1), None, 0, {}, [], 1)
+    here = np.array(0).__reduce__()[0].__module__.encode()
+    other = b"numpy.core.multiarray" if here == b"numpy._core.multiarray" else b"numpy._core.multiarray"
+    with zipfile.ZipFile(tmp_path / "here.pt") as written, zipfile.ZipFile(tmp_path / "other.pt", "w") as copy:
+        for entry in written.infolist():
+            data = written.read(entry.filename)
+            if entry.filename.endswith("data.pkl"):
+                assert here in data
+                data = data.replace(here, other)
+            copy.writestr(entry, data)
+    state = load_checkpoint(tmp_path / "other.pt")["rng"][0]["numpy"]
+    assert state[0] == "MT19937" and state[1].dtype == np.uint32
 
 
 def test_a_run_is_resumed_only_by_as_many_processes_as_trained_it(tmp_path):
