@@ -150,9 +150,18 @@ def group_experiments(runs: List[dict]) -> Tuple[List[Experiment], List[str]]:
         keys = sorted({key for experiment in same_arch for key in experiment.settings})
         differing = [key for key in keys if len({repr(e.settings.get(key)) for e in same_arch}) > 1]
         for experiment in same_arch if len(same_arch) > 1 else []:
-            named = [f"{key}={experiment.settings.get(key)}" for key in differing[:LABEL_SETTINGS]]
+            named = [label_part(key, experiment.settings.get(key)) for key in differing[:LABEL_SETTINGS]]
             experiment.label = ", ".join(named) + (", …" if len(differing) > LABEL_SETTINGS else "")
     return sorted(experiments.values(), key=lambda e: (e.arch, e.label)), notes
+
+
+def label_part(key: str, value: Any) -> str:
+    """`key=value` in a table's title; the betons a run read as `data: train …; val …` (the dict of what each
+    holds made a title of Python's repr: runs on ImageNet-100 and on ImageNet beside each other)."""
+    if key == "data" and isinstance(value, dict):
+        return "data: " + "; ".join(f"{name.split('.')[-1].replace('_dataset', '')} {text}"
+                                    for name, text in value.items())
+    return f"{key}={value}"
 
 
 def read_manifest(root: Path) -> dict:

@@ -271,6 +271,19 @@ def test_report_keeps_runs_of_other_settings_apart_and_counts_a_copy_once(tmp_pa
         "top1", "curves", "delta") if not (n == 3 and kind == "delta")]  # the third has no baseline to pair with
 
 
+def test_tables_of_runs_on_other_betons_are_titled_by_what_the_betons_hold(tmp_path):
+    """Runs on ImageNet-100 (write_imagenet.py --classes 100) beside runs on ImageNet: the title was Python's repr
+    of a dict."""
+    for name, (train, val) in {"in100": (126_689, 5_000), "in1k": (1_281_167, 50_000)}.items():
+        data = {"data.train_dataset": f"{train} images written 2026-11-29T10:00:00", "data.val_dataset":
+                f"{val} images written 2026-11-29T10:05:00"}
+        write_result(tmp_path, "gap", 0, 70.0, 90.0, name=name, data=data)
+    titles = [table.splitlines()[0] for table in write_report(tmp_path).text.split("### ")[1:]]
+    assert titles == [f"resnet18 ({tmp_path.name}): data: train {train} images written 2026-11-29T10:00:00; val "
+                      f"{val} images written 2026-11-29T10:05:00" for train, val in ((126_689, 5_000),
+                                                                                      (1_281_167, 50_000))]
+
+
 def test_a_table_whose_runs_other_code_trained_says_which(tmp_path):
     """An ablation continued after a `git pull` (or an edit) paired arms trained by other code without a word."""
     old, new = "aaaaaaaaaaaa", "bbbbbbbbbbbb+0123abcd"
