@@ -29,7 +29,7 @@ class Progress(tqdm):
             total = kwargs.get("total")
             if total is None and args and hasattr(args[0], "__len__"):  # as tqdm takes it
                 total = len(args[0])
-            kwargs.update(mininterval=PLAIN_LINE_SECONDS, delay=PLAIN_LINE_SECONDS, leave=False, ascii=True,
+            kwargs.update(mininterval=PLAIN_LINE_SECONDS, delay=PLAIN_LINE_SECONDS, leave=False,
                           bar_format=PLAIN_FORMAT if total else PLAIN_FORMAT_OPEN_ENDED)
         super().__init__(*args, file=file, **kwargs)
 

@@ -24,8 +24,8 @@ from pipeline.paired_stats import (POWER, SIGNIFICANT, detectable_difference, ho
                                    paired_p_value)
 from pipeline.provenance import run_version
 from pipeline.report_figures import curves_figure, delta_figure, save_png, top1_figure
-from pipeline.report_runs import (Experiment, InProgress, check_root, group_experiments, in_progress_of, merge_manifests,
-                                 read_in_progress, read_manifest, read_runs)
+from pipeline.report_runs import (Experiment, InProgress, check_root, group_experiments, in_progress_of,
+                                  merge_manifests, read_in_progress, read_manifest, read_runs)
 
 SEED_ORDER = ["baseline", "gap", "gmp", "std", "gapXstd", "random"]  # the seed's row order; extras follow
 BASELINE = "baseline"  # squeeze.BASELINE, the arm without SE (not imported: pipeline.squeeze needs torch)
