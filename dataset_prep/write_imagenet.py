@@ -27,8 +27,9 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from dataset_prep.imagenet_layouts import Layout, detect_layout, list_split
     from dataset_prep.sample_set import TRAIN_PER_CLASS, VAL_PER_CLASS, build_sample_folder, sample_folder_counts
     from pipeline.atomic import remove_stale_temporaries, write_text_atomic
-    from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
+    from pipeline.errors import UserError, report_user_error
     from pipeline.processes import children_die_with_this_process, children_leave_ctrl_c_to_this_process
+    from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
 
 SAMPLE_ROOT = Path("data/sample")
 SAMPLE_MAX_RES = 256
@@ -213,7 +214,7 @@ def write_split(plan: PlannedSplit, kind: str, verify: bool) -> None:
 
 
 def interrupted_advice(splits: List[str], written: List[str]) -> str:
-    """What Ctrl-C kept (betons are renamed into place only when whole, so no half-written one is left) and
+    """What Ctrl-C or SIGTERM kept (betons are renamed into place only when whole, so no half-written one is left) and
     the command that goes on."""
     rest = [split for split in splits if split not in written]
     if not written:
@@ -222,6 +223,7 @@ def interrupted_advice(splits: List[str], written: List[str]) -> str:
             f"--split {rest[0]} to write the rest")
 
 
+@sigterm_as_ctrl_c()
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
     written: List[str] = []
@@ -263,8 +265,8 @@ def main(argv: List[str]) -> int:
         return report_user_error("write_imagenet.py", error)
     except KeyboardInterrupt as interrupt:
         traceback.clear_frames(interrupt.__traceback__)  # ffcv's progress bar prints when collected: before this
-        print(f"write_imagenet.py: interrupted; {interrupted_advice(splits, written)}", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        print(f"write_imagenet.py: {stopped_by(interrupt)}; {interrupted_advice(splits, written)}", file=sys.stderr)
+        return stopped_exit(interrupt)
     return 0
 
 

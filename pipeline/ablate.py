@@ -30,7 +30,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.clock import clock_time
     from pipeline.config import MAX_SEED, ConfigError, parse_overrides, resolve
     from pipeline.cores import core_ranges, share_cores
-    from pipeline.errors import INTERRUPTED_EXIT, USAGE_EXIT, UserError, report_user_error
+    from pipeline.errors import USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
     from pipeline.provenance import code_version, finished_by_other_code_note
     from pipeline.report import write_report
@@ -40,6 +40,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
     from pipeline.run_room import check_ablation_room
     from pipeline.squeeze import check_squeeze_name, squeeze_names
+    from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1
@@ -322,7 +323,9 @@ def parse_command_line(argv: List[str]):
     return args, rest
 
 
+@sigterm_as_ctrl_c()
 def main(argv: List[str]) -> int:
+    root = None
     try:
         args, rest = parse_command_line(argv)
         squeezes = parse_squeezes(args.squeeze)
@@ -348,6 +351,11 @@ def main(argv: List[str]) -> int:
             write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
             return run_ablation(jobs, todo, slots, root, manifest, lambda job, slot: launch_process(
                 job, slot, args.cfg, rest))
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM: the runs in progress were stopped (run_schedule)
+        kept = ("no run had started" if root is None else
+                f"the finished runs and epochs are kept in {root}: the same command continues the ablation")
+        print(f"ablate.py: {stopped_by(interrupt)}; {kept}", file=sys.stderr)
+        return stopped_exit(interrupt)
     except UserError as error:
         return report_user_error("ablate.py", error)
 
@@ -365,12 +373,7 @@ def run_ablation(jobs: Sequence[Job], todo: Sequence[Job], slots: Sequence[Slot]
     if note:
         print(f"note: {note}", flush=True)
     started = time.time()
-    try:
-        outcome = run_schedule(todo, slots, launch, took=took)
-    except KeyboardInterrupt:  # Ctrl-C: the runs in progress were stopped (run_schedule), each keeps its epochs
-        print(f"ablate.py: interrupted; the finished runs and epochs are kept in {root}: the same command "
-              "continues the ablation", file=sys.stderr)
-        return INTERRUPTED_EXIT
+    outcome = run_schedule(todo, slots, launch, took=took)
     manifest["failed"] = [{"squeeze": job.squeeze, "seed": job.seed, "run_dir": str(job.run_dir)}
                           for job in outcome["failed"]]
     write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")

@@ -38,21 +38,28 @@ def free_space(folder: Path) -> str:
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Ctrl-C within the block takes effect when it ends. torch.save turned an interrupt in mid-checkpoint into a
-    short-write RuntimeError, which was reported as a full disk. Only the main thread receives signals, and a
-    SIGINT that is ignored (a background job) stays ignored."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
-            signal.SIG_IGN, None):
+    """Ctrl-C, and a SIGTERM that raises (termination.py), within the block take effect when it ends. torch.save
+    turned an interrupt in mid-checkpoint into a short-write RuntimeError, which was reported as a full disk. Only
+    the main thread receives signals, and a SIGINT that is ignored (a background job) stays ignored."""
+    deferred = [number for number in (signal.SIGINT, signal.SIGTERM) if _deferrable(number)]
+    if threading.current_thread() is not threading.main_thread() or not deferred:
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    previous = {number: signal.signal(number, lambda got, frame: received.append(got)) for number in deferred}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    for number in dict.fromkeys(received):  # each once, in the order they came: the handler now in place acts
+        signal.raise_signal(number)
+
+
+def _deferrable(number: int) -> bool:
+    """SIGINT unless ignored; SIGTERM where a Python handler takes it (its default action ends the process)."""
+    handler = signal.getsignal(number)
+    return callable(handler) if number == signal.SIGTERM else handler not in (signal.SIG_IGN, None)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 import sys
 
 USAGE_EXIT = 2
-INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a program stopped by Ctrl-C
 
 
 class UserError(Exception):

@@ -1,5 +1,5 @@
 """Child processes that end with their parent however it ends, kill -9 included (Linux's parent-death signal),
-and leave Ctrl-C to it; and a wait that wakes when one of them exits."""
+and leave Ctrl-C to it; hooks run in every forked child; and a wait that wakes when one of them exits."""
 import ctypes
 import os
 import select
@@ -21,7 +21,7 @@ def die_with_parent(signal_number: int = signal.SIGTERM) -> None:
 
 def children_die_with_this_process() -> None:
     """Every process forked from now on (pool and writer workers too) dies with this one."""
-    _in_every_child(die_with_parent)
+    in_every_child(die_with_parent)
 
 
 def _ignore_ctrl_c() -> None:
@@ -32,10 +32,10 @@ def children_leave_ctrl_c_to_this_process() -> None:
     """Every process forked from now on ignores SIGINT. Ctrl-C reaches the terminal's whole process group: each
     pool or writer worker printed its own KeyboardInterrupt traceback. This process alone stops the work (and
     its workers) and says so in one line."""
-    _in_every_child(_ignore_ctrl_c)
+    in_every_child(_ignore_ctrl_c)
 
 
-def _in_every_child(hook) -> None:
+def in_every_child(hook) -> None:
     """Run `hook` in every process forked from now on, registered once however often asked (write_imagenet's
     main, called again in one process, added it again at each call)."""
     if hook not in _REGISTERED:

@@ -27,7 +27,7 @@ from pipeline.data import DeviceAugment, ramp_shortfall, resolution_at, set_epoc
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
                                   gather_to_main, init_world)
 from pipeline.engine import NonFiniteLossError, evaluate, train_one_epoch
-from pipeline.errors import INTERRUPTED_EXIT, UserError, report_user_error
+from pipeline.errors import UserError, report_user_error
 from pipeline.kernels import KernelUnavailableError, resolve_se_kernel
 from pipeline.kernels.layout import SQUEEZE_MODES
 from pipeline.models import build_model
@@ -41,6 +41,7 @@ from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME
 from pipeline.run_room import check_run_room
 from pipeline.schedule import lr_factor, lr_shortfall, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
+from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
 
 MODEL_KEYS = tuple(f"model.{name}" for name in ckpt.MODEL_SETTING_NAMES)
 
@@ -382,6 +383,7 @@ def out_of_memory(config: Dict[str, Any], world: World, evaluating: bool,
                      f"up to {config['resolution.max_res']} px: {advice}")
 
 
+@sigterm_as_ctrl_c()
 def main(argv: List[str]) -> int:
     try:
         args, config, explicit = parse_command_line(argv)
@@ -393,9 +395,11 @@ def main(argv: List[str]) -> int:
         if args.eval_only:
             try:
                 metrics = evaluate_weights(config, args.weights, world, explicit)
-            except KeyboardInterrupt:
-                print("train.py: interrupted; --eval-only writes no file, so nothing is lost", file=sys.stderr)
-                return INTERRUPTED_EXIT
+            except KeyboardInterrupt as interrupt:
+                if world.is_main:
+                    print(f"train.py: {stopped_by(interrupt)}; --eval-only writes no file, so nothing is lost",
+                          file=sys.stderr)
+                return stopped_exit(interrupt)
             if world.is_main:
                 print(f"{args.weights}: val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f} "
                       f"on {metrics['val_images']} images")
@@ -404,11 +408,15 @@ def main(argv: List[str]) -> int:
         run_dir = Path(config["logging.run_dir"]) if config["logging.run_dir"] else default_run_dir(config, args.cfg)
         try:
             run_in_directory(config, run_dir, world, args.resume)
-        except KeyboardInterrupt:  # Ctrl-C: say what is kept, not where the interpreter happened to be
-            print(f"train.py: interrupted; the epochs finished so far are kept in {run_dir}: the same command "
-                  "resumes after the last of them", file=sys.stderr)
-            return INTERRUPTED_EXIT
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM: what is kept, not where the interpreter was
+            if world.is_main:  # once, not once per process: they all stop (torchrun passes SIGTERM to each)
+                print(f"train.py: {stopped_by(interrupt)}; the epochs finished so far are kept in {run_dir}: the "
+                      "same command resumes after the last of them", file=sys.stderr)
+            return stopped_exit(interrupt)
         return 0
+    except KeyboardInterrupt as interrupt:  # before either started: in init_world, which waits for every process
+        print(f"train.py: {stopped_by(interrupt)} before training started; nothing was written", file=sys.stderr)
+        return stopped_exit(interrupt)
     except UserError as error:
         return report_user_error("train.py", error)
     except torch.cuda.OutOfMemoryError:

@@ -16,6 +16,7 @@ import traceback
 from typing import Iterator, Optional, Set
 
 from pipeline.errors import UserError
+from pipeline.termination import Terminated
 
 POLL_SECONDS = 0.1
 WAKE_SIGNAL = signal.SIGUSR1
@@ -54,6 +55,7 @@ class _Watcher(threading.Thread):
         super().__init__(name="worker-watch", daemon=True)
         self.poll_seconds = poll_seconds
         self.death: Optional[str] = None
+        self.terminated = False  # the dead worker was killed by SIGTERM
         self._stopped = threading.Event()
         self._lock = threading.Lock()  # no signal once the watched block has ended
         self._main = threading.main_thread().ident
@@ -67,6 +69,7 @@ class _Watcher(threading.Thread):
                 with self._lock:
                     if not self._stopped.is_set():
                         self.death = f"worker process {failed.pid} {ending(failed.exitcode)}"
+                        self.terminated = failed.exitcode == -signal.SIGTERM
                         signal.pthread_kill(self._main, WAKE_SIGNAL)
                 return
 
@@ -105,7 +108,8 @@ def stop_workers() -> None:
 def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = False,
                           poll_seconds: float = POLL_SECONDS) -> Iterator[None]:
     """Run the block (in the main thread) while watching this process's children: one that ends with an error
-    stops the block with `WorkerDiedError('<what> stopped: worker process N exited with status 1; <advice>')`.
+    stops the block with `WorkerDiedError('<what> stopped: worker process N exited with status 1; <advice>')`,
+    one killed by SIGTERM with termination.Terminated, as a SIGTERM to this process would.
     Where `terminate_others`, a block that ends early for any reason (Ctrl-C too) stops the other workers first
     (ffcv's writer, which would wait for them, and whose workers leave Ctrl-C to this process; not a Pool's,
     which its own terminate() stops, and which a worker stopped holding its task queue's lock would hang).
@@ -128,6 +132,8 @@ def stop_if_a_worker_dies(what: str, advice: str = "", terminate_others: bool = 
             raise
         # the interrupted code's locals go now: ffcv's progress bar prints when collected, after the error line
         traceback.clear_frames(stop.__traceback__)
+        if watcher.terminated:  # SLURM's end of a job signals every process: the worker's death came first
+            raise Terminated from None
         raise WorkerDiedError(f"{what} stopped: {watcher.death}" + (f"; {advice}" if advice else "")) from None
     finally:
         watcher.stop()

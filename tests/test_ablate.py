@@ -1,6 +1,7 @@
 """Ablation runner: the scheduler with a mocked launcher; skip, resume, refusal and orphans for real."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -276,18 +277,24 @@ def test_a_second_ablation_on_a_runs_root_in_use_is_refused(tiny_betons, tmp_pat
     assert (root / "ablation.json").read_text() == "{}\n"  # the first runner's manifest is left to it
 
 
-def test_ctrl_c_says_the_same_command_continues(tiny_betons, tmp_path, capsys, monkeypatch):
-    """Ctrl-C printed a traceback from the runner's polling loop."""
+@pytest.mark.parametrize("stop, status, stopped", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_says_the_same_command_continues(tiny_betons, tmp_path, capsys, monkeypatch, terminal_ctrl_c, stop,
+                                                status, stopped):
+    """Ctrl-C printed a traceback from the runner's polling loop; SIGTERM (a SLURM job's end) ended it silently."""
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), stop)
     monkeypatch.setattr(ablate, "run_schedule", interrupted)
     root = tmp_path / "ablation"
     arguments = ["--squeeze", "gap", "--gpus", "none", "--runs-root", str(root),
                  *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=1")]
     arguments.remove(f"--logging.run_dir={tmp_path / 'unused'}")
-    assert ablate_main(arguments) == 130
-    assert capsys.readouterr().err == (f"ablate.py: interrupted; the finished runs and epochs are kept in {root}: "
+    assert ablate_main(arguments) == status
+    assert capsys.readouterr().err == (f"ablate.py: {stopped}; the finished runs and epochs are kept in {root}: "
                                        "the same command continues the ablation\n")
+    monkeypatch.setattr(ablate, "check_data", interrupted)  # reading the betons, before any run
+    assert ablate_main(arguments) == status
+    assert capsys.readouterr().err == f"ablate.py: {stopped}; no run had started\n"
 
 
 def test_ablate_refuses_missing_data_or_gpus_before_any_run(tiny_betons, tmp_path, capsys, monkeypatch):
@@ -340,7 +347,8 @@ def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_pat
 
 
 def test_runs_die_with_a_killed_runner(tiny_betons, tmp_path):
-    """kill -9 of ablate.py leaves no train.py behind (its lock on the run directory is released)."""
+    """kill -9 of ablate.py leaves no train.py behind (its lock on the run directory is released); the run stops
+    as on Ctrl-C, saying so in its log (its parent-death signal is SIGTERM)."""
     root = tmp_path / "ablation"
     arguments = [sys.executable, "pipeline/ablate.py", "--squeeze", "gap", "--gpus", "none", "--runs-root", str(root),
                  *tiny_settings(tiny_betons, tmp_path / "unused", "--training.epochs=50")]
@@ -360,3 +368,5 @@ def test_runs_die_with_a_killed_runner(tiny_betons, tmp_path):
             time.sleep(0.1)
     finally:
         runner.kill()
+    log = (root / "resnet18-gap-sample-s0" / "train.log").read_text()
+    assert log.splitlines()[-1].startswith("train.py: stopped by SIGTERM; the epochs finished so far are kept in "), log

@@ -12,6 +12,7 @@ from pipeline.atomic import atomic_open, remove_stale_temporaries
 from pipeline.config import describe
 from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_NAME, LOG_NAME, RESULT_NAME, TRAIN_LOG_NAME,
                               RunDirError, RunLock, first_difference, foreign_files, is_finished, recorded_config)
+from pipeline.termination import Terminated, sigterm_as_ctrl_c
 
 CONFIG = {"training.epochs": 2, "lr.lr": 0.4, "model.squeeze": "gmp", "logging.run_dir": "a", "model.se_kernel": "auto"}
 
@@ -137,14 +138,18 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     assert live.exists() and kept.exists() and not stale.exists()
 
 
-def test_ctrl_c_during_an_atomic_write_takes_effect_once_the_file_is_whole(tmp_path, terminal_ctrl_c):
-    """Ctrl-C in mid-checkpoint became torch.save's short-write error, reported as a full disk."""
+@pytest.mark.parametrize("stop, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_ctrl_c_during_an_atomic_write_takes_effect_once_the_file_is_whole(tmp_path, terminal_ctrl_c, stop, raised):
+    """Ctrl-C in mid-checkpoint became torch.save's short-write error, reported as a full disk; SIGTERM (a job's
+    time limit) left the checkpoint as a temp file."""
     target = tmp_path / "checkpoint.pt"
-    handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_open(target, "wb") as handle:
-            handle.write(b"first half, ")
-            os.kill(os.getpid(), signal.SIGINT)
-            handle.write(b"second half")
+    with sigterm_as_ctrl_c():
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        with pytest.raises(raised):
+            with atomic_open(target, "wb") as handle:
+                handle.write(b"first half, ")
+                os.kill(os.getpid(), stop)
+                handle.write(b"second half")
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     assert target.read_bytes() == b"first half, second half"
-    assert signal.getsignal(signal.SIGINT) is handler
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -452,17 +452,26 @@ def test_validation_out_of_memory_names_the_val_batch(tiny_betons, tmp_path, mon
                                        "kept)\n")
 
 
-def test_ctrl_c_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_path):
-    """Ctrl-C printed a traceback into autograd's engine."""
+@pytest.mark.parametrize("stop, status, stopped", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_path, terminal_ctrl_c, stop, status,
+                                                    stopped):
+    """Ctrl-C printed a traceback into autograd's engine. SIGTERM (SLURM's time limit or preemption, `docker stop`)
+    ended the run without a word: its log stopped after the last epoch line."""
     def interrupted(*args):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), stop)
     monkeypatch.setattr("pipeline.trainer.run_in_directory", interrupted)
     run_dir = tmp_path / "run"
-    assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), f"--logging.run_dir={run_dir}"]) == 130
-    assert capsys.readouterr().err == (f"train.py: interrupted; the epochs finished so far are kept in {run_dir}: the "
+    sigterm = signal.getsignal(signal.SIGTERM)
+    assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), f"--logging.run_dir={run_dir}"]) == status
+    assert capsys.readouterr().err == (f"train.py: {stopped}; the epochs finished so far are kept in {run_dir}: the "
                                        "same command resumes after the last of them\n")
     monkeypatch.setattr("pipeline.trainer.evaluate_weights", interrupted)  # --eval-only: it was a traceback too
     (tmp_path / "final.pt").write_bytes(b"")
     assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), "--eval-only", "--weights",
-                       str(tmp_path / "final.pt")]) == 130
-    assert capsys.readouterr().err == "train.py: interrupted; --eval-only writes no file, so nothing is lost\n"
+                       str(tmp_path / "final.pt")]) == status
+    assert capsys.readouterr().err == f"train.py: {stopped}; --eval-only writes no file, so nothing is lost\n"
+    monkeypatch.setattr("pipeline.trainer.init_world", interrupted)  # waiting for the other processes to start
+    assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), f"--logging.run_dir={run_dir}"]) == status
+    assert capsys.readouterr().err == f"train.py: {stopped} before training started; nothing was written\n"
+    assert signal.getsignal(signal.SIGTERM) is sigterm  # as it was, for whoever called main

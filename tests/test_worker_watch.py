@@ -10,6 +10,8 @@ import textwrap
 import threading
 import time
 
+import pytest
+
 from conftest import REPO, ctrl_c_as_in_a_terminal, run_script
 from pipeline.worker_watch import stop_if_a_worker_dies
 from test_write_imagenet import photo, write_args
@@ -32,26 +34,34 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_a_killed_pool_worker_stops_the_wait_in_one_line():
-    """Pool.imap waited forever for the task of a worker the OOM killer (here SIGKILL) took down."""
+    """Pool.imap waited forever for the task of a worker the OOM killer (here SIGKILL) took down. One that SIGTERM
+    ended (SLURM signals every process of a job, the workers sooner than the main process at times) stops the
+    program as that SIGTERM does."""
     result = run_python("""
         import os, signal
         from multiprocessing import Pool
+        from pipeline.termination import Terminated
         from pipeline.worker_watch import WorkerDiedError, stop_if_a_worker_dies
 
-        def task(index):
+        def task(index, signal_number):
             if index == 5:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal_number)
             return index
 
-        with Pool(2) as pool:
-            try:
-                with stop_if_a_worker_dies("the scan", poll_seconds=0.05):
-                    print(sorted(pool.imap(task, range(10))))
-            except WorkerDiedError as error:
-                print(error)
+        for signal_number in (signal.SIGKILL, signal.SIGTERM):
+            with Pool(2) as pool:
+                try:
+                    with stop_if_a_worker_dies("the scan", poll_seconds=0.05):
+                        print(sorted(pool.starmap(task, [(index, signal_number) for index in range(10)], 1)))
+                except WorkerDiedError as error:
+                    print(error)
+                except Terminated:
+                    print("Terminated")
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("the scan stopped: worker process ") and "was killed by SIGKILL" in result.stdout
+    killed, terminated = result.stdout.splitlines()
+    assert killed.startswith("the scan stopped: worker process ") and killed.endswith("was killed by SIGKILL")
+    assert terminated == "Terminated"
 
 
 def test_workers_that_end_well_ctrl_c_and_a_sigusr1_from_outside_are_left_alone():
@@ -147,9 +157,12 @@ def test_a_killed_sample_set_worker_stops_the_build(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("stop, status, stopped", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path, stop, status, stopped):
     """Ctrl-C reaches the terminal's whole process group: the main process and every writer worker printed a
-    KeyboardInterrupt traceback (exit -2), and the writer's shared memory was reported leaked."""
+    KeyboardInterrupt traceback (exit -2), and the writer's shared memory was reported leaked. SLURM's time limit
+    sends SIGTERM to every process of the job: the writer died without a word (exit -15), its temp file left."""
     train = tmp_path / "imagenet" / "train"
     original = tmp_path / "photo.JPEG"
     photo(256, 256).save(original)
@@ -170,13 +183,13 @@ def test_ctrl_c_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path):
         while sum(path.stat().st_size for path in out.glob(".train.beton.tmp-*")) < 2_000_000:
             assert time.time() < deadline and writer.poll() is None
             time.sleep(0.02)
-        os.killpg(writer.pid, signal.SIGINT)  # what Ctrl-C does
+        os.killpg(writer.pid, stop)  # what Ctrl-C does; what SLURM does at a job's end
         _, stderr = writer.communicate(timeout=60)
     finally:
         writer.kill()
-    assert writer.returncode == 130, stderr[-3000:]
+    assert writer.returncode == status, stderr[-3000:]
     assert "Traceback" not in stderr and "leaked" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == ("write_imagenet.py: interrupted; no beton was written (nothing "
+    assert stderr.strip().splitlines()[-1] == (f"write_imagenet.py: {stopped}; no beton was written (nothing "
                                                 "half-written is left); the same command starts again")
     assert sorted(path.name for path in out.iterdir()) == []
 
