@@ -28,7 +28,7 @@ from pipeline.gc_freeze import imports_frozen
 with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
     from pipeline.atomic import write_text_atomic
     from pipeline.clock import clock_time
-    from pipeline.config import MAX_SEED, ConfigError, parse_overrides, resolve
+    from pipeline.config import MAX_SEED, ConfigError, describe, parse_overrides, resolve
     from pipeline.cores import core_ranges, share_cores
     from pipeline.errors import USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
@@ -43,6 +43,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+SETTINGS_NAME = "settings.yaml"  # in the runs root: what every run of the ablation trains with
 RETRIES = 1
 # settings the runner gives each run, and the option that sets them: as a shared --section.key=value they came
 # after the runner's own and won (every seed trained --training.seed=5; every arm in one --logging.run_dir)
@@ -148,6 +149,18 @@ def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str],
         if not is_finished(job.run_dir, config, remedy, data):
             todo.append((job, config))
     return todo
+
+
+def freeze_settings(root: Path, config: Dict[str, object]) -> Path:
+    """The shared settings as the runner resolved them at its start, written as a recipe of their own that every
+    run reads instead of the recipe. Each run read the recipe as it started: an edit of it (or of the base recipe it
+    names, or a `git pull`) while an ablation of days ran trained the runs left with other settings, which the
+    report then put in a table apart from the runs before, and the ablation ended with no word of it."""
+    path = root / SETTINGS_NAME
+    write_text_atomic(path, "# every setting of this ablation's runs but their squeeze, seed and folder: the recipe "
+                            "and the command line's settings (ablation.json), as ablate.py resolved them at its start\n"
+                      + describe(config))
+    return path
 
 
 def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> subprocess.Popen:
@@ -349,8 +362,9 @@ def main(argv: List[str]) -> int:
             manifest = {"recipe": str(args.cfg), "arch": config["model.arch"], "squeezes": squeezes,
                         "seeds": seeds, "overrides": rest, "failed": []}
             write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+            settings = freeze_settings(root, config)
             return run_ablation(jobs, todo, slots, root, manifest, lambda job, slot: launch_process(
-                job, slot, args.cfg, rest))
+                job, slot, settings, []))
     except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM: the runs in progress were stopped (run_schedule)
         kept = ("no run had started" if root is None else
                 f"the finished runs and epochs are kept in {root}: the same command continues the ablation")

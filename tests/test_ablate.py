@@ -16,11 +16,12 @@ from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process
                              run_schedule, time_to_go, visible_gpus)
 from pipeline.ablate import main as ablate_main
 from pipeline.clock import clock_time
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, describe, resolve
 from pipeline.cores import core_ranges, share_cores
 from pipeline.processes import wait_for_an_exit
 from pipeline.provenance import code_version
 from pipeline.run_dir import RunLock
+from pipeline.trainer import parse_command_line as train_command_line
 
 
 class FakeProcess:
@@ -310,6 +311,42 @@ def test_ablate_refuses_missing_data_or_gpus_before_any_run(tiny_betons, tmp_pat
     assert ablate_main([*arguments, "--gpus", "0"]) == 2
     assert "ablate.py: error: --gpus 0: there is no GPU 0 here" in capsys.readouterr().err
     assert not root.exists()
+
+
+def test_runs_train_with_the_settings_of_the_ablations_start(tiny_betons, tmp_path, monkeypatch):
+    """Each run read the recipe as it started: an edit of it while an ablation of days ran (another experiment
+    prepared, a `git pull`) trained the runs left with the edited settings, which the report put in a table apart,
+    and the ablation ended as if all were well. The runs read the settings the runner resolved at its start."""
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text((REPO / "recipes" / "sample.yaml").read_text())
+    resolved = []
+
+    def launch(job, slot, cfg, overrides):  # train.py's own reading of the command it would be started with
+        recipe.write_text(recipe.read_text().replace("epochs: 5", "epochs: 3"))  # an edit while the runs go on
+        command, _ = command_for(job, slot, cfg, overrides)
+        resolved.append(train_command_line(command[2:])[1])
+        return FakeProcess(0, polls=1)
+    monkeypatch.setattr(ablate, "launch_process", launch)
+    root = tmp_path / "ablation"
+    settings = tiny_settings(tiny_betons, tmp_path / "unused", "--lr.lr=0.3")
+    settings.remove(f"--logging.run_dir={tmp_path / 'unused'}")
+    settings[1] = str(recipe)
+    assert ablate_main(["--squeeze", "gap,gmp", "--seeds", "1", "--gpus", "none", "--runs-root", str(root),
+                        *settings]) == 0
+    asked = resolve(REPO / "recipes" / "sample.yaml", ablate.parse_overrides(settings[2:]))
+    assert asked["training.epochs"] == 5 and resolve(recipe, {})["training.epochs"] == 3  # the edit is there
+    assert resolved == [asked | {"model.squeeze": squeeze, "logging.run_dir": str(root / f"resnet18-{squeeze}-mine-s0")}
+                        for squeeze in ("gap", "gmp")]
+
+
+def test_frozen_settings_resolve_as_their_recipe_does(tmp_path):
+    """Every project recipe, and odd values on the command line, read back the same from the runner's copy."""
+    odd = {"data.train_dataset": ("/data/a b: c # d", "test"), "data.val_dataset": ("0.5", "test"),
+           "lr.lr": (1e-3 / 3, "test"), "lr.milestones": ([7, 1.5], "test")}
+    for recipe in sorted((REPO / "recipes").glob("[!_]*.yaml")):
+        for overrides in ({}, odd):
+            config = resolve(recipe, overrides)
+            assert resolve(ablate.freeze_settings(tmp_path, config), {}) == config, recipe
 
 
 def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_path, capsys):
