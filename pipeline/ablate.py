@@ -30,6 +30,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.clock import clock_time
     from pipeline.config import MAX_SEED, ConfigError, describe, parse_overrides, resolve
     from pipeline.cores import core_ranges, share_cores
+    from pipeline.data import DataError
     from pipeline.errors import USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
     from pipeline.provenance import code_version, finished_by_other_code_note
@@ -37,7 +38,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.report_runs import MANIFEST_NAME
     from pipeline.resume import make_run_dir
     from pipeline.run_data import check_data, data_identities
-    from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
+    from pipeline.run_dir import DATA_KEYS, TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
     from pipeline.run_room import check_ablation_room
     from pipeline.squeeze import check_squeeze_name, squeeze_names
     from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
@@ -163,6 +164,26 @@ def freeze_settings(root: Path, config: Dict[str, object]) -> Path:
     return path
 
 
+def check_same_data(config: Dict[str, object], data: Dict[str, str]) -> None:
+    """The betons hold what they held at the runner's start. One written again while an ablation ran (the same
+    path, other settings) gave the runs left other data: the report put them in a table apart, with no pair to
+    compare, and the ablation ended as if all were well."""
+    now = data_identities(check_data(config))
+    changed = next((key for key in DATA_KEYS if now[key] != data[key]), None)
+    if changed:
+        raise DataError(f"{changed} {config[changed]} was written again since this ablation started (it held "
+                        f"{data[changed]}, now {now[changed]}): the runs left would train on other data than the "
+                        "runs before; put the earlier beton back and run the same command, or run the ablation "
+                        "on the new one with another --runs-root")
+
+
+def launch_on_the_same_data(job: Job, slot: Slot, settings: Path, config: Dict[str, object],
+                            data: Dict[str, str]) -> subprocess.Popen:
+    """Start one run of the ablation, once its betons are checked (check_same_data)."""
+    check_same_data(config, data)
+    return launch_process(job, slot, settings, [])
+
+
 def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> subprocess.Popen:
     """Start one run, which dies with this runner however it ends; output goes to RUN_DIR/train.log."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,11 +198,13 @@ def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> sub
 def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[Job, Slot], subprocess.Popen],
                  report: Callable[[str], None] = print, poll_seconds: float = 1.0,
                  took: Sequence[float] = ()) -> Dict[str, List[Job]]:
-    """Keep every slot busy until all jobs ran; returns {'done': [...], 'failed': [...]}. `took`: the durations of
-    runs of this ablation that finished before (a pace to go by from the first run that ends)."""
+    """Keep every slot busy until all jobs ran; returns {'done': [...], 'failed': [...], 'unstarted': [...],
+    'stopped_by': [...]}. `took`: the durations of runs of this ablation that finished before (a pace to go by
+    from the first run that ends). A launch that raises a UserError (the betons were written again, say) starts
+    no more runs: the ones running end as they would, the rest are 'unstarted', and 'stopped_by' holds the error."""
     queue = collections.deque((job, 0) for job in jobs)
     running: Dict[int, Tuple[Job, int, subprocess.Popen, float]] = {}
-    outcome: Dict[str, List[Job]] = {"done": [], "failed": []}
+    outcome: Dict[str, list] = {"done": [], "failed": [], "unstarted": [], "stopped_by": []}
     try:
         _schedule(queue, running, outcome, slots, launch, report, poll_seconds, list(took))
     finally:  # an exception or Ctrl-C in the runner stops its runs too (kill -9: the parent-death signal)
@@ -197,8 +220,17 @@ def _schedule(queue, running, outcome, slots, launch, report, poll_seconds, took
     while queue or running:
         for index, slot in enumerate(slots):
             if index not in running and queue:
-                job, attempt = queue.popleft()
-                running[index] = (job, attempt, launch(job, slot), time.monotonic())
+                job, attempt = queue[0]
+                try:
+                    process = launch(job, slot)
+                except UserError as error:
+                    outcome["unstarted"], outcome["stopped_by"] = [job for job, _ in queue], [error]
+                    queue.clear()
+                    report(f"not starting the {len(outcome['unstarted'])} run(s) left: {error}"
+                           + ("; the runs in progress go on" if running else ""))
+                    break
+                queue.popleft()
+                running[index] = (job, attempt, process, time.monotonic())
                 report(f"[{slot.name}] start {job.run_dir.name}" + (f" (retry {attempt})" if attempt else ""))
         for index in list(running):
             job, attempt, process, started = running[index]
@@ -363,8 +395,8 @@ def main(argv: List[str]) -> int:
                         "seeds": seeds, "overrides": rest, "failed": []}
             write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
             settings = freeze_settings(root, config)
-            return run_ablation(jobs, todo, slots, root, manifest, lambda job, slot: launch_process(
-                job, slot, settings, []))
+            return run_ablation(jobs, todo, slots, root, manifest, functools.partial(
+                launch_on_the_same_data, settings=settings, config=config, data=data))
     except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM: the runs in progress were stopped (run_schedule)
         kept = ("no run had started" if root is None else
                 f"the finished runs and epochs are kept in {root}: the same command continues the ablation")
@@ -391,11 +423,14 @@ def run_ablation(jobs: Sequence[Job], todo: Sequence[Job], slots: Sequence[Slot]
     manifest["failed"] = [{"squeeze": job.squeeze, "seed": job.seed, "run_dir": str(job.run_dir)}
                           for job in outcome["failed"]]
     write_text_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
-    print(f"\n{len(outcome['done'])} ran, {len(jobs) - len(todo)} skipped, {len(outcome['failed'])} failed "
+    unstarted = f", {len(outcome['unstarted'])} not started" if outcome["unstarted"] else ""
+    print(f"\n{len(outcome['done'])} ran, {len(jobs) - len(todo)} skipped, {len(outcome['failed'])} failed{unstarted} "
           f"in {clock_time(time.time() - started)}\n")
     report = write_report(root)
     print(report.text)
-    print(f"report: {', '.join(str(path) for path in report.files)}")
+    print(f"report: {', '.join(str(path) for path in report.files)}", flush=True)
+    if outcome["stopped_by"]:  # the reason the runs left did not start, last
+        return report_user_error("ablate.py", outcome["stopped_by"][0])
     return 1 if outcome["failed"] else 0
 
 

@@ -1,6 +1,7 @@
 """Ablation runner: the scheduler with a mocked launcher; skip, resume, refusal and orphans for real."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -337,6 +338,47 @@ def test_runs_train_with_the_settings_of_the_ablations_start(tiny_betons, tmp_pa
     assert asked["training.epochs"] == 5 and resolve(recipe, {})["training.epochs"] == 3  # the edit is there
     assert resolved == [asked | {"model.squeeze": squeeze, "logging.run_dir": str(root / f"resnet18-{squeeze}-mine-s0")}
                         for squeeze in ("gap", "gmp")]
+
+
+def test_betons_written_again_start_no_more_runs(tiny_betons, tmp_path, monkeypatch, capsys):
+    """A beton written again while an ablation ran (the same path, other settings) gave the runs left other data:
+    the report put them in a table apart, with no pair to compare, and the ablation ended with exit 0."""
+    betons = shutil.copytree(tiny_betons, tmp_path / "betons", ignore=shutil.ignore_patterns("images"))
+    launched = []
+
+    def launch(job, slot, cfg, overrides):
+        launched.append(job.squeeze)
+        meta = json.loads((betons / "val.meta.json").read_text())  # written again, an hour in
+        (betons / "val.meta.json").write_text(json.dumps(meta | {"created": "2026-11-29T12:00:00+00:00"}))
+        return FakeProcess(0, polls=1)
+    monkeypatch.setattr(ablate, "launch_process", launch)
+    root = tmp_path / "ablation"
+    settings = tiny_settings(betons, tmp_path / "unused", "--training.epochs=1")
+    settings.remove(f"--logging.run_dir={tmp_path / 'unused'}")
+    assert ablate_main(["--squeeze", "gap,gmp,std", "--seeds", "1", "--gpus", "none", "--runs-root", str(root),
+                        *settings]) == 2
+    assert launched == ["gap"]
+    out, err = capsys.readouterr()
+    reason = (f"data.val_dataset {betons / 'val.beton'} was written again since this ablation started (it held 49 "
+              "images written ")
+    assert f"not starting the 2 run(s) left: {reason}" in out and "1 ran, 0 skipped, 0 failed, 2 not started" in out
+    assert err.startswith(f"ablate.py: error: {reason}") and err.count("\n") == 1
+    assert "now 49 images written 2026-11-29T12:00:00+00:00): the runs left would train on other data" in err
+
+
+def test_a_launch_refused_leaves_the_runs_in_progress_to_end():
+    jobs = plan_jobs(["gap", "gmp", "std", "fca"], [0], Path("r"), "resnet18", "s")
+
+    def launch(job, slot):
+        if job.squeeze == "std":
+            raise ConfigError("the data changed")
+        return FakeProcess(0, polls=2 if job.squeeze == "gap" else 6)  # gmp still runs when std is refused
+    lines = []
+    outcome = run_schedule(jobs, make_slots(["0", "1"], 1), launch, report=lines.append, poll_seconds=0)
+    assert [job.squeeze for job in outcome["done"]] == ["gap", "gmp"]
+    assert [job.squeeze for job in outcome["unstarted"]] == ["std", "fca"] and outcome["failed"] == []
+    assert str(outcome["stopped_by"][0]) == "the data changed"
+    assert "not starting the 2 run(s) left: the data changed; the runs in progress go on" in lines
 
 
 def test_frozen_settings_resolve_as_their_recipe_does(tmp_path):
