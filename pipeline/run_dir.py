@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -150,18 +151,25 @@ def is_finished(run_dir: Path, config: Dict[str, Any], remedy: str, data: Option
     return bool(result) and result.get("finished_epochs") == config["training.epochs"]
 
 
+# flock where the filesystem takes no locks: not implemented, not supported, no lock manager (NFS without lockd)
+_NO_LOCKS = (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOLCK)
+
+
 class RunLock:
     """An exclusive lock on a run directory while a process trains in it, or on a runs root while ablate.py runs
     its ablation (flock: released when it dies).
 
     The holder writes its PID and host into the lock file, so a second process can say who holds it; a refusal
-    names `option`, the setting that chooses another folder.
+    names `option`, the setting that chooses another folder. On a filesystem that takes no locks (Lustre mounted
+    without `flock`, FUSE mounts such as a notebook's cloud drive) the folder is used unlocked, with a note: flock
+    raised there, and every run ended in a traceback.
     """
 
     def __init__(self, run_dir: Path, option: str = "--logging.run_dir"):
         self.path = Path(run_dir) / LOCK_NAME
         self.option = option
         self._handle = None
+        self._locked = False
 
     def holder(self) -> str:
         try:
@@ -173,12 +181,16 @@ class RunLock:
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._locked = True
         except OSError as error:
-            handle.close()
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunDirError(f"{self.path.parent} is in use by {self.holder()}; wait for it to end or choose "
-                                  f"another {self.option}") from None
-            raise
+            if error.errno not in _NO_LOCKS:
+                handle.close()
+                if error.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunDirError(f"{self.path.parent} is in use by {self.holder()}; wait for it to end or "
+                                      f"choose another {self.option}") from None
+                raise
+            print(f"note: the filesystem of {self.path.parent} takes no file locks ({error.strerror}): another "
+                  "process started in it meanwhile would not be refused", file=sys.stderr, flush=True)
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
@@ -187,14 +199,23 @@ class RunLock:
         return self
 
     def __exit__(self, *exc_info):
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        if self._locked:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         return False
 
     def is_held(self) -> bool:
-        """Whether a live process holds the lock now (checked without taking it for long)."""
+        """Whether a live process holds the lock now (checked without taking it for long); False where the
+        filesystem takes no locks (nothing says)."""
         if not self.path.exists():
             return False
+        with open(self.path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                return error.errno not in _NO_LOCKS
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
         with open(self.path, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
