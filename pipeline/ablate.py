@@ -197,7 +197,7 @@ def launch_process(job: Job, slot: Slot, cfg: Path, overrides: List[str]) -> sub
 
 def run_schedule(jobs: Sequence[Job], slots: Sequence[Slot], launch: Callable[[Job, Slot], subprocess.Popen],
                  report: Callable[[str], None] = print, poll_seconds: float = 1.0,
-                 took: Sequence[float] = ()) -> Dict[str, List[Job]]:
+                 took: Sequence[float] = ()) -> Dict[str, list]:
     """Keep every slot busy until all jobs ran; returns {'done': [...], 'failed': [...], 'unstarted': [...],
     'stopped_by': [...]}. `took`: the durations of runs of this ablation that finished before (a pace to go by
     from the first run that ends). A launch that raises a UserError (the betons were written again, say) starts
