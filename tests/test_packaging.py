@@ -75,9 +75,13 @@ def test_system_deps_that_cannot_be_installed_are_one_line_and_exit_2(tmp_path, 
     assert result.stderr.startswith("install_system_deps.sh: ffcv 1.0.2 compiles against libjpeg-turbo and OpenCV")
 
 
-def test_slurm_script_is_valid_bash_with_c10d_rendezvous():
+def test_slurm_script_is_valid_bash_with_c10d_rendezvous(tmp_path):
     script = REPO / "scripts" / "slurm_rn50.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    # submitted from another folder (SLURM starts the job where sbatch ran): one line, not srun's missing file
+    result = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr == (f"slurm_rn50.sbatch: {tmp_path} has no .venv/bin/torchrun: "
+                                                        "submit from the repository root, after make setup\n")
     text = script.read_text()
     assert "--rdzv_backend=c10d" in text and "--nnodes=\"$SLURM_JOB_NUM_NODES\"" in text
     assert "pipeline/train.py --cfg \"$RECIPE\"" in text
