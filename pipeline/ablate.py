@@ -26,11 +26,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from pipeline.gc_freeze import imports_frozen
 
 with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start and exit (gc_freeze.py)
+    from pipeline.ablation_inputs import check_same_data, freeze_settings
     from pipeline.atomic import write_text_atomic
     from pipeline.clock import clock_time
-    from pipeline.config import MAX_SEED, ConfigError, describe, parse_overrides, resolve
+    from pipeline.config import MAX_SEED, ConfigError, parse_overrides, resolve
     from pipeline.cores import core_ranges, share_cores
-    from pipeline.data import DataError
     from pipeline.errors import USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
     from pipeline.provenance import code_version, finished_by_other_code_note
@@ -38,13 +38,12 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.report_runs import MANIFEST_NAME
     from pipeline.resume import make_run_dir
     from pipeline.run_data import check_data, data_identities
-    from pipeline.run_dir import DATA_KEYS, TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
+    from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
     from pipeline.run_room import check_ablation_room
     from pipeline.squeeze import check_squeeze_name, squeeze_names
     from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
-SETTINGS_NAME = "settings.yaml"  # in the runs root: what every run of the ablation trains with
 RETRIES = 1
 # settings the runner gives each run, and the option that sets them: as a shared --section.key=value they came
 # after the runner's own and won (every seed trained --training.seed=5; every arm in one --logging.run_dir)
@@ -150,31 +149,6 @@ def runs_to_do(jobs: Sequence[Job], cfg: Path, overrides: List[str],
         if not is_finished(job.run_dir, config, remedy, data):
             todo.append((job, config))
     return todo
-
-
-def freeze_settings(root: Path, config: Dict[str, object]) -> Path:
-    """The shared settings as the runner resolved them at its start, written as a recipe of their own that every
-    run reads instead of the recipe. Each run read the recipe as it started: an edit of it (or of the base recipe it
-    names, or a `git pull`) while an ablation of days ran trained the runs left with other settings, which the
-    report then put in a table apart from the runs before, and the ablation ended with no word of it."""
-    path = root / SETTINGS_NAME
-    write_text_atomic(path, "# every setting of this ablation's runs but their squeeze, seed and folder: the recipe "
-                            "and the command line's settings (ablation.json), as ablate.py resolved them at its start\n"
-                      + describe(config))
-    return path
-
-
-def check_same_data(config: Dict[str, object], data: Dict[str, str]) -> None:
-    """The betons hold what they held at the runner's start. One written again while an ablation ran (the same
-    path, other settings) gave the runs left other data: the report put them in a table apart, with no pair to
-    compare, and the ablation ended as if all were well."""
-    now = data_identities(check_data(config))
-    changed = next((key for key in DATA_KEYS if now[key] != data[key]), None)
-    if changed:
-        raise DataError(f"{changed} {config[changed]} was written again since this ablation started (it held "
-                        f"{data[changed]}, now {now[changed]}): the runs left would train on other data than the "
-                        "runs before; put the earlier beton back and run the same command, or run the ablation "
-                        "on the new one with another --runs-root")
 
 
 def launch_on_the_same_data(job: Job, slot: Slot, settings: Path, config: Dict[str, object],

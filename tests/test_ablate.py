@@ -16,6 +16,7 @@ from pipeline import ablate
 from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process, make_slots, pin_cores, plan_jobs,
                              run_schedule, time_to_go, visible_gpus)
 from pipeline.ablate import main as ablate_main
+from pipeline.ablation_inputs import freeze_settings
 from pipeline.clock import clock_time
 from pipeline.config import ConfigError, describe, resolve
 from pipeline.cores import core_ranges, share_cores
@@ -388,7 +389,7 @@ def test_frozen_settings_resolve_as_their_recipe_does(tmp_path):
     for recipe in sorted((REPO / "recipes").glob("[!_]*.yaml")):
         for overrides in ({}, odd):
             config = resolve(recipe, overrides)
-            assert resolve(ablate.freeze_settings(tmp_path, config), {}) == config, recipe
+            assert resolve(freeze_settings(tmp_path, config), {}) == config, recipe
 
 
 def test_ablate_skips_finished_and_resumes_interrupted_runs(tiny_betons, tmp_path, capsys):
