@@ -29,7 +29,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.atomic import remove_stale_temporaries, write_text_atomic
     from pipeline.errors import UserError, report_user_error
     from pipeline.processes import children_die_with_this_process, children_leave_ctrl_c_to_this_process
-    from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
+    from pipeline.termination import report_stop, sigterm_as_ctrl_c
 
 SAMPLE_ROOT = Path("data/sample")
 SAMPLE_MAX_RES = 256
@@ -265,8 +265,7 @@ def main(argv: List[str]) -> int:
         return report_user_error("write_imagenet.py", error)
     except KeyboardInterrupt as interrupt:
         traceback.clear_frames(interrupt.__traceback__)  # ffcv's progress bar prints when collected: before this
-        print(f"write_imagenet.py: {stopped_by(interrupt)}; {interrupted_advice(splits, written)}", file=sys.stderr)
-        return stopped_exit(interrupt)
+        return report_stop("write_imagenet.py", interrupt, interrupted_advice(splits, written))
     return 0
 
 

@@ -41,7 +41,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.run_dir import TRAIN_LOG_NAME, RunDirError, RunLock, is_finished, read_result, run_name
     from pipeline.run_room import check_ablation_room
     from pipeline.squeeze import check_squeeze_name, squeeze_names
-    from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
+    from pipeline.termination import report_stop, sigterm_as_ctrl_c
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 RETRIES = 1
@@ -374,8 +374,7 @@ def main(argv: List[str]) -> int:
     except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM: the runs in progress were stopped (run_schedule)
         kept = ("no run had started" if root is None else
                 f"the finished runs and epochs are kept in {root}: the same command continues the ablation")
-        print(f"ablate.py: {stopped_by(interrupt)}; {kept}", file=sys.stderr)
-        return stopped_exit(interrupt)
+        return report_stop("ablate.py", interrupt, kept)
     except UserError as error:
         return report_user_error("ablate.py", error)
 

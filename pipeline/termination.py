@@ -6,6 +6,7 @@ Ctrl-C's paths: a file being written is finished first (atomic.py), the program 
 on, and exits with 143, the status a shell reports for a process that SIGTERM ended."""
 import contextlib
 import signal
+import sys
 
 from pipeline.processes import in_every_child
 
@@ -44,11 +45,13 @@ def sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def stopped_by(interrupt: KeyboardInterrupt) -> str:
-    """How the program was stopped, as its last line says it: 'interrupted' (Ctrl-C) or 'stopped by SIGTERM'."""
-    return "stopped by SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
-
-
-def stopped_exit(interrupt: KeyboardInterrupt) -> int:
-    """The exit status of a program stopped so: 143 for SIGTERM, 130 for Ctrl-C."""
-    return TERMINATED_EXIT if isinstance(interrupt, Terminated) else INTERRUPTED_EXIT
+def report_stop(program: str, interrupt: KeyboardInterrupt, kept: str, say: bool = True) -> int:
+    """Print `program: interrupted; <kept>` (`stopped by SIGTERM` for SIGTERM) on stderr, after what stdout still
+    holds, so that the line comes last in a log that takes both; returns the exit status, 130 or 143. `say`:
+    False for the processes of a distributed run but rank 0, which stop alike."""
+    terminated = isinstance(interrupt, Terminated)
+    if say:
+        sys.stdout.flush()
+        print(f"{program}: {'stopped by SIGTERM' if terminated else 'interrupted'}; {kept}", file=sys.stderr,
+              flush=True)
+    return TERMINATED_EXIT if terminated else INTERRUPTED_EXIT

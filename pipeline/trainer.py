@@ -41,7 +41,7 @@ from pipeline.run_dir import (CHECKPOINT_NAME, CONFIG_NAME, DATA_KEYS, DATA_NAME
 from pipeline.run_room import check_run_room
 from pipeline.schedule import lr_factor, lr_shortfall, scaled_lr
 from pipeline.squeeze import BASELINE, check_squeeze_name
-from pipeline.termination import sigterm_as_ctrl_c, stopped_by, stopped_exit
+from pipeline.termination import report_stop, sigterm_as_ctrl_c
 
 MODEL_KEYS = tuple(f"model.{name}" for name in ckpt.MODEL_SETTING_NAMES)
 
@@ -396,10 +396,8 @@ def main(argv: List[str]) -> int:
             try:
                 metrics = evaluate_weights(config, args.weights, world, explicit)
             except KeyboardInterrupt as interrupt:
-                if world.is_main:
-                    print(f"train.py: {stopped_by(interrupt)}; --eval-only writes no file, so nothing is lost",
-                          file=sys.stderr)
-                return stopped_exit(interrupt)
+                return report_stop("train.py", interrupt, "--eval-only writes no file, so nothing is lost",
+                                   world.is_main)
             if world.is_main:
                 print(f"{args.weights}: val top-1 {metrics['val_top1']:.2f} top-5 {metrics['val_top5']:.2f} "
                       f"on {metrics['val_images']} images")
@@ -409,14 +407,11 @@ def main(argv: List[str]) -> int:
         try:
             run_in_directory(config, run_dir, world, args.resume)
         except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM: what is kept, not where the interpreter was
-            if world.is_main:  # once, not once per process: they all stop (torchrun passes SIGTERM to each)
-                print(f"train.py: {stopped_by(interrupt)}; the epochs finished so far are kept in {run_dir}: the "
-                      "same command resumes after the last of them", file=sys.stderr)
-            return stopped_exit(interrupt)
+            return report_stop("train.py", interrupt, f"the epochs finished so far are kept in {run_dir}: the same "
+                               "command resumes after the last of them", world.is_main)  # torchrun stops every rank
         return 0
     except KeyboardInterrupt as interrupt:  # before either started: in init_world, which waits for every process
-        print(f"train.py: {stopped_by(interrupt)} before training started; nothing was written", file=sys.stderr)
-        return stopped_exit(interrupt)
+        return report_stop("train.py", interrupt, "training had not started: nothing was written")
     except UserError as error:
         return report_user_error("train.py", error)
     except torch.cuda.OutOfMemoryError:

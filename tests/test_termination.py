@@ -4,16 +4,18 @@ import signal
 
 import pytest
 
-from pipeline.termination import Terminated, sigterm_as_ctrl_c, stopped_by, stopped_exit
+from pipeline.termination import Terminated, report_stop, sigterm_as_ctrl_c
 
 
-def test_sigterm_raises_within_the_block_only_and_an_ignored_one_stays_ignored():
+def test_sigterm_raises_within_the_block_only_and_an_ignored_one_stays_ignored(capsys):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated) as stopped:
         with sigterm_as_ctrl_c():
             os.kill(os.getpid(), signal.SIGTERM)
-    assert (stopped_by(stopped.value), stopped_exit(stopped.value)) == ("stopped by SIGTERM", 143)
-    assert (stopped_by(KeyboardInterrupt()), stopped_exit(KeyboardInterrupt())) == ("interrupted", 130)
+    assert report_stop("x.py", stopped.value, "kept") == 143 and report_stop("x.py", KeyboardInterrupt(), "kept") == 130
+    assert report_stop("x.py", KeyboardInterrupt(), "not said", say=False) == 130
+    out, err = capsys.readouterr()
+    assert err == "x.py: stopped by SIGTERM; kept\nx.py: interrupted; kept\n" and out == ""
     assert signal.getsignal(signal.SIGTERM) is before
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a parent that wants this process to outlive a SIGTERM
     try:

@@ -473,5 +473,5 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_pat
     assert capsys.readouterr().err == f"train.py: {stopped}; --eval-only writes no file, so nothing is lost\n"
     monkeypatch.setattr("pipeline.trainer.init_world", interrupted)  # waiting for the other processes to start
     assert train_main(["--cfg", str(REPO / "recipes" / "demo.yaml"), f"--logging.run_dir={run_dir}"]) == status
-    assert capsys.readouterr().err == f"train.py: {stopped} before training started; nothing was written\n"
+    assert capsys.readouterr().err == f"train.py: {stopped}; training had not started: nothing was written\n"
     assert signal.getsignal(signal.SIGTERM) is sigterm  # as it was, for whoever called main
