@@ -18,7 +18,7 @@ from pipeline.ablate import (Job, Slot, choose_gpus, command_for, launch_process
 from pipeline.ablate import main as ablate_main
 from pipeline.ablation_inputs import freeze_settings
 from pipeline.clock import clock_time
-from pipeline.config import ConfigError, describe, resolve
+from pipeline.config import ConfigError, resolve
 from pipeline.cores import core_ranges, share_cores
 from pipeline.processes import wait_for_an_exit
 from pipeline.provenance import code_version
