@@ -216,10 +216,3 @@ class RunLock:
                 return error.errno not in _NO_LOCKS
             fcntl.flock(handle, fcntl.LOCK_UN)
         return False
-        with open(self.path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
