@@ -29,11 +29,11 @@ def test_imports_run_without_collections_and_their_objects_end_frozen():
 
 
 def test_a_library_import_leaves_the_collector_as_it_was():
-    frozen_before = gc.get_freeze_count()
     with imports_frozen(as_a_script=False):
         assert gc.isenabled()
-        Cycle()
-    assert gc.get_freeze_count() == frozen_before
+        made = Cycle()
+    # Not the freeze count before and after: frozen objects that die in between (another test's) lower it.
+    assert any(tracked is made for tracked in gc.get_objects())  # still in a generation a collection scans
     gc.disable()
     try:
         with imports_frozen():
