@@ -30,7 +30,7 @@ with imports_frozen(as_a_script=__name__ == "__main__"):  # seconds of its start
     from pipeline.atomic import write_text_atomic
     from pipeline.clock import clock_time
     from pipeline.config import MAX_SEED, ConfigError, parse_overrides, resolve
-    from pipeline.cores import core_ranges, share_cores
+    from pipeline.cores import core_ranges, quota_cores, share_cores
     from pipeline.errors import USAGE_EXIT, UserError, report_user_error
     from pipeline.processes import die_with_parent, wait_for_an_exit
     from pipeline.provenance import code_version, finished_by_other_code_note
@@ -95,10 +95,12 @@ def make_slots(gpus: Sequence[str], gpus_per_run: Optional[int]) -> List[Slot]:
 
 def pin_cores(slots: List[Slot]) -> List[Slot]:
     """Runs side by side get disjoint blocks of the cores (share_cores), so that each one's loader threads
-    (its share of its affinity) add up to the node's cores instead of eight times them."""
+    (its share of its affinity) add up to the node's cores, or to a cgroup quota's CPUs, instead of eight times
+    them."""
     if len(slots) < 2:
         return slots
-    return [dataclasses.replace(slot, cores=cores) for slot, cores in zip(slots, share_cores(len(slots)))]
+    blocks = share_cores(len(slots), allowed=quota_cores())
+    return [dataclasses.replace(slot, cores=cores) for slot, cores in zip(slots, blocks)]
 
 
 def enter_slot(cores: Tuple[int, ...]) -> None:

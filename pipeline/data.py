@@ -22,7 +22,7 @@ from ffcv.reader import Reader
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from dataset_prep.beton import metadata_path, read_metadata
-from pipeline.cores import usable_cores
+from pipeline.cores import affinity_cores, quota_cores, usable_cores
 from pipeline.crop_resize import CenterCropDecoder, RandomResizedCropDecoder
 from pipeline.errors import UserError
 
@@ -128,7 +128,12 @@ def loader_threads(requested: int, local_processes: int) -> Tuple[int, str]:
     machine) runs with numba's limit and says so."""
     limit = numba.config.NUMBA_NUM_THREADS
     if requested == 0:
-        return max(1, min(limit, usable_cores() // local_processes)), ""
+        threads = max(1, min(limit, usable_cores() // local_processes))
+        allowed, cores = quota_cores(), affinity_cores()
+        if allowed is None or allowed >= cores:
+            return threads, ""
+        return threads, (f"data.num_workers 0: {threads} loader thread(s) per process, since a cgroup CPU quota "
+                         f"(Docker's --cpus, a Kubernetes CPU limit) allows {allowed} of this process's {cores} cores")
     if requested <= limit:
         return requested, ""
     return limit, (f"data.num_workers {requested} is more than the {limit} threads numba starts on this machine "

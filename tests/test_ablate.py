@@ -19,7 +19,7 @@ from pipeline.ablate import main as ablate_main
 from pipeline.ablation_inputs import freeze_settings
 from pipeline.clock import clock_time
 from pipeline.config import ConfigError, resolve
-from pipeline.cores import core_ranges, share_cores
+from pipeline.cores import core_ranges, quota_cores, share_cores
 from pipeline.processes import wait_for_an_exit
 from pipeline.provenance import code_version
 from pipeline.run_dir import RunLock
@@ -114,7 +114,7 @@ def test_a_run_starts_on_its_slots_cores(tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.ablate.TRAIN_SCRIPT", probe)
     available = sorted(os.sched_getaffinity(0))
     slots = pin_cores(make_slots(["0", "1"], 1))
-    assert [slot.cores for slot in slots] == share_cores(2) and slots[0].devices == ("0",)
+    assert [slot.cores for slot in slots] == share_cores(2, allowed=quota_cores()) and slots[0].devices == ("0",)
     job = Job("gap", 0, tmp_path / "run")
     assert launch_process(job, Slot(("0",), (available[-1],)), Path("recipes/sample.yaml"), []).wait() == 0
     assert f"cores [{available[-1]}]" in (job.run_dir / "train.log").read_text()

@@ -115,6 +115,7 @@ def test_a_beton_that_lost_its_metadata_or_its_tail_is_refused(tiny_betons, tmp_
 def test_loader_threads_share_the_cores_this_process_may_use_within_numbas_limit(monkeypatch):
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 32)
     monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(8, 20)))  # taskset -c 8-19
+    monkeypatch.setattr(cores, "cpu_quota", lambda: None)
     assert loader_threads(0, 1) == (12, "")
     assert loader_threads(0, 4) == (3, "")  # four ranks on this node
     assert loader_threads(0, 24) == (1, "")
@@ -123,6 +124,11 @@ def test_loader_threads_share_the_cores_this_process_may_use_within_numbas_limit
                                          "machine (NUMBA_NUM_THREADS, default: its cores); the loaders use 32")
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 6)
     assert loader_threads(0, 1) == (6, "")  # NUMBA_NUM_THREADS set lower than the cores
+    monkeypatch.setattr(cores, "cpu_quota", lambda: 4.0)  # docker run --cpus=4
+    assert loader_threads(0, 2) == (2, "data.num_workers 0: 2 loader thread(s) per process, since a cgroup CPU "
+                                       "quota (Docker's --cpus, a Kubernetes CPU limit) allows 4 of this process's "
+                                       "12 cores")
+    assert loader_threads(5, 1) == (5, "")  # asked for: as asked
 
 
 def train_epochs(betons, seed: int, epochs: int, first_epoch: int = 0) -> list:
