@@ -1,20 +1,65 @@
-"""GPU-side packaging: the Dockerfile lints and agrees with `make setup`; the ffcv wheel is self-contained."""
+"""Packaging: the pins suit every Python the project declares; the Dockerfile lints and agrees with `make setup`;
+the ffcv wheel is self-contained."""
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+from importlib import metadata
 from pathlib import Path
+from typing import List
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 PYPROJECT = (REPO / "pyproject.toml").read_text()
 
 
-def pinned(package: str) -> str:
-    return re.search(rf'"{package}==([^"]+)"', PYPROJECT).group(1)
+def requirements() -> List[Requirement]:
+    """pyproject.toml's dependencies (read without tomllib, which Python 3.10 lacks)."""
+    listed = re.search(r"^dependencies = \[(.*?)^\]", PYPROJECT, re.S | re.M).group(1)
+    return [Requirement(line) for line in re.findall(r'^\s*"([^"]+)",', listed, re.M)]
+
+
+def pinned(package: str, python: str = "3.11") -> str:
+    """The version pinned for `python`."""
+    for requirement in requirements():
+        if requirement.name == package and (requirement.marker is None
+                                            or requirement.marker.evaluate({"python_version": python})):
+            return str(requirement.specifier).removeprefix("==")
+    raise LookupError(package)
+
+
+def declared_pythons() -> List[str]:
+    """From requires-python's lowest minor version up to 3.13, the newest this project was set up on."""
+    lowest = int(re.search(r'requires-python = ">=3\.(\d+)"', PYPROJECT).group(1))
+    return [f"3.{minor}" for minor in range(lowest, 14)]
+
+
+def test_every_declared_python_gets_one_pin_of_each_package():
+    for python in declared_pythons():
+        applying = [requirement.name for requirement in requirements()
+                    if requirement.marker is None or requirement.marker.evaluate({"python_version": python})]
+        assert sorted(applying) == sorted({requirement.name for requirement in requirements()}), python
+
+
+def test_the_pins_for_the_lowest_python_are_made_for_it():
+    """A pin installed here says in its metadata which Pythons it supports: numpy 2.4.6 said >=3.11, so
+    `make setup` failed on Python 3.10, which README and requires-python promise ("No matching distribution
+    found for numpy==2.4.6"). Python 3.10 now gets its own pins where this one's are too new for it."""
+    lowest = declared_pythons()[0]
+    for requirement in requirements():
+        pin = str(requirement.specifier).removeprefix("==")
+        if pin == str(requirement.specifier) or (requirement.marker is not None
+                                                  and not requirement.marker.evaluate({"python_version": lowest})):
+            continue  # a range (pip picks a version for each Python), or a pin for other Pythons
+        if metadata.version(requirement.name) != pin:
+            continue  # this machine's Python installed another pin: its metadata is not here to read
+        supported = SpecifierSet(metadata.metadata(requirement.name).get("Requires-Python") or "")
+        assert supported.contains(f"{lowest}.0"), f"{requirement} needs Python {supported}, not {lowest}"
 
 
 def test_dockerfile_passes_hadolint():
