@@ -162,10 +162,13 @@ def test_wheel_imports_and_decodes_in_a_fresh_venv(ffcv_wheel, tmp_path):
     python = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
                     str(ffcv_wheel)], check=True)
-    # torch, numpy and numba come from the project's venv, placed *after* the fresh site-packages
+    # torch, numpy and numba come from the project's venv, placed *after* the fresh site-packages, as a site
+    # directory: its own .pth files run, setuptools' among them, which gives Python 3.12+ the distutils that
+    # ffcv imports (torch requires setuptools, so every environment with torch has it)
     fresh_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                 capture_output=True, text=True, check=True).stdout.strip()
-    (Path(fresh_site) / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    project_site = sysconfig.get_paths()["purelib"]
+    (Path(fresh_site) / "project_deps.pth").write_text(f"import site; site.addsitedir({project_site!r})\n")
     probe = (
         "import io, numpy as np, ffcv, ffcv.libffcv as lib; from PIL import Image\n"
         "buffer = io.BytesIO(); Image.fromarray(np.full((16, 24, 3), 200, np.uint8)).save(buffer, 'JPEG')\n"

@@ -177,6 +177,7 @@ def test_compiles_without_graph_breaks(monkeypatch):
         inputs = x.clone().requires_grad_()
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
+            warnings.filterwarnings("ignore", "Guards may run slower on Python 3.13.0")  # dynamo's, on 3.13.0 alone
             out = run(inputs)
         assert [str(warning.message) for warning in warned] == []
         out.square().sum().backward()
