@@ -4,11 +4,11 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Tuple
 
-from pipeline.cpu_quota import cpu_quota
+from pipeline.cgroups import cpu_quota
 
 
 def quota_cores() -> Optional[int]:
-    """The whole CPUs a cgroup quota allows (at least 1), None without a quota (cpu_quota.py)."""
+    """The whole CPUs a cgroup quota allows (at least 1), None without a quota (cgroups.py)."""
     quota = cpu_quota()
     return None if quota is None else max(1, math.floor(quota))
 

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from pipeline.cgroups import memory_limit
 from pipeline.errors import UserError
 
 PROBE_PX = 64
@@ -55,8 +56,21 @@ def meminfo_bytes(field: str) -> Optional[int]:
 
 
 def available_bytes() -> Optional[int]:
-    """Linux's estimate of the memory new work can take without swapping (MemAvailable), or None elsewhere."""
-    return meminfo_bytes("MemAvailable")
+    """Linux's estimate of the memory new work can take without swapping (MemAvailable), or less where a cgroup
+    limits this process's memory (cgroups.py); None elsewhere."""
+    limited = memory_limit()
+    return _smaller(meminfo_bytes("MemAvailable"), limited and limited.room)
+
+
+def memory_bytes() -> Optional[int]:
+    """The machine's memory (MemTotal), or a cgroup's memory limit where that is smaller; None elsewhere."""
+    limited = memory_limit()
+    return _smaller(meminfo_bytes("MemTotal"), limited and limited.limit)
+
+
+def _smaller(*sizes: Optional[int]) -> Optional[int]:
+    known = [size for size in sizes if size is not None]
+    return min(known) if known else None
 
 
 def check_cpu_memory(model: nn.Module, batch_size: int, resolution: int, precision, processes: int,

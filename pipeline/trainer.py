@@ -22,7 +22,7 @@ from pipeline.acceleration import (choose_precision, compile_mode_used, maybe_co
 from pipeline.clock import clock_time
 from pipeline.config import ConfigError, describe, parse_overrides, resolution_settings, resolve, settings_help
 from pipeline.cpu_convolution import use_gemm_weight_gradients
-from pipeline.cpu_memory import available_bytes, check_cpu_memory, meminfo_bytes
+from pipeline.cpu_memory import available_bytes, check_cpu_memory, memory_bytes
 from pipeline.data import DeviceAugment, ramp_shortfall, resolution_at, set_epoch, set_train_resolution
 from pipeline.distributed import (World, all_reduce_sum, barrier, broadcast_buffers, close_world, from_main,
                                   gather_to_main, init_world)
@@ -341,7 +341,7 @@ def run_in_directory(config: Dict[str, Any], run_dir: Path, world: World, resume
             code = f"\ncode {code_version()} (pipeline/provenance.py)" if code_version() else ""
             print(f"run directory {run_dir}\n{describe(config)}\n{world.describe()}{code}", flush=True)
             notes = (recipe_shortfalls(config) + upscaling_notes(config, dict(zip(DATA_KEYS, metadata)))
-                     + [page_cache_note(config, meminfo_bytes("MemTotal"))])
+                     + [page_cache_note(config, memory_bytes())])
             for note in filter(None, notes):
                 print(f"note: {note}", flush=True)
         barrier()

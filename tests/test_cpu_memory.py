@@ -36,6 +36,7 @@ def test_train_py_refuses_before_creating_anything(tiny_betons, tmp_path, monkey
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:      50000 kB\n")
     monkeypatch.setattr(cpu_memory, "MEMINFO", meminfo)
+    monkeypatch.setattr(cpu_memory, "memory_limit", lambda: None)  # no cgroup limit (test_cgroups.py has them)
     assert available_bytes() == 50000 * 1024
     run_dir = tmp_path / "run"
     assert train_main(tiny_settings(tiny_betons, run_dir, "--training.batch_size=64")) == 2

@@ -38,7 +38,7 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tiny_betons, tmp_pat
     # tests run train.py as a program)
     # validated at 96 px from betons stored at 64 px (a small --max-res): said at the start
     upscaled = "--resolution.val_res=96"
-    monkeypatch.setattr("pipeline.trainer.meminfo_bytes", lambda field: 1_000_000)  # a train beton larger than RAM
+    monkeypatch.setattr("pipeline.trainer.memory_bytes", lambda: 1_000_000)  # a train beton larger than RAM
     assert train_main(tiny_settings(tiny_betons, run_dir, "--training.epochs=4", "--squeeze", "gmp",
                                     "--training.compile=auto", upscaled)) == 0
     out = capsys.readouterr().out
