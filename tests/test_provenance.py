@@ -1,4 +1,5 @@
 """Which code trained a run: a commit, and a digest of uncommitted changes, from a git checkout of one's own."""
+import os
 import subprocess
 
 import pytest
@@ -35,6 +36,23 @@ def test_a_commit_and_a_digest_of_its_uncommitted_changes(tmp_path):
     assert code_version.__wrapped__(repo) == edited  # the same edit, the same version
     (repo / "pipeline" / "notes.txt").write_text("untracked\n")
     assert code_version.__wrapped__(repo) == edited
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a checkout away")
+def test_a_checkout_of_another_user_has_its_version(tmp_path):
+    """git refuses a repository another user owns ("detected dubious ownership"): a lab's shared clone, or a
+    container run with --user over the host's checkout, trained every run with its code unrecorded."""
+    repo = tmp_path / "shared"
+    (repo / "pipeline").mkdir(parents=True)
+    git(repo, "init", "-q")
+    (repo / "pipeline" / "squeeze.py").write_text("EPS = 1e-5\n")
+    git(repo, "add", "pipeline/squeeze.py")
+    git(repo, "commit", "-qm", "first")
+    commit = git(repo, "rev-parse", "HEAD")
+    for folder, _, names in os.walk(repo):
+        for path in [folder, *(os.path.join(folder, name) for name in names)]:
+            os.chown(path, 65534, 65534)  # nobody's
+    assert code_version.__wrapped__(repo) == commit[:12]
 
 
 def test_no_version_outside_the_top_of_a_git_checkout(tmp_path):
