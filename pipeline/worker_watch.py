@@ -12,6 +12,7 @@ import multiprocessing
 import multiprocessing.queues
 import signal
 import threading
+import time
 import traceback
 from typing import Iterator, Optional, Set
 
@@ -92,13 +93,21 @@ def _wake_handler(watcher: _Watcher, previous):
     return handle
 
 
-def stop_workers() -> None:
+def stop_workers(grace_seconds: float = 10) -> None:
     """Terminate this process's live workers, and let it exit without feeding their work queues: a Queue's
-    feeder thread blocks on a full pipe that no worker reads any more, and the exit joins that thread."""
-    for child in multiprocessing.active_children():
+    feeder thread blocks on a full pipe that no worker reads any more, and the exit joins that thread. A worker
+    still alive `grace_seconds` after SIGTERM is killed: multiprocessing's exit joins every child without a time
+    limit, so one that outlived the stop kept the program from exiting after its last line."""
+    children = multiprocessing.active_children()
+    for child in children:
         child.terminate()
-    for child in multiprocessing.active_children():
-        child.join(timeout=10)
+    deadline = time.monotonic() + grace_seconds
+    for child in children:
+        child.join(timeout=max(0.0, deadline - time.monotonic()))
+    for child in children:
+        if child.is_alive():
+            child.kill()
+            child.join()
     # type(), not isinstance(): that asks some objects for __class__ (torch's deprecated aliases then warn)
     for queue in [item for item in gc.get_objects() if issubclass(type(item), multiprocessing.queues.Queue)]:
         queue.cancel_join_thread()

@@ -209,3 +209,25 @@ def test_a_block_outside_the_main_thread_runs_unwatched():
     thread.start()
     thread.join()
     assert outcome == ["ran"]
+
+
+def test_a_worker_that_outlives_sigterm_is_killed_and_the_program_exits():
+    """multiprocessing's exit joins every child without a time limit: a worker still alive after the stop's
+    SIGTERM (here one that ignores it) kept the program from ever exiting after its stop line."""
+    script = textwrap.dedent("""
+        import multiprocessing, signal, time
+        from pipeline.worker_watch import stop_workers
+        def stubborn(ready):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            ready.set()
+            time.sleep(600)
+        if __name__ == "__main__":
+            ready = multiprocessing.get_context("fork").Event()
+            worker = multiprocessing.get_context("fork").Process(target=stubborn, args=(ready,))
+            worker.start()
+            ready.wait()
+            stop_workers(grace_seconds=0.5)
+            print(worker.exitcode)
+        """)
+    result = run_script(["-c", script], timeout=60)
+    assert result.returncode == 0 and result.stdout.split() == ["-9"], result.stderr
