@@ -171,7 +171,8 @@ def test_ctrl_c_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path, 
         for index in range(300):
             shutil.copyfile(original, train / str(label) / f"{index}.JPEG")
     out = tmp_path / "out"
-    writer = subprocess.Popen([sys.executable, "dataset_prep/write_imagenet.py",
+    # -X faulthandler: a SIGABRT prints every thread's stack, for the report of a stop that does not end
+    writer = subprocess.Popen([sys.executable, "-X", "faulthandler", "dataset_prep/write_imagenet.py",
                                *write_args(tmp_path / "imagenet", out, "--split", "train", "--max-res", "256",
                                            "--chunk-size", "1")],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -184,7 +185,14 @@ def test_ctrl_c_under_the_beton_writer_is_one_line_and_leaves_nothing(tmp_path, 
             assert time.time() < deadline and writer.poll() is None
             time.sleep(0.02)
         os.killpg(writer.pid, stop)  # what Ctrl-C does; what SLURM does at a job's end
-        _, stderr = writer.communicate(timeout=60)
+        try:
+            _, stderr = writer.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # seen once in CI, after the stop line: say where each process waits
+            group = subprocess.run(["ps", "-o", "pid,stat,wchan:24,args", "-g", str(writer.pid)],
+                                   capture_output=True, text=True).stdout
+            os.killpg(writer.pid, signal.SIGABRT)
+            _, stderr = writer.communicate(timeout=30)
+            pytest.fail(f"the writer's processes did not end 60 s after the stop:\n{group}\n{stderr[-8000:]}")
     finally:
         writer.kill()
     assert writer.returncode == status, stderr[-3000:]
