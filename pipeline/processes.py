@@ -35,11 +35,13 @@ def children_leave_ctrl_c_to_this_process() -> None:
     in_every_child(_ignore_ctrl_c)
 
 
-def in_every_child(hook) -> None:
-    """Run `hook` in every process forked from now on, registered once however often asked (write_imagenet's
-    main, called again in one process, added it again at each call)."""
+def in_every_child(hook, before=None, after_in_parent=None) -> None:
+    """Run `hook` in every process forked from now on (and `before`, `after_in_parent` in the forking process
+    around each fork), registered once however often asked (write_imagenet's main, called again in one process,
+    added it again at each call)."""
     if hook not in _REGISTERED:
-        os.register_at_fork(after_in_child=hook)
+        around = {name: step for name, step in (("before", before), ("after_in_parent", after_in_parent)) if step}
+        os.register_at_fork(after_in_child=hook, **around)
         _REGISTERED.add(hook)
 
 

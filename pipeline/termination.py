@@ -7,6 +7,7 @@ on, and exits with 143, the status a shell reports for a process that SIGTERM en
 import contextlib
 import signal
 import sys
+import threading
 
 from pipeline.processes import in_every_child
 
@@ -23,11 +24,33 @@ def _raise_terminated(signal_number, frame):
     raise Terminated
 
 
+_blocked_for_fork = threading.local()  # the forking thread blocked SIGTERM around this fork
+
+
+def _block_before_fork() -> None:
+    """Before a fork with the handler in place: SIGTERM waits (blocked) in the forking thread, whose mask the child
+    inherits, until the child has its default action. A SIGTERM that reached the child in between ran the
+    handler inside the child's at-fork hooks, where Python reports an exception and goes on: a pool worker
+    that its Pool terminated the instant it started lived on, and the Pool's join waited for it forever (seen in
+    the suite: `with Pool(...)` over a 2-image scan, the test hung in Pool._terminate_pool)."""
+    _blocked_for_fork.value = signal.getsignal(signal.SIGTERM) is _raise_terminated
+    if _blocked_for_fork.value:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _unblock_after_fork() -> None:
+    """In the parent: a SIGTERM that came during the fork now reaches its handler."""
+    if getattr(_blocked_for_fork, "value", False):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def _default_action_in_child() -> None:
     """A forked worker (write_imagenet's scan pool, ffcv's writer processes) is stopped by its parent with SIGTERM
-    and should simply end, not raise in whatever it was doing and print a traceback."""
+    and should simply end, not raise in whatever it was doing and print a traceback. A SIGTERM sent during the
+    fork waited, blocked (_block_before_fork): it ends the child here."""
     if signal.getsignal(signal.SIGTERM) is _raise_terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _unblock_after_fork()
 
 
 @contextlib.contextmanager
@@ -37,7 +60,7 @@ def sigterm_as_ctrl_c():
     if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         yield
         return
-    in_every_child(_default_action_in_child)
+    in_every_child(_default_action_in_child, before=_block_before_fork, after_in_parent=_unblock_after_fork)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
