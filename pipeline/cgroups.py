@@ -99,13 +99,13 @@ def _memory_in(version: int, folder: Path) -> Optional[Tuple[int, int]]:
     """(limit, bytes in use less the file cache the kernel reclaims first) of one cgroup with a memory limit."""
     limit_file, usage_file, cache_field = (("memory.max", "memory.current", "inactive_file") if version == 2 else
                                            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
-    limit, usage, stat = (_read(folder, name) for name in (limit_file, usage_file, "memory.stat"))
     try:
-        limit_bytes = int(limit or "")
+        limit_bytes = int(_read(folder, limit_file) or "")
     except ValueError:
         return None  # "max", or unreadable
     if limit_bytes >= UNLIMITED_V1:
         return None
+    usage, stat = _read(folder, usage_file), _read(folder, "memory.stat")
     cache = re.search(rf"^{cache_field} (\d+)$", stat or "", re.M)
     in_use = int(usage) if usage and usage.strip().isdigit() else 0
     return limit_bytes, max(0, in_use - (int(cache.group(1)) if cache else 0))

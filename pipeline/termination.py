@@ -24,7 +24,7 @@ def _raise_terminated(signal_number, frame):
     raise Terminated
 
 
-_blocked_for_fork = threading.local()  # the forking thread blocked SIGTERM around this fork
+_mask_before_fork = threading.local()  # the forking thread's signal mask, where it blocked SIGTERM for a fork
 
 
 def _block_before_fork() -> None:
@@ -33,15 +33,16 @@ def _block_before_fork() -> None:
     handler inside the child's at-fork hooks, where Python reports an exception and goes on: a pool worker
     that its Pool terminated the instant it started lived on, and the Pool's join waited for it forever (seen in
     the suite: `with Pool(...)` over a 2-image scan, the test hung in Pool._terminate_pool)."""
-    _blocked_for_fork.value = signal.getsignal(signal.SIGTERM) is _raise_terminated
-    if _blocked_for_fork.value:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    ours = signal.getsignal(signal.SIGTERM) is _raise_terminated
+    _mask_before_fork.value = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if ours else None
 
 
 def _unblock_after_fork() -> None:
-    """In the parent: a SIGTERM that came during the fork now reaches its handler."""
-    if getattr(_blocked_for_fork, "value", False):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    """The mask as it was before the fork: in the parent, a SIGTERM that came during the fork now reaches its
+    handler."""
+    previous = getattr(_mask_before_fork, "value", None)
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _default_action_in_child() -> None:

@@ -24,11 +24,15 @@ def requirements() -> List[Requirement]:
     return [Requirement(line) for line in re.findall(r'^\s*"([^"]+)",', listed, re.M)]
 
 
+def applies(requirement: Requirement, python: str) -> bool:
+    """Whether pip installs `requirement` under Python `python` (its environment marker, if any)."""
+    return requirement.marker is None or requirement.marker.evaluate({"python_version": python})
+
+
 def pinned(package: str, python: str = "3.11") -> str:
     """The version pinned for `python`."""
     for requirement in requirements():
-        if requirement.name == package and (requirement.marker is None
-                                            or requirement.marker.evaluate({"python_version": python})):
+        if requirement.name == package and applies(requirement, python):
             return str(requirement.specifier).removeprefix("==")
     raise LookupError(package)
 
@@ -41,8 +45,7 @@ def declared_pythons() -> List[str]:
 
 def test_every_declared_python_gets_one_pin_of_each_package():
     for python in declared_pythons():
-        applying = [requirement.name for requirement in requirements()
-                    if requirement.marker is None or requirement.marker.evaluate({"python_version": python})]
+        applying = [requirement.name for requirement in requirements() if applies(requirement, python)]
         assert sorted(applying) == sorted({requirement.name for requirement in requirements()}), python
 
 
@@ -53,8 +56,7 @@ def test_the_pins_for_the_lowest_python_are_made_for_it():
     lowest = declared_pythons()[0]
     for requirement in requirements():
         pin = str(requirement.specifier).removeprefix("==")
-        if pin == str(requirement.specifier) or (requirement.marker is not None
-                                                  and not requirement.marker.evaluate({"python_version": lowest})):
+        if pin == str(requirement.specifier) or not applies(requirement, lowest):
             continue  # a range (pip picks a version for each Python), or a pin for other Pythons
         if metadata.version(requirement.name) != pin:
             continue  # this machine's Python installed another pin: its metadata is not here to read
